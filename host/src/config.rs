@@ -1,0 +1,65 @@
+//! Operator configuration: every flag has an environment fallback and shows
+//! in `--help`. Flag names are a stable interface: add, never rename.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "host",
+    version,
+    about = "WebRTC Chat: HTTPS web app, WSS signaling, STUN/TURN and WebAssembly policies in one binary"
+)]
+pub struct Config {
+    /// Address to listen on for HTTPS/WSS.
+    #[arg(long, env = "WEBRTC_CHAT_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// Port for HTTPS and WSS signaling (443 needs root or CAP_NET_BIND_SERVICE).
+    #[arg(long, env = "WEBRTC_CHAT_HTTPS_PORT", default_value_t = 8443)]
+    pub https_port: u16,
+
+    /// Directory watched for drop-in policy components (*.wasm).
+    #[arg(long, env = "WEBRTC_CHAT_PLUGINS_DIR", default_value = "plugins")]
+    pub plugins_dir: PathBuf,
+
+    /// Room capacity the default policy applies (policies read it as "room-max").
+    #[arg(long, env = "WEBRTC_CHAT_ROOM_MAX", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub room_max: u32,
+
+    /// Directory with cert1.pem, chain1.pem and privkey1.pem (certbot layout);
+    /// a self-signed certificate is used when they are absent.
+    #[arg(long, env = "WEBRTC_CHAT_SSL_DIR", default_value = "ssl")]
+    pub ssl_dir: PathBuf,
+
+    /// Directory served at /.well-known/ (e.g. ACME http-01 challenges, assetlinks.json).
+    #[arg(long, env = "WEBRTC_CHAT_WELL_KNOWN_DIR", default_value = ".well-known")]
+    pub well_known_dir: PathBuf,
+
+    /// Largest accepted signaling frame in bytes; larger frames close the socket with 1009.
+    #[arg(long, env = "WEBRTC_CHAT_MAX_FRAME_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(256..=16 * 1024 * 1024))]
+    pub max_frame_bytes: u32,
+
+    /// Frames queued for one slow receiver before it is disconnected.
+    #[arg(long, env = "WEBRTC_CHAT_SEND_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub send_queue: u32,
+
+    /// Deadline of one policy call in milliseconds; a policy that runs longer is stopped and fails closed.
+    #[arg(long, env = "WEBRTC_CHAT_POLICY_DEADLINE_MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub policy_deadline_ms: u32,
+
+    /// Linear memory cap of one policy instance in MiB.
+    #[arg(long, env = "WEBRTC_CHAT_POLICY_MEMORY_MIB", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub policy_memory_mib: u32,
+
+    /// Log filter (tracing syntax), e.g. "info" or "host=debug".
+    #[arg(long, env = "WEBRTC_CHAT_LOG", default_value = "info")]
+    pub log: String,
+}

@@ -1,0 +1,346 @@
+//! One frame's way through the host: parse once, stamp, ask the policy
+//! chain, check each action it returns, and apply them in order. The
+//! forwarded frame is rendered once and shared by every recipient.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::value::RawValue;
+
+use super::frame::{self, Inbound, Stamped};
+use super::names::{self, MAX_NAME_CHARS, MAX_ROOM_CHARS};
+use super::rooms::{Departure, JoinError, Outbound, SessionHandle};
+use super::Hub;
+use crate::policy::kv::Scope;
+use crate::policy::{Action, CloseRequest, Decision, Envelope, ErrorReply, JoinRequest};
+
+/// Frame types only the host may send.
+const HOST_TYPES: &[&str] = &["joined", "logout", "error"];
+
+/// The session a frame came from.
+pub struct Sender<'a> {
+    pub id: &'a Arc<str>,
+    pub handle: &'a SessionHandle,
+    /// The Host header the client connected with, for ICE server URLs.
+    pub host: &'a str,
+}
+
+impl Sender<'_> {
+    fn error(&self, error_type: &str, error_text: &str) {
+        self.handle.deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
+            error_type, error_text,
+        ))));
+    }
+}
+
+/// Handles one text frame from `sender`.
+pub fn handle_text(hub: &Hub, sender: &Sender, text: &str) {
+    let inbound = match frame::parse(text) {
+        Ok(f) => f,
+        Err(e) => return sender.error("badRequest", &e.to_string()),
+    };
+    let envelope = Envelope {
+        kind: inbound.kind.clone(),
+        from: sender.id.to_string(),
+        to: inbound.to.clone(),
+        data: inbound.data.map(|d| d.get().to_owned()),
+    };
+    let chain = hub.chain.load();
+    match chain.on_message(envelope) {
+        Decision::Act {
+            actions,
+            envelope,
+            rewritten,
+        } => {
+            let mut ctx = Applying {
+                hub,
+                sender,
+                inbound: &inbound,
+                envelope,
+                rewritten,
+                rendered: None,
+            };
+            for action in actions {
+                if !ctx.apply(action) {
+                    break;
+                }
+            }
+        }
+        Decision::Deny { reason } => sender.error("forbidden", &reason),
+        Decision::Failed(e) => {
+            sender.error(
+                "internal",
+                "A server policy failed on this message; nothing was delivered.",
+            );
+            tracing::debug!(session = %sender.id, "{e}");
+        }
+        Decision::Unhandled => sender.error(
+            "badRequest",
+            &format!("Unknown message type \"{}\".", inbound.kind),
+        ),
+    }
+}
+
+/// Tells the chain a session is gone, applies what the policies ask, then
+/// removes the session and sends `logout` to its room.
+pub fn handle_disconnect(hub: &Hub, sender: &Sender) {
+    let chain = hub.chain.load();
+    let actions = chain.on_disconnect(sender.id);
+    if !actions.is_empty() {
+        let inbound = Inbound {
+            kind: "disconnect".into(),
+            to: None,
+            data: None,
+            extras: Vec::new(),
+        };
+        let mut ctx = Applying {
+            hub,
+            sender,
+            inbound: &inbound,
+            envelope: Envelope {
+                kind: "disconnect".into(),
+                from: sender.id.to_string(),
+                to: None,
+                data: None,
+            },
+            rewritten: false,
+            rendered: None,
+        };
+        for action in actions {
+            // A departing session forwards nothing.
+            if !matches!(action, Action::Forward(_)) && !ctx.apply(action) {
+                break;
+            }
+        }
+    }
+    let departure = hub.registry.unregister(sender.id);
+    hub.kv.drop_scope(&Scope::Session(sender.id.to_string()));
+    if let Some(d) = departure {
+        announce_departure(hub, &d);
+    }
+}
+
+fn announce_departure(hub: &Hub, d: &Departure) {
+    let notice = Utf8Bytes::from(frame::logout(&d.session, &d.username));
+    for h in &d.remaining {
+        h.deliver(Outbound::Frame(notice.clone()));
+    }
+    if d.room_deleted {
+        hub.kv.drop_scope(&Scope::Room(d.room.to_string()));
+    }
+}
+
+struct Applying<'a> {
+    hub: &'a Hub,
+    sender: &'a Sender<'a>,
+    inbound: &'a Inbound<'a>,
+    envelope: Envelope,
+    rewritten: bool,
+    /// The stamped frame, rendered on first use.
+    rendered: Option<Utf8Bytes>,
+}
+
+impl Applying<'_> {
+    /// Applies one action; false stops the rest.
+    fn apply(&mut self, action: Action) -> bool {
+        let from = self.sender.id;
+        match action {
+            Action::Forward(targets) => {
+                let handles = self.hub.registry.room_handles(from, &targets);
+                if handles.is_empty() {
+                    return true;
+                }
+                let Some(frame) = self.stamped() else {
+                    return false;
+                };
+                for h in handles {
+                    h.deliver(Outbound::Frame(frame.clone()));
+                }
+                true
+            }
+            Action::Send(out) => {
+                match (
+                    self.hub.registry.reachable(from, &out.to),
+                    policy_frame(&out.frame),
+                ) {
+                    (Some(h), Ok(frame)) => h.deliver(Outbound::Frame(Utf8Bytes::from(frame))),
+                    (None, _) => {}
+                    (Some(_), Err(why)) => {
+                        tracing::warn!(session = %from, "policy send refused: {why}");
+                    }
+                }
+                true
+            }
+            Action::Error(ErrorReply {
+                to,
+                error_type,
+                error_text,
+            }) => {
+                let valid_type = !error_type.is_empty()
+                    && error_type.len() <= 32
+                    && error_type.chars().all(|c| c.is_ascii_alphanumeric());
+                if !valid_type {
+                    tracing::warn!(session = %from, "policy error refused: bad errorType");
+                    return true;
+                }
+                if let Some(h) = self.hub.registry.reachable(from, &to) {
+                    let text: String = error_text.chars().take(512).collect();
+                    h.deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
+                        &error_type,
+                        &text,
+                    ))));
+                }
+                true
+            }
+            Action::Join(req) => self.join(req),
+            Action::Leave(session) => {
+                if self.hub.registry.reachable(from, &session).is_some()
+                    && let Some(d) = self.hub.registry.leave(&session)
+                {
+                    announce_departure(self.hub, &d);
+                }
+                true
+            }
+            Action::Close(CloseRequest {
+                session,
+                code,
+                reason,
+            }) => {
+                if !(code == 1000 || code == 1008 || (4000..=4999).contains(&code)) {
+                    tracing::warn!(session = %from, code, "policy close refused: code must be 1000, 1008 or 4000-4999");
+                    return true;
+                }
+                if let Some(h) = self.hub.registry.reachable(from, &session) {
+                    // A close reason is at most 123 bytes on the wire.
+                    let mut reason = reason;
+                    while reason.len() > 123 {
+                        reason.pop();
+                    }
+                    h.deliver(Outbound::Close(code, Utf8Bytes::from(reason)));
+                }
+                true
+            }
+        }
+    }
+
+    fn join(&mut self, req: JoinRequest) -> bool {
+        let from = self.sender.id;
+        if req.session != **from {
+            tracing::warn!(session = %from, "policy join refused: a policy may only join the sender");
+            return true;
+        }
+        let room = match names::check("room id", &req.room, MAX_ROOM_CHARS) {
+            Ok(r) => r,
+            Err(why) => {
+                self.sender.error("badRequest", &why);
+                return false;
+            }
+        };
+        let username = match names::check("user name", &req.username, MAX_NAME_CHARS) {
+            Ok(n) => n,
+            Err(why) => {
+                self.sender.error("badRequest", &why);
+                return false;
+            }
+        };
+        let joined = match self.hub.registry.join(from, room, username, req.capacity) {
+            Ok(j) => j,
+            Err(JoinError::Full) => {
+                self.sender.error(
+                    "full",
+                    &format!("The room is full ({} people).", req.capacity),
+                );
+                return false;
+            }
+            Err(JoinError::UnknownSession) => return false,
+        };
+        if let Some(left) = &joined.left {
+            announce_departure(self.hub, left);
+        }
+        let members: Vec<(String, String)> = joined
+            .others
+            .iter()
+            .map(|m| (m.id.to_string(), m.username.to_string()))
+            .collect();
+        let ice = self.hub.ice.for_session(from, self.sender.host);
+        self.sender.handle.deliver(Outbound::Frame(Utf8Bytes::from(
+            frame::joined(from, room, &members, &ice),
+        )));
+        let notice = if self.envelope.kind == "login" {
+            match self.stamped() {
+                Some(f) => f,
+                None => return false,
+            }
+        } else {
+            Utf8Bytes::from(frame::login_notice(from, username, room))
+        };
+        for h in &joined.other_handles {
+            h.deliver(Outbound::Frame(notice.clone()));
+        }
+        true
+    }
+
+    /// The envelope as forwarded: `from` and `username` set by the host,
+    /// the client's other members kept. Rendered once per message.
+    fn stamped(&mut self) -> Option<Utf8Bytes> {
+        if let Some(f) = &self.rendered {
+            return Some(f.clone());
+        }
+        let from = self.sender.id;
+        let data = match (&self.envelope.data, self.rewritten) {
+            (Some(d), true) if serde_json::from_str::<&RawValue>(d).is_err() => {
+                tracing::warn!(session = %from, "policy rewrote data into invalid JSON; nothing delivered");
+                self.sender.error(
+                    "internal",
+                    "A server policy failed on this message; nothing was delivered.",
+                );
+                return None;
+            }
+            (d, _) => d.as_deref(),
+        };
+        let username = self.hub.registry.username_of(from);
+        let rendered = Utf8Bytes::from(
+            Stamped {
+                kind: &self.envelope.kind,
+                from,
+                to: self.envelope.to.as_deref(),
+                username: username.as_deref(),
+                data,
+                extras: &self.inbound.extras,
+            }
+            .render(),
+        );
+        self.rendered = Some(rendered.clone());
+        Some(rendered)
+    }
+}
+
+/// A policy's own frame: a JSON object with a string `type` that is not
+/// one of the host's, sent with `from` = "".
+fn policy_frame(text: &str) -> Result<String, &'static str> {
+    let mut value: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|_| "not a JSON object")?;
+    match value.get("type").and_then(|t| t.as_str()) {
+        None => return Err("no string type"),
+        Some(t) if HOST_TYPES.contains(&t) => return Err("uses a host-only type"),
+        Some(_) => {}
+    }
+    value.insert("from".into(), serde_json::Value::String(String::new()));
+    serde_json::to_string(&value).map_err(|_| "not serialisable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_frames_are_checked_and_stamped() {
+        let f = policy_frame(r#"{"type":"randomCheckResult","from":"x","data":1}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["from"], "");
+        assert!(policy_frame(r#"{"type":"joined","data":"x"}"#).is_err());
+        assert!(policy_frame(r#"{"type":"error"}"#).is_err());
+        assert!(policy_frame(r#"[1]"#).is_err());
+        assert!(policy_frame(r#"{"data":1}"#).is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! The wire format: one parse of a client frame into its parts, and the
+//! rendering of every frame the host sends. `data` and unknown members stay
+//! raw JSON text, so a forwarded frame is parsed once and serialised once.
+
+use std::fmt::Write as _;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Longest accepted `type` and `to`, in bytes.
+const MAX_TYPE_LEN: usize = 64;
+const MAX_TO_LEN: usize = 128;
+
+/// A client frame, borrowed from the received text.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    pub kind: String,
+    pub to: Option<String>,
+    pub data: Option<&'a RawValue>,
+    /// Other top-level members, in order, without `from`/`username` (the
+    /// host sets those) and without duplicates.
+    pub extras: Vec<(String, &'a RawValue)>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("The frame is not valid JSON.")]
+    NotJson,
+    #[error("The frame must be a JSON object.")]
+    NotObject,
+    #[error("The frame needs a string \"type\" of at most 64 bytes.")]
+    BadType,
+    #[error("\"to\" must be a session id string.")]
+    BadTo,
+}
+
+pub fn parse(text: &str) -> Result<Inbound<'_>, FrameError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let members = (&mut de)
+        .deserialize_any(MembersVisitor)
+        .map_err(classify)?;
+    de.end().map_err(|_| FrameError::NotJson)?;
+    let mut members = members.ok_or(FrameError::NotObject)?;
+
+    // Duplicate keys: the last occurrence wins, as in JavaScript.
+    let mut kind = None;
+    let mut to = None;
+    let mut data = None;
+    let mut extras: Vec<(String, &RawValue)> = Vec::new();
+    for (key, value) in members.drain(..) {
+        match key.as_str() {
+            "type" => kind = Some(value),
+            "to" => to = Some(value),
+            "data" => data = Some(value),
+            "from" | "username" => {}
+            _ => {
+                extras.retain(|(k, _)| *k != key);
+                extras.push((key, value));
+            }
+        }
+    }
+    let kind = kind
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        .filter(|k| !k.is_empty() && k.len() <= MAX_TYPE_LEN)
+        .ok_or(FrameError::BadType)?;
+    let to = match to.map(RawValue::get) {
+        None | Some("null") => None,
+        Some(raw) => Some(
+            serde_json::from_str::<String>(raw)
+                .ok()
+                .filter(|t| t.len() <= MAX_TO_LEN)
+                .ok_or(FrameError::BadTo)?,
+        ),
+    };
+    Ok(Inbound {
+        kind,
+        to,
+        data,
+        extras,
+    })
+}
+
+fn classify(e: serde_json::Error) -> FrameError {
+    match e.classify() {
+        serde_json::error::Category::Data => FrameError::NotObject,
+        _ => FrameError::NotJson,
+    }
+}
+
+/// Reads the top level of an object as (key, raw value) pairs; anything
+/// else that is valid JSON yields `None`.
+struct MembersVisitor;
+
+type Members<'a> = Option<Vec<(String, &'a RawValue)>>;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Members<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: &'de RawValue = map.next_value()?;
+            members.push((key, value));
+        }
+        Ok(Some(members))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    // Writing into a String cannot fail, and a &str always serialises.
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    out.push_str(&quoted);
+}
+
+/// A frame to forward: the (possibly rewritten) envelope, stamped with the
+/// sender's id and name, with the sender's other members kept.
+pub struct Stamped<'a> {
+    pub kind: &'a str,
+    pub from: &'a str,
+    pub to: Option<&'a str>,
+    pub username: Option<&'a str>,
+    pub data: Option<&'a str>,
+    pub extras: &'a [(String, &'a RawValue)],
+}
+
+impl Stamped<'_> {
+    pub fn render(&self) -> String {
+        let extras_len: usize = self
+            .extras
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum();
+        let mut out = String::with_capacity(
+            64 + self.kind.len() + self.data.map_or(0, str::len) + extras_len,
+        );
+        out.push_str("{\"type\":");
+        push_json_str(&mut out, self.kind);
+        out.push_str(",\"from\":");
+        push_json_str(&mut out, self.from);
+        if let Some(to) = self.to {
+            out.push_str(",\"to\":");
+            push_json_str(&mut out, to);
+        }
+        if let Some(name) = self.username {
+            out.push_str(",\"username\":");
+            push_json_str(&mut out, name);
+        }
+        if let Some(data) = self.data {
+            out.push_str(",\"data\":");
+            out.push_str(data);
+        }
+        for (key, value) in self.extras {
+            out.push(',');
+            push_json_str(&mut out, key);
+            out.push(':');
+            out.push_str(value.get());
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// `{"type":"error","message":{"errorType":..,"errorText":..}}`
+pub fn error(error_type: &str, error_text: &str) -> String {
+    let mut out = String::with_capacity(64 + error_type.len() + error_text.len());
+    out.push_str("{\"type\":\"error\",\"message\":{\"errorType\":");
+    push_json_str(&mut out, error_type);
+    out.push_str(",\"errorText\":");
+    push_json_str(&mut out, error_text);
+    out.push_str("}}");
+    out
+}
+
+/// `{"type":"logout","from":id,"data":{"username":..,"sessionId":..}}`
+pub fn logout(session: &str, username: &str) -> String {
+    let mut out = String::with_capacity(96 + username.len());
+    out.push_str("{\"type\":\"logout\",\"from\":");
+    push_json_str(&mut out, session);
+    out.push_str(",\"data\":{\"username\":");
+    push_json_str(&mut out, username);
+    out.push_str(",\"sessionId\":");
+    push_json_str(&mut out, session);
+    out.push_str("}}");
+    out
+}
+
+/// A synthesised `login` notice, for joins a policy made outside a `login` frame.
+pub fn login_notice(session: &str, username: &str, room: &str) -> String {
+    let mut out = String::with_capacity(96 + username.len() + room.len());
+    out.push_str("{\"type\":\"login\",\"from\":");
+    push_json_str(&mut out, session);
+    out.push_str(",\"username\":");
+    push_json_str(&mut out, username);
+    out.push_str(",\"data\":{\"roomrequest\":");
+    push_json_str(&mut out, room);
+    out.push_str(",\"username\":");
+    push_json_str(&mut out, username);
+    out.push_str("}}");
+    out
+}
+
+/// `joined`: `data` is the session's own id (what the original client reads);
+/// `members` lists the others already in the room.
+pub fn joined(
+    session: &str,
+    room: &str,
+    members: &[(String, String)],
+    ice_servers_json: &str,
+) -> String {
+    let mut out = String::with_capacity(128 + members.len() * 80 + ice_servers_json.len());
+    out.push_str("{\"type\":\"joined\",\"data\":");
+    push_json_str(&mut out, session);
+    out.push_str(",\"room\":");
+    push_json_str(&mut out, room);
+    out.push_str(",\"members\":[");
+    for (i, (id, name)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"sessionId\":");
+        push_json_str(&mut out, id);
+        out.push_str(",\"username\":");
+        push_json_str(&mut out, name);
+        out.push('}');
+    }
+    let _ = write!(out, "],\"iceServers\":{ice_servers_json}}}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn parses_the_original_clients_offer() {
+        let text = r#"{"type":"offer","to":"b","username":"spoof","from":"x","data":{"sdp":"v=0"},"extra":[1,2]}"#;
+        let f = parse(text).unwrap();
+        assert_eq!(f.kind, "offer");
+        assert_eq!(f.to.as_deref(), Some("b"));
+        assert_eq!(f.data.unwrap().get(), r#"{"sdp":"v=0"}"#);
+        assert_eq!(f.extras.len(), 1);
+        let out = Stamped {
+            kind: &f.kind,
+            from: "a",
+            to: f.to.as_deref(),
+            username: Some("alice"),
+            data: f.data.map(RawValue::get),
+            extras: &f.extras,
+        }
+        .render();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"offer","from":"a","to":"b","username":"alice","data":{"sdp":"v=0"},"extra":[1,2]})
+        );
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        assert_eq!(parse("{nope").unwrap_err(), FrameError::NotJson);
+        assert_eq!(parse("").unwrap_err(), FrameError::NotJson);
+        assert_eq!(parse("{} x").unwrap_err(), FrameError::NotJson);
+        assert_eq!(parse("[1,2]").unwrap_err(), FrameError::NotObject);
+        assert_eq!(parse("\"s\"").unwrap_err(), FrameError::NotObject);
+        assert_eq!(parse("42").unwrap_err(), FrameError::NotObject);
+        assert_eq!(parse("null").unwrap_err(), FrameError::NotObject);
+        assert_eq!(parse("{}").unwrap_err(), FrameError::BadType);
+        assert_eq!(parse(r#"{"type":7}"#).unwrap_err(), FrameError::BadType);
+        assert_eq!(parse(r#"{"type":""}"#).unwrap_err(), FrameError::BadType);
+        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(65));
+        assert_eq!(parse(&long).unwrap_err(), FrameError::BadType);
+        assert_eq!(parse(r#"{"type":"a","to":5}"#).unwrap_err(), FrameError::BadTo);
+        assert!(parse(r#"{"type":"a","to":null}"#).unwrap().to.is_none());
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins() {
+        let f = parse(r#"{"type":"a","type":"b","x":1,"x":2}"#).unwrap();
+        assert_eq!(f.kind, "b");
+        assert_eq!(f.extras.len(), 1);
+        assert_eq!(f.extras[0].1.get(), "2");
+    }
+
+    #[test]
+    fn escapes_everything_it_writes() {
+        let v: Value = serde_json::from_str(&error("badRequest", "a \"quoted\"\nline")).unwrap();
+        assert_eq!(v["message"]["errorText"], "a \"quoted\"\nline");
+        let v: Value = serde_json::from_str(&logout("id", "가\"b")).unwrap();
+        assert_eq!(v, json!({"type":"logout","from":"id","data":{"username":"가\"b","sessionId":"id"}}));
+        let v: Value = serde_json::from_str(&joined(
+            "me",
+            "r",
+            &[("o".into(), "O".into())],
+            "[]",
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"joined","data":"me","room":"r","members":[{"sessionId":"o","username":"O"}],"iceServers":[]})
+        );
+        let v: Value = serde_json::from_str(&login_notice("id", "n", "room")).unwrap();
+        assert_eq!(v["data"]["roomrequest"], "room");
+    }
+}

@@ -1,0 +1,41 @@
+//! Signaling: the state the host owns (sessions, rooms, policy key-value
+//! data), the per-socket session loop, and the dispatch of each frame
+//! through the policy chain.
+
+pub mod dispatch;
+pub mod frame;
+pub mod names;
+pub mod rooms;
+pub mod session;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::policy::PolicyChain;
+use crate::policy::kv::KvStore;
+use rooms::RoomRegistry;
+
+/// Per-session bounds.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub max_frame_bytes: usize,
+    pub send_queue: usize,
+}
+
+/// Makes the `iceServers` list of a `joined` frame: per session, because
+/// TURN credentials are per session; `host` is the name the client used to
+/// reach us (its Host header), so the URLs work from where it stands.
+pub trait IceServers: Send + Sync {
+    fn for_session(&self, session: &str, host: &str) -> String;
+}
+
+/// Everything a session needs, shared by all of them.
+pub struct Hub {
+    pub registry: Arc<RoomRegistry>,
+    pub kv: Arc<KvStore>,
+    /// Swapped whole on reload; a message uses the chain it started with.
+    pub chain: ArcSwap<PolicyChain>,
+    pub limits: SessionLimits,
+    pub ice: Box<dyn IceServers>,
+}

@@ -1,0 +1,184 @@
+//! TLS for HTTPS/WSS: the operator's certificate in the certbot layout
+//! (`cert1.pem` + `chain1.pem` + `privkey1.pem`, as the original server read
+//! them), or a self-signed one made at start when the directory has none.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub const CERT_FILE: &str = "cert1.pem";
+pub const CHAIN_FILE: &str = "chain1.pem";
+pub const KEY_FILE: &str = "privkey1.pem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{dir} has {present} but not {missing}: put all of cert1.pem, chain1.pem and privkey1.pem there, or none for a self-signed certificate")]
+    Incomplete {
+        dir: String,
+        present: String,
+        missing: String,
+    },
+    #[error("cannot read the certificate file {path}: {reason} (check the file and its permissions, or pass --ssl-dir)")]
+    Unreadable { path: String, reason: String },
+    #[error("the certificate in {dir} is not usable: {reason}")]
+    Invalid { dir: String, reason: String },
+    #[error("could not make a self-signed certificate: {0}")]
+    SelfSigned(String),
+}
+
+/// The certificate chain and key the host serves, with where they came from.
+pub struct CertifiedKey {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// True when made at start because the ssl directory had no certificate.
+    pub self_signed: bool,
+}
+
+impl CertifiedKey {
+    /// Reads the certbot-layout files from `dir`; makes a self-signed
+    /// certificate when none of them exists.
+    pub fn load_or_self_signed(dir: &Path) -> Result<Self, TlsError> {
+        let files = [CERT_FILE, CHAIN_FILE, KEY_FILE].map(|f| dir.join(f));
+        let (present, missing): (Vec<&PathBuf>, Vec<&PathBuf>) =
+            files.iter().partition(|p| p.exists());
+        if present.is_empty() {
+            return self_signed();
+        }
+        // chain1.pem is optional for a self-contained leaf (e.g. a private CA in tests).
+        let missing: Vec<&PathBuf> = missing
+            .into_iter()
+            .filter(|p| !p.ends_with(CHAIN_FILE))
+            .collect();
+        if !missing.is_empty() {
+            let names = |ps: &[&PathBuf]| {
+                ps.iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(TlsError::Incomplete {
+                dir: dir.display().to_string(),
+                present: names(&present),
+                missing: names(&missing),
+            });
+        }
+        let [cert, chain, key] = files;
+        let mut certs = read_certs(&cert)?;
+        if chain.exists() {
+            certs.extend(read_certs(&chain)?);
+        }
+        let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| TlsError::Unreadable {
+            path: key.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if certs.is_empty() {
+            return Err(TlsError::Invalid {
+                dir: dir.display().to_string(),
+                reason: format!("{CERT_FILE} holds no certificate"),
+            });
+        }
+        Ok(Self {
+            chain: certs,
+            key,
+            self_signed: false,
+        })
+    }
+
+    pub fn server_config(&self, dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid {
+                dir: dir.display().to_string(),
+                reason: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Invalid {
+                dir: dir.display().to_string(),
+                reason: format!("{e} (does privkey1.pem belong to cert1.pem?)"),
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let unreadable = |reason: String| TlsError::Unreadable {
+        path: path.display().to_string(),
+        reason,
+    };
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| unreadable(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreadable(e.to_string()))
+}
+
+fn self_signed() -> Result<CertifiedKey, TlsError> {
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let cert =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    Ok(CertifiedKey {
+        chain: vec![cert.cert.der().clone()],
+        key,
+        self_signed: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_dir_gives_self_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = CertifiedKey::load_or_self_signed(dir.path()).unwrap();
+        assert!(ck.self_signed);
+        ck.server_config(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn partial_dir_names_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CERT_FILE), "x").unwrap();
+        let err = CertifiedKey::load_or_self_signed(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("privkey1.pem"), "{err}");
+    }
+
+    #[test]
+    fn operator_files_are_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["example.test".into()]).unwrap();
+        std::fs::write(dir.path().join(CERT_FILE), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), cert.signing_key.serialize_pem()).unwrap();
+        let ck = CertifiedKey::load_or_self_signed(dir.path()).unwrap();
+        assert!(!ck.self_signed);
+        assert_eq!(ck.chain.len(), 1);
+        ck.server_config(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn garbage_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["example.test".into()]).unwrap();
+        std::fs::write(dir.path().join(CERT_FILE), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), "not a key").unwrap();
+        let err = CertifiedKey::load_or_self_signed(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("privkey1.pem"), "{err}");
+    }
+}

@@ -1,0 +1,181 @@
+//! The default policy: the behaviour documented in protocol.md.
+//!
+//! It sits at the end of every policy chain. It decides `login`, `offer`,
+//! `answer`, `candidate` and `randomCheck`, plus the `leave` extension, and
+//! answers `badRequest` for any type that no policy in front of it handled.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "policy",
+});
+
+use webrtc_chat::policy::state;
+use webrtc_chat::policy::types::{ErrorReply, JoinRequest, Outbound};
+
+/// Room capacity when the operator configured none (the original `roomMax`).
+const DEFAULT_ROOM_MAX: u32 = 10;
+
+struct DefaultPolicy;
+
+impl Guest for DefaultPolicy {
+    fn on_connect(_s: SessionId, _peer_addr: String) -> Verdict {
+        Verdict::Next
+    }
+
+    fn on_message(e: Envelope) -> Verdict {
+        Verdict::Done(decide(&e))
+    }
+
+    fn on_disconnect(_s: SessionId) -> Vec<Action> {
+        Vec::new()
+    }
+}
+
+fn decide(e: &Envelope) -> Vec<Action> {
+    match e.kind.as_str() {
+        "login" => login(e),
+        "offer" => relay(e, true),
+        "answer" | "candidate" => relay(e, false),
+        "randomCheck" => random_check(e),
+        "leave" => vec![Action::Leave(e.from.clone())],
+        other => vec![error(
+            &e.from,
+            "badRequest",
+            &format!("Unknown message type \"{}\".", truncate(other, 40)),
+        )],
+    }
+}
+
+fn login(e: &Envelope) -> Vec<Action> {
+    let parsed = e
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok());
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let (Some(room), Some(username)) = (field("roomrequest"), field("username")) else {
+        return vec![error(
+            &e.from,
+            "badRequest",
+            "A login needs data with string fields \"roomrequest\" and \"username\".",
+        )];
+    };
+    let capacity = state::config("room-max")
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_ROOM_MAX);
+    vec![Action::Join(JoinRequest {
+        session: e.from.clone(),
+        room,
+        username,
+        capacity,
+    })]
+}
+
+/// Offers without a target fan out to the whole room; everything else is
+/// unicast. A target outside the room is dropped by the host, silently.
+fn relay(e: &Envelope, fan_out: bool) -> Vec<Action> {
+    let Some(room) = state::room_of(&e.from) else {
+        return vec![error(
+            &e.from,
+            "notInRoom",
+            "Join a room (login) before sending offers, answers or candidates.",
+        )];
+    };
+    match e.to.as_deref().filter(|t| !t.is_empty()) {
+        Some(to) => vec![Action::Forward(vec![to.to_owned()])],
+        None if fan_out => {
+            let others = state::members(&room)
+                .into_iter()
+                .filter(|m| *m != e.from)
+                .collect();
+            vec![Action::Forward(others)]
+        }
+        None => vec![error(
+            &e.from,
+            "badRequest",
+            &format!("A {} needs a \"to\" session id.", e.kind),
+        )],
+    }
+}
+
+fn random_check(e: &Envelope) -> Vec<Action> {
+    let candidate = e
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<String>(d).ok())
+        .filter(|c| is_uuid(c));
+    let Some(candidate) = candidate else {
+        return vec![error(
+            &e.from,
+            "badRequest",
+            "randomCheck needs a UUID string as data.",
+        )];
+    };
+    let result = if state::room_exists(&candidate) {
+        "fail"
+    } else {
+        "ok"
+    };
+    let frame = serde_json::json!({
+        "type": "randomCheckResult",
+        "data": { "result": result, "roomrequest": candidate },
+    });
+    vec![Action::Send(Outbound {
+        to: e.from.clone(),
+        frame: frame.to_string(),
+    })]
+}
+
+/// `8-4-4-4-12` hex digits, any version: what `crypto.randomUUID()` and
+/// the original client's generator produce.
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn error(to: &str, error_type: &str, error_text: &str) -> Action {
+    Action::Error(ErrorReply {
+        to: to.to_owned(),
+        error_type: error_type.to_owned(),
+        error_text: error_text.to_owned(),
+    })
+}
+
+fn truncate(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+export!(DefaultPolicy);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_shapes() {
+        assert!(is_uuid("0b6f4c1e-3c1a-4b8e-9d2a-1f2e3d4c5b6a"));
+        assert!(is_uuid("0B6F4C1E-3C1A-4B8E-9D2A-1F2E3D4C5B6A"));
+        assert!(!is_uuid("0b6f4c1e3c1a4b8e9d2a1f2e3d4c5b6a"));
+        assert!(!is_uuid("my room"));
+        assert!(!is_uuid("0b6f4c1e-3c1a-4b8e-9d2a-1f2e3d4c5b6g"));
+    }
+
+    #[test]
+    fn truncate_keeps_char_boundaries() {
+        assert_eq!(truncate("가나다라", 2), "가나");
+        assert_eq!(truncate("ab", 5), "ab");
+    }
+}

@@ -1,0 +1,176 @@
+//! Owns the server's configuration: [`TurnConfig`] and [`TlsSettings`], with
+//! their defaults and validation.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Default STUN/TURN port (UDP and TCP).
+pub const DEFAULT_PORT: u16 = 3478;
+/// Default TURN-over-TLS port.
+pub const DEFAULT_TLS_PORT: u16 = 5349;
+/// Longest allocation lifetime the `turn` crate grants (RFC 5766 §6.2
+/// recommends 3600 s); a larger request gets the 600 s default from it.
+pub const MAX_CRATE_LIFETIME: Duration = Duration::from_secs(3599);
+
+/// TURN over TLS (TCP) settings.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// Port for `turns:` (default 5349).
+    pub port: u16,
+    /// The rustls server configuration (the host shares its own HTTPS one).
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSettings {
+    /// Settings on the default port (5349) with the given rustls configuration.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            port: DEFAULT_TLS_PORT,
+            config,
+        }
+    }
+
+    /// Builds settings from a PEM certificate chain and a PEM private key,
+    /// with the given rustls crypto provider (e.g. ring's or aws-lc-rs's).
+    pub fn from_pem(
+        port: u16,
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(cert_chain_pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Tls(format!("bad certificate PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Tls("no certificate in the PEM data".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| Error::Tls(format!("bad private key PEM: {e}")))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Self {
+            port,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Everything the TURN server needs to know.
+#[derive(Clone, Debug)]
+pub struct TurnConfig {
+    /// Address to listen on (UDP, TCP, TLS) and to open relay sockets on.
+    pub listen: IpAddr,
+    /// STUN/TURN port for UDP and TCP (default 3478; 0 = any, for tests).
+    pub port: u16,
+    /// TURN over TLS, when a certificate is available.
+    pub tls: Option<TlsSettings>,
+    /// Realm sent to clients (default "webrtc-chat").
+    pub realm: String,
+    /// Address advertised as the relayed address (default: `listen`, or the
+    /// first non-loopback interface address when `listen` is unspecified).
+    pub public_ip: Option<IpAddr>,
+    /// Relay port range, inclusive; (0, 0) lets the OS pick any port.
+    pub relay_ports: (u16, u16),
+    /// Shared secret for the TURN REST credentials (must not be empty).
+    pub secret: Vec<u8>,
+    /// Allow relaying to loopback peers (tests on one machine).
+    pub allow_loopback: bool,
+    /// Extra peer networks allowed even though they are private/reserved.
+    pub allow_peers: Vec<ipnet::IpNet>,
+    /// Most live allocations one credential (username) may hold.
+    pub max_allocations_per_credential: usize,
+    /// Most live allocations one client IP address may hold.
+    pub max_allocations_per_ip: usize,
+    /// Most live allocations in the whole server.
+    pub max_allocations_total: usize,
+    /// Longest lifetime granted by one Allocate or Refresh (capped at 3599 s).
+    pub max_lifetime: Duration,
+    /// How long a credential stays honoured after its session ended.
+    pub credential_grace: Duration,
+    /// Validity of the credentials handed out by [`crate::ice_servers`].
+    pub credential_ttl: Duration,
+    /// Most simultaneous TCP/TLS client connections per listener.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            listen: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: DEFAULT_PORT,
+            tls: None,
+            realm: "webrtc-chat".into(),
+            public_ip: None,
+            relay_ports: (0, 0),
+            secret: Vec::new(),
+            allow_loopback: false,
+            allow_peers: Vec::new(),
+            max_allocations_per_credential: 10,
+            max_allocations_per_ip: 50,
+            max_allocations_total: 1000,
+            max_lifetime: Duration::from_secs(600),
+            credential_grace: Duration::from_secs(30),
+            credential_ttl: Duration::from_secs(12 * 3600),
+            max_tcp_connections: 1024,
+        }
+    }
+}
+
+impl TurnConfig {
+    /// Checks the fields that the server cannot run without.
+    pub fn validate(&self) -> Result<()> {
+        if self.secret.is_empty() {
+            return Err(Error::Config("secret must not be empty".into()));
+        }
+        if self.realm.is_empty() {
+            return Err(Error::Config("realm must not be empty".into()));
+        }
+        let (lo, hi) = self.relay_ports;
+        if (lo, hi) != (0, 0) && (lo == 0 || hi < lo) {
+            return Err(Error::Config(format!(
+                "relay port range {lo}-{hi} is invalid: give 0-0 (any) or low <= high, both > 0"
+            )));
+        }
+        if self.max_lifetime < Duration::from_secs(30) {
+            return Err(Error::Config("max_lifetime must be at least 30 s".into()));
+        }
+        if self.max_allocations_total == 0
+            || self.max_allocations_per_ip == 0
+            || self.max_allocations_per_credential == 0
+        {
+            return Err(Error::Config("allocation quotas must be at least 1".into()));
+        }
+        if let Some(tls) = &self.tls
+            && tls.port != 0
+            && tls.port == self.port
+        {
+            return Err(Error::Config(format!(
+                "TLS port {} is the same as the STUN/TURN port",
+                tls.port
+            )));
+        }
+        Ok(())
+    }
+
+    /// The lifetime the server grants, capped by what the `turn` crate allows.
+    pub(crate) fn effective_max_lifetime(&self) -> Duration {
+        self.max_lifetime.min(MAX_CRATE_LIFETIME)
+    }
+}

@@ -1,0 +1,366 @@
+//! Owns the listener gate: a `Conn` wrapped around each listening socket
+//! (UDP, TCP, TLS) that looks at authenticated TURN requests before the
+//! `turn` crate handles them. It records who is allocating (for quotas),
+//! answers 403 to CreatePermission/ChannelBind for forbidden peers, caps
+//! the LIFETIME of Allocate/Refresh at the configured maximum (re-signing
+//! the request with the client's key), and turns the crate's 508 answer to
+//! a quota refusal into 486 Allocation Quota Reached.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use stun::attributes::{
+    ATTR_FINGERPRINT, ATTR_LIFETIME, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
+    ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
+};
+use stun::error_code::{ErrorCode, ErrorCodeAttribute};
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{CLASS_ERROR_RESPONSE, Getter, Message, MessageType, Setter};
+use stun::textattrs::TextAttribute;
+use webrtc_util::Conn;
+
+use crate::creds::Authenticator;
+use crate::peer::PeerPolicy;
+use crate::relay::{CtxSlot, RequestCtx, lock};
+
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+const METHOD_ALLOCATE: u16 = 0x003;
+const METHOD_REFRESH: u16 = 0x004;
+const METHOD_CREATE_PERMISSION: u16 = 0x008;
+const METHOD_CHANNEL_BIND: u16 = 0x009;
+const CLASS_REQUEST: u8 = 0;
+const CLASS_ERROR: u8 = 3;
+/// The lifetime the `turn` crate grants when none (or too much) is asked.
+const CRATE_DEFAULT_LIFETIME: u32 = 600;
+const CRATE_MAX_LIFETIME: u32 = 3600;
+
+/// Method and class of a STUN message, from its header alone.
+pub(crate) fn stun_header(p: &[u8]) -> Option<(u16, u8)> {
+    if p.len() < 20 || p[0] & 0xc0 != 0 || p[4..8] != MAGIC_COOKIE {
+        return None;
+    }
+    let t = u16::from_be_bytes([p[0], p[1]]);
+    let method = (t & 0x000f) | ((t & 0x00e0) >> 1) | ((t & 0x3e00) >> 2);
+    let class = (((t & 0x0010) >> 4) | ((t & 0x0100) >> 7)) as u8;
+    Some((method, class))
+}
+
+/// Decodes an XOR-PEER-ADDRESS value (RFC 5389 §15.2).
+pub(crate) fn decode_xor_address(v: &[u8], transaction: &[u8; 12]) -> Option<SocketAddr> {
+    if v.len() < 4 {
+        return None;
+    }
+    let port = u16::from_be_bytes([v[2], v[3]]) ^ 0x2112;
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE);
+    key[4..].copy_from_slice(transaction);
+    match (v[1], v.len()) {
+        (0x01, 8) => {
+            let mut ip = [0u8; 4];
+            for (i, b) in ip.iter_mut().enumerate() {
+                *b = v[4 + i] ^ key[i];
+            }
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
+        }
+        (0x02, 20) => {
+            let mut ip = [0u8; 16];
+            for (i, b) in ip.iter_mut().enumerate() {
+                *b = v[4 + i] ^ key[i];
+            }
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
+        }
+        _ => None,
+    }
+}
+
+enum Verdict {
+    Pass,
+    Replace(Vec<u8>),
+    Answer(Vec<u8>),
+}
+
+/// Wraps one listening `Conn` (see the module doc).
+pub(crate) struct Gate {
+    pub(crate) inner: Arc<dyn Conn + Send + Sync>,
+    pub(crate) listener: usize,
+    pub(crate) ctx: CtxSlot,
+    pub(crate) policy: Arc<PeerPolicy>,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) max_lifetime: Duration,
+}
+
+fn text_attr(m: &Message, t: stun::attributes::AttrType) -> Option<String> {
+    let mut a = TextAttribute::new(t, String::new());
+    a.get_from(m).ok()?;
+    Some(a.text)
+}
+
+fn build_error(m: &Message, code: u16, reason: &str, key: Option<&[u8]>) -> Option<Vec<u8>> {
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(Message {
+            transaction_id: m.transaction_id,
+            ..Default::default()
+        }),
+        Box::new(MessageType::new(m.typ.method, CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code: ErrorCode(code),
+            reason: reason.as_bytes().to_vec(),
+        }),
+    ];
+    if let Some(key) = key {
+        setters.push(Box::new(MessageIntegrity(key.to_vec())));
+    }
+    setters.push(Box::new(FINGERPRINT));
+    let mut out = Message::new();
+    out.build(&setters).ok()?;
+    Some(out.raw)
+}
+
+impl Gate {
+    /// The long-term key of a request whose MESSAGE-INTEGRITY verifies with
+    /// an honoured credential; `None` otherwise (the crate then refuses it).
+    fn verified_key(&self, m: &Message) -> Option<(String, Vec<u8>)> {
+        let username = text_attr(m, ATTR_USERNAME)?;
+        let realm = text_attr(m, ATTR_REALM)?;
+        let key = self.auth.key_for(&username, &realm).ok()?;
+        MessageIntegrity(key.clone()).check(&mut m.clone()).ok()?;
+        Some((username, key))
+    }
+
+    fn inspect(&self, pkt: &[u8], src: SocketAddr) -> Verdict {
+        let Some((method, class)) = stun_header(pkt) else {
+            return Verdict::Pass;
+        };
+        if class != CLASS_REQUEST
+            || !matches!(
+                method,
+                METHOD_ALLOCATE | METHOD_REFRESH | METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND
+            )
+        {
+            return Verdict::Pass;
+        }
+        let mut m = Message {
+            raw: pkt.to_vec(),
+            ..Default::default()
+        };
+        if m.decode().is_err() {
+            return Verdict::Pass;
+        }
+        if method == METHOD_ALLOCATE {
+            *lock(&self.ctx) = text_attr(&m, ATTR_USERNAME).map(|username| RequestCtx {
+                listener: self.listener,
+                client: src,
+                username,
+                transaction: m.transaction_id.0,
+                quota_refused: false,
+            });
+        }
+        if !m.contains(ATTR_MESSAGE_INTEGRITY) {
+            return Verdict::Pass;
+        }
+        let Some((username, key)) = self.verified_key(&m) else {
+            return Verdict::Pass;
+        };
+        match method {
+            METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND => {
+                for a in &m.attributes.0 {
+                    if a.typ != ATTR_XOR_PEER_ADDRESS {
+                        continue;
+                    }
+                    let Some(peer) = decode_xor_address(&a.value, &m.transaction_id.0) else {
+                        continue; // malformed: the crate answers 400
+                    };
+                    if let Err(why) = self.policy.check(peer.ip()) {
+                        tracing::info!(client = %src, %username, %peer, reason = %why,
+                            "TURN permission refused: forbidden peer");
+                        return match build_error(&m, 403, "Forbidden peer address", Some(&key)) {
+                            Some(b) => Verdict::Answer(b),
+                            None => Verdict::Answer(Vec::new()),
+                        };
+                    }
+                }
+                Verdict::Pass
+            }
+            _ => self.cap_lifetime(&m, &key),
+        }
+    }
+
+    /// Re-signs an Allocate/Refresh whose granted lifetime would exceed the
+    /// configured maximum, asking for the maximum instead.
+    fn cap_lifetime(&self, m: &Message, key: &[u8]) -> Verdict {
+        let requested = m
+            .get(ATTR_LIFETIME)
+            .ok()
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map(u32::from_be_bytes);
+        if requested == Some(0) {
+            return Verdict::Pass; // deallocation
+        }
+        let granted = match requested {
+            Some(s) if s < CRATE_MAX_LIFETIME => s,
+            _ => CRATE_DEFAULT_LIFETIME,
+        };
+        let max = u32::try_from(self.max_lifetime.as_secs()).unwrap_or(u32::MAX);
+        let want = granted.min(max).max(1);
+        if want == granted {
+            return Verdict::Pass;
+        }
+        let mut out = Message::new();
+        out.typ = m.typ;
+        out.transaction_id = m.transaction_id;
+        out.write_header();
+        let had_fingerprint = m.contains(ATTR_FINGERPRINT);
+        for a in &m.attributes.0 {
+            if a.typ == ATTR_MESSAGE_INTEGRITY
+                || a.typ == ATTR_MESSAGE_INTEGRITY_SHA256
+                || a.typ == ATTR_FINGERPRINT
+            {
+                break; // nothing but FINGERPRINT may follow the integrity
+            }
+            if a.typ != ATTR_LIFETIME {
+                out.add(a.typ, &a.value);
+            }
+        }
+        out.add(ATTR_LIFETIME, &want.to_be_bytes());
+        if MessageIntegrity(key.to_vec()).add_to(&mut out).is_err() {
+            return Verdict::Pass;
+        }
+        if had_fingerprint && FINGERPRINT.add_to(&mut out).is_err() {
+            return Verdict::Pass;
+        }
+        Verdict::Replace(out.raw)
+    }
+
+    /// Turns the crate's 508 answer to a quota refusal into 486.
+    fn quota_answer(&self, buf: &[u8], target: SocketAddr) -> Option<Vec<u8>> {
+        let (method, class) = stun_header(buf)?;
+        if method != METHOD_ALLOCATE || class != CLASS_ERROR {
+            return None;
+        }
+        let ctx = {
+            let mut slot = lock(&self.ctx);
+            let c = slot.as_mut()?;
+            if !c.quota_refused || c.client != target || buf[8..20] != c.transaction {
+                return None;
+            }
+            c.quota_refused = false;
+            c.clone()
+        };
+        let mut m = Message {
+            raw: buf.to_vec(),
+            ..Default::default()
+        };
+        m.decode().ok()?;
+        let key = self.auth.key_for(&ctx.username, &self.auth.realm).ok();
+        build_error(&m, 486, "Allocation Quota Reached", key.as_deref())
+    }
+}
+
+#[async_trait]
+impl Conn for Gate {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        self.inner.connect(addr).await
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        self.inner.recv(buf).await
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, src) = self.inner.recv_from(buf).await?;
+            match self.inspect(&buf[..n], src) {
+                Verdict::Pass => return Ok((n, src)),
+                Verdict::Replace(b) if b.len() <= buf.len() => {
+                    buf[..b.len()].copy_from_slice(&b);
+                    return Ok((b.len(), src));
+                }
+                Verdict::Replace(_) => return Ok((n, src)),
+                Verdict::Answer(b) => {
+                    if !b.is_empty()
+                        && let Err(e) = self.inner.send_to(&b, src).await
+                    {
+                        tracing::debug!(client = %src, error = %e, "cannot answer");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.inner.send(buf).await
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if let Some(b) = self.quota_answer(buf, target) {
+            self.inner.send_to(&b, target).await?;
+            return Ok(buf.len());
+        }
+        self.inner.send_to(buf, target).await
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr()
+    }
+
+    /// Never closes the shared listener: the `turn` crate calls this when
+    /// any one allocation ends. [`crate::TurnServer::close`] stops listeners.
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_method_and_class() {
+        // Allocate request 0x0003, CreatePermission error 0x0118, Refresh ok 0x0104
+        let mut p = [0u8; 20];
+        p[4..8].copy_from_slice(&MAGIC_COOKIE);
+        p[0..2].copy_from_slice(&0x0003u16.to_be_bytes());
+        assert_eq!(stun_header(&p), Some((METHOD_ALLOCATE, 0)));
+        p[0..2].copy_from_slice(&0x0118u16.to_be_bytes());
+        assert_eq!(stun_header(&p), Some((METHOD_CREATE_PERMISSION, 3)));
+        p[0..2].copy_from_slice(&0x0104u16.to_be_bytes());
+        assert_eq!(stun_header(&p), Some((METHOD_REFRESH, 2)));
+        p[0] = 0x40; // ChannelData
+        assert_eq!(stun_header(&p), None);
+        assert_eq!(stun_header(&p[..10]), None);
+    }
+
+    #[test]
+    fn xor_peer_address_roundtrip() {
+        use stun::xoraddr::XorMappedAddress;
+        for ip in ["127.0.0.1", "2001:db8::7", "::ffff:10.0.0.1"] {
+            let ip: IpAddr = ip.parse().expect("addr");
+            let mut m = Message::new();
+            m.build(&[
+                Box::new(stun::message::BINDING_REQUEST),
+                Box::new(stun::agent::TransactionId::new()),
+            ])
+            .expect("build");
+            let a = XorMappedAddress { ip, port: 4242 };
+            a.add_to_as(&mut m, ATTR_XOR_PEER_ADDRESS).expect("add");
+            let v = m.get(ATTR_XOR_PEER_ADDRESS).expect("attr");
+            assert_eq!(
+                decode_xor_address(&v, &m.transaction_id.0),
+                Some(SocketAddr::new(ip, 4242))
+            );
+        }
+        assert_eq!(decode_xor_address(&[0, 1, 0], &[0; 12]), None);
+        assert_eq!(decode_xor_address(&[0, 1, 0, 0, 1], &[0; 12]), None);
+    }
+}

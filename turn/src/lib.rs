@@ -1,0 +1,60 @@
+//! STUN and TURN server (RFC 5389 / RFC 5766) for WebRTC Chat, built on the
+//! `turn` crate 0.17 (webrtc-rs): UDP and TCP on one port (default 3478),
+//! TLS on another (default 5349) when a certificate is given.
+//!
+//! # Public API (what the host calls)
+//!
+//! ```ignore
+//! use chat_turn::{TurnConfig, TurnServer, SessionDirectory, ice_servers};
+//!
+//! let directory = Arc::new(SessionDirectory::default());
+//! let cfg = TurnConfig { secret: random_secret(), ..TurnConfig::default() };
+//! let server = TurnServer::start(cfg.clone(), Arc::clone(&directory)).await?;
+//!
+//! // on each signaling session:
+//! directory.session_started(&session_id);
+//! let list = ice_servers("chat.example.org", &cfg, &session_id); // -> joined.iceServers
+//! // when its socket ends:
+//! directory.session_ended(&session_id);
+//!
+//! server.close().await;
+//! ```
+//!
+//! - [`TurnConfig`] / [`TlsSettings`]: configuration with defaults.
+//! - [`SessionDirectory`]: `session_started`, `session_ended`, `is_honoured`.
+//! - [`credentials`]`(secret, session_id, ttl) -> (username, password)`:
+//!   TURN REST API scheme (coturn `use-auth-secret`).
+//! - [`ice_servers`]`(host, &cfg, session_id) -> Vec<IceServer>`: RTCIceServer list.
+//! - [`TurnServer::start`], [`TurnServer::local_addrs`], [`TurnServer::close`].
+//!
+//! # Rules enforced
+//! - A credential is honoured only when its HMAC is right (checked through
+//!   MESSAGE-INTEGRITY), its expiry is in the future and its session is
+//!   live or ended less than `credential_grace` ago. Relays of a session
+//!   that is no longer honoured are closed within half a second; its next
+//!   Refresh is refused. (turn 0.17 answers 400, not 401, to a bad
+//!   credential.)
+//! - Peers: see [`peer`]; refused peers get 403 on CreatePermission and
+//!   ChannelBind, and the relay socket itself drops traffic to and from them.
+//! - Quotas per credential, per client IP and in total (486 Allocation
+//!   Quota Reached); lifetimes capped at `max_lifetime`.
+//! - TCP/TLS: STUN and ChannelData framed on the stream ([`stream`]); an
+//!   allocation made over TCP ends with its connection.
+//!
+//! The `turn` crate logs through `log`; this crate through `tracing`.
+
+pub mod config;
+pub mod creds;
+pub mod error;
+mod gate;
+pub mod ice;
+pub mod peer;
+mod relay;
+pub mod server;
+pub mod stream;
+
+pub use config::{DEFAULT_PORT, DEFAULT_TLS_PORT, TlsSettings, TurnConfig};
+pub use creds::{SessionDirectory, credentials};
+pub use error::{Error, Result};
+pub use ice::{IceServer, ice_servers};
+pub use server::{Transport, TurnServer};

@@ -1,0 +1,454 @@
+//! Owns relay sockets: the allocation registry (quotas per credential, per
+//! client IP and in total; closing relays whose session is gone or whose
+//! TCP connection ended) and the relay `Conn` that refuses forbidden peers
+//! in both directions, plus the `RelayAddressGenerator` that makes them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use webrtc_util::Conn;
+
+use crate::creds::parse_username;
+use crate::peer::PeerPolicy;
+
+/// Who is asking for the allocation being made: set by the listener gate
+/// for each Allocate request, read by the relay generator of that listener.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestCtx {
+    pub(crate) listener: usize,
+    pub(crate) client: SocketAddr,
+    pub(crate) username: String,
+    pub(crate) transaction: [u8; 12],
+    /// Set by the generator when it refused for quota (the gate turns the
+    /// crate's 508 answer into 486 Allocation Quota Reached).
+    pub(crate) quota_refused: bool,
+}
+
+/// Shared per-listener slot for the current Allocate request.
+pub(crate) type CtxSlot = Arc<Mutex<Option<RequestCtx>>>;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Allocation limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) per_credential: usize,
+    pub(crate) per_ip: usize,
+    pub(crate) total: usize,
+}
+
+/// Why an allocation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QuotaRefusal {
+    PerCredential,
+    PerIp,
+    Total,
+}
+
+impl std::fmt::Display for QuotaRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QuotaRefusal::PerCredential => "allocations per credential",
+            QuotaRefusal::PerIp => "allocations per client IP",
+            QuotaRefusal::Total => "allocations in total",
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    username: String,
+    session: String,
+    client: SocketAddr,
+    listener: usize,
+    kill: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    entries: HashMap<u64, Entry>,
+    per_credential: HashMap<String, usize>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Live allocations, for quotas and for closing them from outside.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    limits: Limits,
+    inner: Mutex<Inner>,
+}
+
+fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, k: &K) {
+    if let Some(n) = map.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(k);
+        }
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    /// Counts one more allocation for `ctx`, or says which quota is full.
+    pub(crate) fn reserve(self: &Arc<Self>, ctx: &RequestCtx) -> Result<Lease, QuotaRefusal> {
+        let mut g = lock(&self.inner);
+        if g.entries.len() >= self.limits.total {
+            return Err(QuotaRefusal::Total);
+        }
+        let ip = crate::peer::canonical(ctx.client.ip());
+        if g.per_ip.get(&ip).copied().unwrap_or(0) >= self.limits.per_ip {
+            return Err(QuotaRefusal::PerIp);
+        }
+        if g.per_credential.get(&ctx.username).copied().unwrap_or(0) >= self.limits.per_credential {
+            return Err(QuotaRefusal::PerCredential);
+        }
+        g.next_id += 1;
+        let id = g.next_id;
+        let kill = CancellationToken::new();
+        let session = parse_username(&ctx.username)
+            .map(|(_, s)| s.to_owned())
+            .unwrap_or_default();
+        g.entries.insert(
+            id,
+            Entry {
+                username: ctx.username.clone(),
+                session,
+                client: ctx.client,
+                listener: ctx.listener,
+                kill: kill.clone(),
+            },
+        );
+        *g.per_ip.entry(ip).or_insert(0) += 1;
+        *g.per_credential.entry(ctx.username.clone()).or_insert(0) += 1;
+        Ok(Lease {
+            id,
+            registry: Arc::clone(self),
+            kill,
+            released: AtomicBool::new(false),
+        })
+    }
+
+    fn release(&self, id: u64) {
+        let mut g = lock(&self.inner);
+        if let Some(e) = g.entries.remove(&id) {
+            e.kill.cancel();
+            let ip = crate::peer::canonical(e.client.ip());
+            dec(&mut g.per_ip, &ip);
+            dec(&mut g.per_credential, &e.username);
+        }
+    }
+
+    /// Closes the relays of every allocation whose session is no longer
+    /// honoured; returns how many.
+    pub(crate) fn close_unhonoured(&self, honoured: impl Fn(&str) -> bool) -> usize {
+        let g = lock(&self.inner);
+        let mut n = 0;
+        for e in g.entries.values() {
+            if !e.kill.is_cancelled() && !honoured(&e.session) {
+                tracing::info!(
+                    client = %e.client,
+                    username = %e.username,
+                    "closing TURN allocation: its signaling session is gone"
+                );
+                e.kill.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Closes the relays of the allocations a client holds on a listener
+    /// (its TCP connection ended).
+    pub(crate) fn close_client(&self, listener: usize, client: SocketAddr) {
+        let g = lock(&self.inner);
+        for e in g.entries.values() {
+            if e.listener == listener && e.client == client {
+                tracing::debug!(%client, "closing TURN allocation: its TCP connection ended");
+                e.kill.cancel();
+            }
+        }
+    }
+
+    /// Number of live allocations.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.inner).entries.len()
+    }
+}
+
+/// One counted allocation; uncounted when closed or dropped.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    id: u64,
+    registry: Arc<Registry>,
+    kill: CancellationToken,
+    released: AtomicBool,
+}
+
+impl Lease {
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.registry.release(self.id);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn other(msg: impl Into<String>) -> webrtc_util::Error {
+    webrtc_util::Error::Other(msg.into())
+}
+
+/// A relay socket that only talks to allowed peers.
+pub(crate) struct FilteredRelayConn {
+    socket: UdpSocket,
+    policy: Arc<PeerPolicy>,
+    lease: Lease,
+    relay_addr: SocketAddr,
+}
+
+#[async_trait]
+impl Conn for FilteredRelayConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(other("relay sockets are not connected"))
+    }
+
+    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Err(other("use recv_from on relay sockets"))
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            tokio::select! {
+                _ = self.lease.kill.cancelled() => {
+                    return Err(webrtc_util::Error::ErrAlreadyClosed);
+                }
+                r = self.socket.recv_from(buf) => {
+                    let (n, from) = r?;
+                    if self.policy.allows(from.ip()) {
+                        return Ok((n, from));
+                    }
+                    tracing::debug!(relay = %self.relay_addr, peer = %from,
+                        "dropped a packet from a forbidden peer");
+                }
+            }
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(other("use send_to on relay sockets"))
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if self.lease.kill.is_cancelled() {
+            return Err(webrtc_util::Error::ErrAlreadyClosed);
+        }
+        if let Err(why) = self.policy.check(target.ip()) {
+            tracing::debug!(relay = %self.relay_addr, peer = %target, reason = %why,
+                "refused to relay to a forbidden peer");
+            return Err(other(format!("peer {target} refused: {why}")));
+        }
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        self.lease.release();
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// Makes filtered relay sockets for one listener, counting them against
+/// the quotas of the client asking.
+pub(crate) struct FilteredRelayGenerator {
+    /// Address relay sockets bind to.
+    pub(crate) bind_ip: IpAddr,
+    /// Address advertised in XOR-RELAYED-ADDRESS.
+    pub(crate) relay_ip: IpAddr,
+    pub(crate) ports: (u16, u16),
+    pub(crate) policy: Arc<PeerPolicy>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) ctx: CtxSlot,
+}
+
+fn random_u16() -> u16 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    // On failure b stays zero: the range start is tried first, then others.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u16::from_be_bytes(b)
+}
+
+impl FilteredRelayGenerator {
+    async fn bind(&self, ip: IpAddr, requested_port: u16) -> std::io::Result<UdpSocket> {
+        if requested_port != 0 {
+            return UdpSocket::bind(SocketAddr::new(ip, requested_port)).await;
+        }
+        let (lo, hi) = self.ports;
+        if (lo, hi) == (0, 0) {
+            return UdpSocket::bind(SocketAddr::new(ip, 0)).await;
+        }
+        let span = u32::from(hi - lo) + 1;
+        let start = u32::from(random_u16()) % span;
+        let tries = span.min(64);
+        let mut last = None;
+        for i in 0..tries {
+            // Random start, then consecutive ports: quick even in a busy range.
+            let port = lo as u32 + (start + i) % span;
+            match UdpSocket::bind(SocketAddr::new(ip, port as u16)).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("empty relay port range")))
+    }
+}
+
+#[async_trait]
+impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
+    fn validate(&self) -> Result<(), turn::Error> {
+        Ok(())
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        let ctx = lock(&self.ctx)
+            .clone()
+            .ok_or_else(|| turn::Error::Other("allocation without a request context".into()))?;
+        let lease = match self.registry.reserve(&ctx) {
+            Ok(l) => l,
+            Err(why) => {
+                tracing::warn!(client = %ctx.client, username = %ctx.username, quota = %why,
+                    "TURN allocation refused: quota reached");
+                if let Some(c) = lock(&self.ctx).as_mut() {
+                    c.quota_refused = true;
+                }
+                return Err(turn::Error::Other(format!("quota reached: {why}")));
+            }
+        };
+        let bind_ip = match (self.bind_ip, use_ipv4) {
+            (IpAddr::V4(_), true) | (IpAddr::V6(_), false) => self.bind_ip,
+            (IpAddr::V6(v6), true) if v6.is_unspecified() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (IpAddr::V4(v4), false) if v4.is_unspecified() => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => {
+                return Err(turn::Error::Other(
+                    "requested address family is not served".into(),
+                ));
+            }
+        };
+        let socket = self.bind(bind_ip, requested_port).await.map_err(|e| {
+            tracing::warn!(error = %e, "TURN allocation failed: no relay port");
+            turn::Error::Other(format!("cannot open a relay socket: {e}"))
+        })?;
+        let port = socket
+            .local_addr()
+            .map_err(|e| turn::Error::Other(e.to_string()))?
+            .port();
+        let relay_ip = if self.relay_ip.is_ipv4() == use_ipv4 {
+            self.relay_ip
+        } else {
+            bind_ip
+        };
+        let relay_addr = SocketAddr::new(relay_ip, port);
+        tracing::debug!(client = %ctx.client, %relay_addr, "TURN allocation made");
+        let conn = FilteredRelayConn {
+            socket,
+            policy: Arc::clone(&self.policy),
+            lease,
+            relay_addr,
+        };
+        Ok((Arc::new(conn), relay_addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(user: &str, client: &str) -> RequestCtx {
+        RequestCtx {
+            listener: 0,
+            client: client.parse().expect("addr"),
+            username: user.into(),
+            transaction: [0; 12],
+            quota_refused: false,
+        }
+    }
+
+    #[test]
+    fn quotas_count_and_release() {
+        let r = Registry::new(Limits {
+            per_credential: 2,
+            per_ip: 3,
+            total: 4,
+        });
+        let a1 = r.reserve(&ctx("1:a", "1.1.1.1:1")).expect("a1");
+        let _a2 = r.reserve(&ctx("1:a", "1.1.1.1:2")).expect("a2");
+        assert_eq!(
+            r.reserve(&ctx("1:a", "2.2.2.2:1")).err(),
+            Some(QuotaRefusal::PerCredential)
+        );
+        let _b1 = r.reserve(&ctx("1:b", "1.1.1.1:3")).expect("b1");
+        assert_eq!(
+            r.reserve(&ctx("1:c", "[::ffff:1.1.1.1]:4")).err(),
+            Some(QuotaRefusal::PerIp)
+        );
+        let _c1 = r.reserve(&ctx("1:c", "3.3.3.3:1")).expect("c1");
+        assert_eq!(
+            r.reserve(&ctx("1:d", "4.4.4.4:1")).err(),
+            Some(QuotaRefusal::Total)
+        );
+        drop(a1);
+        assert_eq!(r.len(), 3);
+        let _a3 = r
+            .reserve(&ctx("1:a", "5.5.5.5:1"))
+            .expect("a3 after release");
+    }
+
+    #[test]
+    fn close_unhonoured_cancels_only_gone_sessions() {
+        let r = Registry::new(Limits {
+            per_credential: 9,
+            per_ip: 9,
+            total: 9,
+        });
+        let a = r.reserve(&ctx("1:alive", "1.1.1.1:1")).expect("a");
+        let b = r.reserve(&ctx("1:gone", "1.1.1.1:2")).expect("b");
+        assert_eq!(r.close_unhonoured(|s| s == "alive"), 1);
+        assert!(!a.kill.is_cancelled());
+        assert!(b.kill.is_cancelled());
+        r.close_client(0, "1.1.1.1:1".parse().expect("addr"));
+        assert!(a.kill.is_cancelled());
+    }
+}

@@ -1,0 +1,290 @@
+//! Owns the running server: binding the UDP, TCP and TLS listeners, wiring
+//! the gate, the relay generator and the auth handler into the `turn`
+//! crate, the reaper that closes relays of departed sessions, and shutdown.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use turn::server::Server;
+use turn::server::config::{ConnConfig, ServerConfig};
+use webrtc_util::Conn;
+
+use crate::config::TurnConfig;
+use crate::creds::{Authenticator, SessionDirectory};
+use crate::error::{Error, Result};
+use crate::gate::Gate;
+use crate::peer::PeerPolicy;
+use crate::relay::{CtxSlot, FilteredRelayGenerator, Limits, Registry};
+use crate::stream::{StreamListenerConfig, StreamMux};
+
+/// How often departed sessions' relays are looked for.
+const REAP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The transport of a listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// STUN/TURN over UDP.
+    Udp,
+    /// STUN/TURN over TCP.
+    Tcp,
+    /// TURN over TLS (TCP).
+    Tls,
+}
+
+/// A running STUN/TURN server. Dropping it without [`close`](Self::close)
+/// stops accepting TCP/TLS connections but leaves the UDP loop to the
+/// runtime's shutdown.
+pub struct TurnServer {
+    server: Server,
+    addrs: Vec<(Transport, SocketAddr)>,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for TurnServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnServer")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bind_error(
+    proto: &'static str,
+    addr: SocketAddr,
+    flag: &'static str,
+    e: std::io::Error,
+) -> Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        Error::PortInUse {
+            proto,
+            ip: addr.ip(),
+            port: addr.port(),
+            flag,
+        }
+    } else {
+        Error::Bind {
+            proto,
+            addr,
+            source: e,
+        }
+    }
+}
+
+/// Binds UDP and TCP on the same port; with port 0 retries until one port
+/// number is free for both.
+async fn bind_pair(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener)> {
+    let tries = if port == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let addr = SocketAddr::new(ip, port);
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| bind_error("UDP", addr, "--turn-port", e))?;
+        let udp_addr = udp
+            .local_addr()
+            .map_err(|e| bind_error("UDP", addr, "--turn-port", e))?;
+        match TcpListener::bind(udp_addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(bind_error("TCP", udp_addr, "--turn-port", e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Config("cannot bind".into())))
+}
+
+/// The host's own addresses (relaying to them is refused).
+fn own_addresses(cfg: &TurnConfig) -> Vec<IpAddr> {
+    let mut own = vec![cfg.listen];
+    own.extend(cfg.public_ip);
+    if let Ok(ifaces) = webrtc_util::ifaces::ifaces() {
+        own.extend(ifaces.iter().filter_map(|i| i.addr.map(|a| a.ip())));
+    }
+    own.retain(|ip| !ip.is_unspecified());
+    own.sort();
+    own.dedup();
+    own
+}
+
+/// The address advertised as relayed address.
+fn relay_ip(cfg: &TurnConfig, own: &[IpAddr]) -> IpAddr {
+    if let Some(ip) = cfg.public_ip {
+        return ip;
+    }
+    if !cfg.listen.is_unspecified() {
+        return cfg.listen;
+    }
+    own.iter()
+        .copied()
+        .find(|ip| ip.is_ipv4() == cfg.listen.is_ipv4() && !ip.is_loopback())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+impl TurnServer {
+    /// Binds the listeners and starts serving. The directory's grace is set
+    /// to `cfg.credential_grace`.
+    pub async fn start(cfg: TurnConfig, directory: Arc<SessionDirectory>) -> Result<TurnServer> {
+        cfg.validate()?;
+        directory.set_grace(cfg.credential_grace);
+        let own = own_addresses(&cfg);
+        let policy = Arc::new(PeerPolicy {
+            allow_loopback: cfg.allow_loopback,
+            allow: cfg.allow_peers.clone(),
+            own: own.clone(),
+        });
+        let relay_ip = relay_ip(&cfg, &own);
+        let auth = Arc::new(Authenticator {
+            secret: cfg.secret.clone(),
+            realm: cfg.realm.clone(),
+            directory: Arc::clone(&directory),
+        });
+        let registry = Registry::new(Limits {
+            per_credential: cfg.max_allocations_per_credential,
+            per_ip: cfg.max_allocations_per_ip,
+            total: cfg.max_allocations_total,
+        });
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
+        let mut listeners: Vec<Arc<dyn Conn + Send + Sync>> = Vec::new();
+
+        let (udp, tcp) = bind_pair(cfg.listen, cfg.port).await?;
+        let udp_addr = udp.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+        addrs.push((Transport::Udp, udp_addr));
+        listeners.push(Arc::new(udp));
+
+        let idle_timeout = cfg.effective_max_lifetime() + Duration::from_secs(30);
+        let stream_cfg = |tls: Option<tokio_rustls::TlsAcceptor>, listener: usize| {
+            let registry = Arc::clone(&registry);
+            StreamListenerConfig {
+                tls,
+                max_connections: cfg.max_tcp_connections,
+                idle_timeout,
+                on_close: Arc::new(move |peer| registry.close_client(listener, peer)),
+                shutdown: shutdown.clone(),
+            }
+        };
+        let tcp_addr = tcp.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+        let (mux, task) = StreamMux::start(tcp, stream_cfg(None, 1))
+            .map_err(|e| bind_error("TCP", tcp_addr, "--turn-port", e))?;
+        addrs.push((Transport::Tcp, tcp_addr));
+        listeners.push(mux);
+        tasks.push(task);
+
+        if let Some(tls) = &cfg.tls {
+            let addr = SocketAddr::new(cfg.listen, tls.port);
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| bind_error("TLS", addr, "--turn-tls-port", e))?;
+            let tls_addr = l
+                .local_addr()
+                .map_err(|e| bind_error("TLS", addr, "--turn-tls-port", e))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
+            let (mux, task) = StreamMux::start(l, stream_cfg(Some(acceptor), 2))
+                .map_err(|e| bind_error("TLS", tls_addr, "--turn-tls-port", e))?;
+            addrs.push((Transport::Tls, tls_addr));
+            listeners.push(mux);
+            tasks.push(task);
+        }
+
+        let conn_configs = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, inner)| {
+                let ctx: CtxSlot = Arc::default();
+                let gate = Gate {
+                    inner,
+                    listener: i,
+                    ctx: Arc::clone(&ctx),
+                    policy: Arc::clone(&policy),
+                    auth: Arc::clone(&auth),
+                    max_lifetime: cfg.effective_max_lifetime(),
+                };
+                ConnConfig {
+                    conn: Arc::new(gate),
+                    relay_addr_generator: Box::new(FilteredRelayGenerator {
+                        bind_ip: cfg.listen,
+                        relay_ip,
+                        ports: cfg.relay_ports,
+                        policy: Arc::clone(&policy),
+                        registry: Arc::clone(&registry),
+                        ctx,
+                    }),
+                }
+            })
+            .collect();
+
+        let server = Server::new(ServerConfig {
+            conn_configs,
+            realm: cfg.realm.clone(),
+            auth_handler: auth,
+            channel_bind_timeout: Duration::ZERO,
+            alloc_close_notify: None,
+        })
+        .await?;
+
+        tasks.push(tokio::spawn({
+            let registry = Arc::clone(&registry);
+            let shutdown = shutdown.clone();
+            async move {
+                let mut tick = tokio::time::interval(REAP_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tick.tick() => {
+                            directory.prune();
+                            registry.close_unhonoured(|s| directory.is_honoured(s));
+                        }
+                    }
+                }
+            }
+        }));
+
+        tracing::info!(?addrs, %relay_ip, realm = %cfg.realm, "TURN server listening");
+        Ok(TurnServer {
+            server,
+            addrs,
+            shutdown,
+            tasks,
+            registry,
+        })
+    }
+
+    /// Every listening socket with its transport.
+    pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
+        self.addrs.clone()
+    }
+
+    /// The listening address of one transport, if it is served.
+    pub fn addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, a)| *a)
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Stops serving: closes every allocation and listener.
+    pub async fn close(mut self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.server.close().await {
+            tracing::debug!(error = %e, "TURN server close");
+        }
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+    }
+}
+
+impl Drop for TurnServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

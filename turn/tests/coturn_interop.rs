@@ -1,0 +1,185 @@
+//! Interop: coturn's `turnutils_uclient` relays through our server with
+//! TURN REST credentials, over UDP (`-W secret`, coturn computes the
+//! credential) and over TCP (`-u/-w` with a credential we compute). Only
+//! 127.0.0.1 is used: the server, the client and the relayed peers (`-y`:
+//! the client talks to itself through two allocations).
+//!
+//! Needs `turnutils_uclient` (Debian package `coturn`); without it this
+//! test FAILS on purpose.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_turn::{Transport, credentials};
+use common::*;
+
+fn uclient_path() -> std::path::PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("turnutils_uclient"))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => p,
+        None => panic!(
+            "turnutils_uclient not found on PATH: install coturn \
+             (apt-get update && apt-get install -y coturn) to run the TURN interop test"
+        ),
+    }
+}
+
+struct Run {
+    sent: u64,
+    received: u64,
+    lost_line: String,
+}
+
+async fn run_uclient(args: &[&str]) -> Run {
+    let out = tokio::time::timeout(
+        Duration::from_secs(40),
+        tokio::process::Command::new(uclient_path())
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("turnutils_uclient finished in time")
+    .expect("turnutils_uclient runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .rev()
+            .find_map(|l| l.split(name).nth(1))
+            .and_then(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            })
+    };
+    let lost_line = text
+        .lines()
+        .find(|l| l.contains("Total lost packets"))
+        .unwrap_or_default()
+        .to_owned();
+    let run = Run {
+        sent: field("tot_send_msgs=").unwrap_or(0),
+        received: field("tot_recv_msgs=").unwrap_or(0),
+        lost_line,
+    };
+    assert!(
+        run.sent > 0 && run.received == run.sent && run.lost_line.contains("lost packets 0 "),
+        "uclient {args:?}: sent {} received {} ({})\n{text}",
+        run.sent,
+        run.received,
+        run.lost_line
+    );
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_uclient_relays_through_our_server() {
+    let path = uclient_path(); // fail first, clearly, when coturn is missing
+    assert!(path.is_file());
+    let mut cfg = loopback_config();
+    cfg.secret = b"interop-secret".to_vec();
+    let (server, dir) = start(cfg).await;
+    let port = server.addr(Transport::Udp).expect("udp").port().to_string();
+    dir.session_started("uclient");
+
+    // UDP, coturn computes "<expiry>:uclient" and its HMAC from -W.
+    let udp = [
+        "-y",
+        "-n",
+        "10",
+        "-m",
+        "1",
+        "-l",
+        "100",
+        "-z",
+        "5",
+        "-e",
+        "127.0.0.1",
+        "-L",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-W",
+        "interop-secret",
+        "-u",
+        "uclient",
+        "127.0.0.1",
+    ];
+    // TCP, with a credential from our credentials().
+    let (user, pass) = credentials(b"interop-secret", "uclient", Duration::from_secs(600));
+    let tcp = [
+        "-t",
+        "-y",
+        "-n",
+        "10",
+        "-m",
+        "1",
+        "-l",
+        "100",
+        "-z",
+        "5",
+        "-e",
+        "127.0.0.1",
+        "-L",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-u",
+        &user,
+        "-w",
+        &pass,
+        "127.0.0.1",
+    ];
+    let (u, t) = tokio::join!(run_uclient(&udp), run_uclient(&tcp));
+    eprintln!(
+        "uclient UDP: {}/{} ({}); TCP: {}/{} ({})",
+        u.received, u.sent, u.lost_line, t.received, t.sent, t.lost_line
+    );
+
+    // A wrong secret is refused: nothing gets relayed.
+    let bad = tokio::time::timeout(
+        Duration::from_secs(40),
+        tokio::process::Command::new(&path)
+            .args([
+                "-y",
+                "-n",
+                "2",
+                "-m",
+                "1",
+                "-e",
+                "127.0.0.1",
+                "-L",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-W",
+                "wrong-secret",
+                "-u",
+                "uclient",
+                "127.0.0.1",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("finished")
+    .expect("runs");
+    let text =
+        String::from_utf8_lossy(&bad.stdout).to_string() + &String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() || !text.contains("tot_recv_msgs=2"),
+        "a wrong secret must not relay:\n{text}"
+    );
+    server.close().await;
+}

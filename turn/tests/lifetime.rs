@@ -1,0 +1,119 @@
+//! Raw STUN against our server: the LIFETIME granted to Allocate and
+//! Refresh is capped at `max_lifetime`, and the re-signed exchange still
+//! verifies with the client's key.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_turn::{Transport, credentials};
+use common::*;
+use stun::agent::TransactionId;
+use stun::attributes::ATTR_NONCE;
+use stun::error_code::ErrorCodeAttribute;
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
+    METHOD_REFRESH, Message, MessageType, Setter,
+};
+use stun::textattrs::{Nonce, Realm, Username};
+use tokio::net::UdpSocket;
+use turn::proto::PROTO_UDP;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::reqtrans::RequestedTransport;
+
+async fn exchange(sock: &UdpSocket, setters: Vec<Box<dyn Setter>>) -> Message {
+    let mut m = Message::new();
+    m.build(&setters).expect("build");
+    sock.send(&m.raw).await.expect("send");
+    let mut buf = vec![0u8; 1500];
+    let n = within("STUN answer", sock.recv(&mut buf))
+        .await
+        .expect("recv");
+    let mut r = Message {
+        raw: buf[..n].to_vec(),
+        ..Default::default()
+    };
+    r.decode().expect("decode answer");
+    assert_eq!(r.transaction_id, m.transaction_id);
+    r
+}
+
+#[tokio::test]
+async fn lifetime_is_capped_and_resigned() {
+    let mut cfg = loopback_config();
+    cfg.max_lifetime = Duration::from_secs(60);
+    let (server, dir) = start(cfg).await;
+    dir.session_started("hank");
+    let (user, pass) = credentials(SECRET, "hank", Duration::from_secs(600));
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.connect(server.addr(Transport::Udp).expect("udp"))
+        .await
+        .expect("connect");
+
+    // 1. unauthenticated: 401 with nonce and realm
+    let r = exchange(
+        &sock,
+        vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+            Box::new(FINGERPRINT),
+        ],
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE);
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(&r).expect("error code");
+    assert_eq!(code.code.0, 401);
+    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+    nonce.get_from(&r).expect("nonce");
+    let mut realm = Realm::new(stun::attributes::ATTR_REALM, String::new());
+    realm.get_from(&r).expect("realm");
+    assert_eq!(realm.text, REALM);
+
+    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
+    let authed = |method, lifetime: u64| -> Vec<Box<dyn Setter>> {
+        vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+            Box::new(Lifetime(Duration::from_secs(lifetime))),
+            Box::new(Username::new(stun::attributes::ATTR_USERNAME, user.clone())),
+            Box::new(realm.clone()),
+            Box::new(nonce.clone()),
+            Box::new(mi.clone()),
+            Box::new(FINGERPRINT),
+        ]
+    };
+
+    // 2. Allocate asking 3000 s gets 60 s, and the answer verifies.
+    let mut r = exchange(&sock, authed(METHOD_ALLOCATE, 3000)).await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
+    mi.check(&mut r).expect("answer integrity");
+    let mut lt = Lifetime::default();
+    lt.get_from(&r).expect("lifetime");
+    assert_eq!(lt.0, Duration::from_secs(60));
+
+    // 3. Refresh asking 3000 s gets 60 s; asking 30 s gets 30 s.
+    let mut r = exchange(&sock, authed(METHOD_REFRESH, 3000)).await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "refresh: {r}");
+    mi.check(&mut r).expect("refresh integrity");
+    lt.get_from(&r).expect("lifetime");
+    assert_eq!(lt.0, Duration::from_secs(60));
+    let r = exchange(&sock, authed(METHOD_REFRESH, 30)).await;
+    lt.get_from(&r).expect("lifetime");
+    assert_eq!(lt.0, Duration::from_secs(30));
+
+    // 4. Refresh with lifetime 0 deletes the allocation.
+    let r = exchange(&sock, authed(METHOD_REFRESH, 0)).await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.allocation_count(), 0);
+    server.close().await;
+}

@@ -1,0 +1,287 @@
+//! A real TURN client (the `turn` crate's) against our server, on loopback:
+//! relaying both ways over UDP, TCP and TLS, credential checks, peer rules,
+//! quotas and the lifetime cap.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_turn::{Transport, credentials};
+use common::*;
+use tokio::net::UdpSocket;
+use webrtc_util::Conn;
+
+#[tokio::test]
+async fn udp_relays_both_ways_with_fresh_credential() {
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("alice");
+    let (user, pass) = credentials(SECRET, "alice", Duration::from_secs(600));
+    let udp = server.addr(Transport::Udp).expect("udp");
+    let client = udp_client(udp, &user, &pass).await;
+    let relay = within("allocate", client.allocate())
+        .await
+        .expect("allocate");
+    assert_eq!(server.allocation_count(), 1);
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    // Several rounds: the first goes by Send indication, later ones by
+    // ChannelData once the channel is bound.
+    relay_round_trip(&relay, &peer, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay_round_trip(&relay, &peer, 3).await;
+    // STUN binding works too.
+    let mapped = within("binding", client.send_binding_request())
+        .await
+        .expect("binding");
+    assert_eq!(mapped.ip().to_string(), "127.0.0.1");
+    client.close().await.expect("close client");
+    server.close().await;
+}
+
+#[tokio::test]
+async fn forged_and_unknown_credentials_are_refused() {
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("bob");
+    let udp = server.addr(Transport::Udp).expect("udp");
+
+    let (user, _) = credentials(SECRET, "bob", Duration::from_secs(600));
+    let forged = udp_client(udp, &user, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=").await;
+    assert!(within("forged", forged.allocate()).await.is_err());
+
+    let (user, pass) = credentials(b"another-secret", "bob", Duration::from_secs(600));
+    let wrong_secret = udp_client(udp, &user, &pass).await;
+    assert!(
+        within("wrong secret", wrong_secret.allocate())
+            .await
+            .is_err()
+    );
+
+    let (user, pass) = credentials(SECRET, "nobody", Duration::from_secs(600));
+    let unknown = udp_client(udp, &user, &pass).await;
+    assert!(within("unknown session", unknown.allocate()).await.is_err());
+
+    let user = format!("{}:bob", 1_000_000);
+    let pass = chat_turn::creds::rest_password(SECRET, &user);
+    let expired = udp_client(udp, &user, &pass).await;
+    assert!(within("expired", expired.allocate()).await.is_err());
+
+    assert_eq!(server.allocation_count(), 0);
+    server.close().await;
+}
+
+#[tokio::test]
+async fn ended_session_loses_its_relay_after_the_grace() {
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("carol");
+    let (user, pass) = credentials(SECRET, "carol", Duration::from_secs(600));
+    let udp = server.addr(Transport::Udp).expect("udp");
+    let client = udp_client(udp, &user, &pass).await;
+    let relay = within("allocate", client.allocate())
+        .await
+        .expect("allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    relay_round_trip(&relay, &peer, 1).await;
+
+    dir.session_ended("carol");
+    // Still honoured inside the grace (200 ms): a new allocation works.
+    let again = udp_client(udp, &user, &pass).await;
+    let relay2 = within("allocate in grace", again.allocate())
+        .await
+        .expect("in grace");
+    drop(relay2);
+
+    // After the grace and one reaper pass, the relays are gone...
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(server.allocation_count(), 0);
+    peer.send_to(b"late", relay.local_addr().expect("addr"))
+        .await
+        .expect("peer send");
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), relay.recv_from(&mut buf))
+            .await
+            .map_or(true, |r| r.is_err()),
+        "no data after the session ended"
+    );
+    // ...and the credential is refused.
+    let late = udp_client(udp, &user, &pass).await;
+    assert!(
+        within("allocate after grace", late.allocate())
+            .await
+            .is_err()
+    );
+    server.close().await;
+}
+
+#[tokio::test]
+async fn loopback_peer_refused_by_default() {
+    let mut cfg = loopback_config();
+    cfg.allow_loopback = false;
+    let (server, dir) = start(cfg).await;
+    dir.session_started("dave");
+    let (user, pass) = credentials(SECRET, "dave", Duration::from_secs(600));
+    let udp = server.addr(Transport::Udp).expect("udp");
+    let client = udp_client(udp, &user, &pass).await;
+    let relay = within("allocate", client.allocate())
+        .await
+        .expect("allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    let peer_addr = peer.local_addr().expect("addr");
+
+    // CreatePermission for 127.0.0.1 is answered 403: send_to fails.
+    let sent = within("send to loopback", relay.send_to(b"x", peer_addr)).await;
+    assert!(
+        sent.is_err(),
+        "permission to a loopback peer must be refused"
+    );
+    // Nothing reaches the peer, and the peer cannot reach the client.
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+    let relayed = relay.local_addr().expect("relayed");
+    peer.send_to(b"in", relayed).await.expect("send");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), relay.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+    // The IPv4-mapped form of loopback too. (Other classes are covered by
+    // the classifier's unit tests: tests never aim packets off loopback.)
+    let mapped = "[::ffff:127.0.0.1]:9".parse().expect("addr");
+    let r = within("send to mapped loopback", relay.send_to(b"x", mapped)).await;
+    assert!(r.is_err(), "{mapped} must be refused");
+    server.close().await;
+}
+
+#[tokio::test]
+async fn tcp_relays_both_ways() {
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("erin");
+    let (user, pass) = credentials(SECRET, "erin", Duration::from_secs(600));
+    let tcp = server.addr(Transport::Tcp).expect("tcp");
+    assert_eq!(tcp.port(), server.addr(Transport::Udp).expect("udp").port());
+    let conn = Arc::new(
+        chat_turn::stream::StreamClientConn::connect_tcp(tcp)
+            .await
+            .expect("tcp connect"),
+    );
+    let client = client_on(conn.clone(), tcp, &user, &pass).await;
+    let relay = within("allocate over TCP", client.allocate())
+        .await
+        .expect("allocate over TCP");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    relay_round_trip(&relay, &peer, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay_round_trip(&relay, &peer, 3).await;
+    assert_eq!(server.allocation_count(), 1);
+
+    // Forged credential over TCP.
+    let forged = tcp_client(tcp, &user, "bm90IHRoZSBwYXNzd29yZA==").await;
+    assert!(within("forged over TCP", forged.allocate()).await.is_err());
+
+    // Loopback peer refused over TCP with default rules.
+    let mut cfg = loopback_config();
+    cfg.allow_loopback = false;
+    let (strict, dir2) = start(cfg).await;
+    dir2.session_started("erin");
+    let c2 = tcp_client(strict.addr(Transport::Tcp).expect("tcp"), &user, &pass).await;
+    let r2 = within("allocate strict", c2.allocate())
+        .await
+        .expect("allocate");
+    let sent = within(
+        "tcp send loopback",
+        r2.send_to(b"x", peer.local_addr().expect("a")),
+    )
+    .await;
+    assert!(sent.is_err());
+
+    // Closing the TCP connection ends its allocation.
+    client.close().await.expect("close");
+    conn.close().await.expect("close TCP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.allocation_count(), 0);
+    strict.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn tls_relays_both_ways() {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let mut cfg = loopback_config();
+    cfg.tls = Some(
+        chat_turn::TlsSettings::from_pem(
+            0,
+            cert.cert.pem().as_bytes(),
+            cert.signing_key.serialize_pem().as_bytes(),
+            Arc::clone(&provider),
+        )
+        .expect("tls settings"),
+    );
+    let (server, dir) = start(cfg).await;
+    dir.session_started("frank");
+    let tls_addr = server.addr(Transport::Tls).expect("tls");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("root");
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(tls_addr)
+        .await
+        .expect("connect");
+    let local = tcp.local_addr().expect("local");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake");
+    let conn = chat_turn::stream::StreamClientConn::new(Box::new(tls), local, tls_addr);
+    let (user, pass) = credentials(SECRET, "frank", Duration::from_secs(600));
+    let client = client_on(Arc::new(conn), tls_addr, &user, &pass).await;
+    let relay = within("allocate over TLS", client.allocate())
+        .await
+        .expect("allocate over TLS");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    relay_round_trip(&relay, &peer, 3).await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn quota_per_credential_and_total() {
+    let mut cfg = loopback_config();
+    cfg.max_allocations_per_credential = 1;
+    cfg.max_allocations_total = 2;
+    let (server, dir) = start(cfg).await;
+    let udp = server.addr(Transport::Udp).expect("udp");
+    for s in ["g1", "g2", "g3"] {
+        dir.session_started(s);
+    }
+    let (u1, p1) = credentials(SECRET, "g1", Duration::from_secs(600));
+    let a = udp_client(udp, &u1, &p1).await;
+    let _ra = within("first", a.allocate())
+        .await
+        .expect("first allocation");
+    let b = udp_client(udp, &u1, &p1).await;
+    let err = within("second", b.allocate())
+        .await
+        .err()
+        .expect("quota refusal");
+    assert!(err.to_string().contains("486"), "486 expected, got {err}");
+
+    let (u2, p2) = credentials(SECRET, "g2", Duration::from_secs(600));
+    let c = udp_client(udp, &u2, &p2).await;
+    let _rc = within("g2", c.allocate()).await.expect("g2 allocation");
+    let (u3, p3) = credentials(SECRET, "g3", Duration::from_secs(600));
+    let d = udp_client(udp, &u3, &p3).await;
+    assert!(within("total", d.allocate()).await.is_err());
+    assert_eq!(server.allocation_count(), 2);
+    server.close().await;
+}

@@ -1,0 +1,177 @@
+// Shared e2e plumbing: start the real host (or the mock with E2E_MOCK=1),
+// launch Debian's Chromium through playwright-core, and page helpers.
+import { spawn, execFileSync } from 'node:child_process'
+import { mkdtempSync, mkdirSync, rmSync, existsSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join as pjoin, resolve, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { chromium } from 'playwright-core'
+
+export const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const ARTIFACTS_DIR = resolve(WEB_DIR, process.env.ARTIFACTS_DIR ?? '../test-artifacts')
+export const MOCK = process.env.E2E_MOCK === '1'
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+
+export const CHROMIUM_ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--ignore-certificate-errors',
+  '--autoplay-policy=no-user-gesture-required',
+]
+
+export function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer()
+    s.unref()
+    s.on('error', rej)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => res(port))
+    })
+  })
+}
+
+let mockDist = null
+function buildForMock() {
+  if (mockDist) return mockDist
+  mockDist = mkdtempSync(pjoin(tmpdir(), 'webrtc-chat-dist-'))
+  execFileSync('npm', ['run', 'build', '--', '--outDir', mockDist, '--emptyOutDir'], { cwd: WEB_DIR, stdio: 'ignore' })
+  return mockDist
+}
+
+/** Start a host; resolves with { base, port, stop() } once it logs its https://localhost:PORT/ line. */
+export async function startHost({ roomMax = 10, timeoutMs = 90_000 } = {}) {
+  const port = await freePort()
+  const tmp = mkdtempSync(pjoin(tmpdir(), 'webrtc-chat-e2e-'))
+  let cmd, args
+  if (MOCK) {
+    cmd = process.execPath
+    args = [pjoin(WEB_DIR, 'e2e/support/mock-host.mjs'), '--dir', buildForMock(), '--port', String(port), '--room-max', String(roomMax)]
+  } else {
+    cmd = resolve(WEB_DIR, process.env.HOST_BIN ?? '../target/debug/host')
+    if (!existsSync(cmd)) throw new Error(`host binary not found at ${cmd} (set HOST_BIN, or build it: cargo build -p host)`)
+    const turnPort = await freePort()
+    mkdirSync(pjoin(tmp, 'ssl'))
+    mkdirSync(pjoin(tmp, 'plugins'))
+    args = [
+      '--bind', '127.0.0.1',
+      '--https-port', String(port),
+      '--turn-port', String(turnPort),
+      '--turn-allow-loopback',
+      '--ssl-dir', pjoin(tmp, 'ssl'),
+      '--plugins-dir', pjoin(tmp, 'plugins'),
+      '--room-max', String(roomMax),
+    ]
+  }
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } })
+  let log = ''
+  const needle = `https://localhost:${port}/`
+  await new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`host did not report ${needle} within ${timeoutMs} ms:\n${log.slice(-3000)}`)), timeoutMs)
+    const onData = (d) => {
+      log += d.toString()
+      if (log.includes(needle)) {
+        clearTimeout(timer)
+        res()
+      }
+    }
+    child.stdout.on('data', onData)
+    child.stderr.on('data', onData)
+    child.on('exit', (code) => {
+      clearTimeout(timer)
+      rej(new Error(`host exited (${code}) before it was ready:\n${log.slice(-3000)}`))
+    })
+  })
+  // keep draining output so the pipe never fills
+  child.stdout.removeAllListeners('data')
+  child.stderr.removeAllListeners('data')
+  child.removeAllListeners('exit')
+  child.stdout.on('data', (d) => (log = (log + d).slice(-20000)))
+  child.stderr.on('data', (d) => (log = (log + d).slice(-20000)))
+  return {
+    base: `https://localhost:${port}`,
+    port,
+    log: () => log,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM')
+        await Promise.race([new Promise((r) => child.once('exit', r)), sleep(3000)])
+        if (child.exitCode === null) child.kill('SIGKILL')
+      }
+      rmSync(tmp, { recursive: true, force: true })
+    },
+  }
+}
+
+export async function launchBrowser() {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 60_000 })
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+export async function newPage(browser, { viewport = { width: 1280, height: 800 }, locale = 'en-US', isMobile = false } = {}) {
+  const context = await browser.newContext({
+    ignoreHTTPSErrors: true,
+    viewport,
+    locale,
+    isMobile,
+    hasTouch: isMobile,
+    deviceScaleFactor: 1,
+    permissions: ['camera', 'microphone', 'clipboard-read', 'clipboard-write'],
+  })
+  const page = await context.newPage()
+  page.setDefaultTimeout(30_000)
+  page.on('pageerror', (e) => console.error('[pageerror]', e.message))
+  return page
+}
+
+/** Open the app with ?room= filled in, type a name, log in, and wait for the room screen. */
+export async function join(page, base, room, name, query = '') {
+  await page.goto(`${base}/?room=${encodeURIComponent(room)}${query}`)
+  await page.locator('#username').fill(name)
+  await page.locator('form.login-form button[type=submit]').click()
+  await page.locator('.room').waitFor({ timeout: 30_000 })
+}
+
+/** Wait until `n` remote tiles play video with real frames, and that time advances in each. */
+export async function expectRemoteVideos(page, n, timeout = 45_000) {
+  await page.waitForFunction(
+    (n) => {
+      const vids = [...document.querySelectorAll('.tile.remote video')]
+      return vids.length === n && vids.every((v) => v.videoWidth > 0 && v.readyState >= 2)
+    },
+    n,
+    { timeout, polling: 250 },
+  )
+  const sample = () =>
+    page.evaluate(() =>
+      [...document.querySelectorAll('.tile.remote video')].map((v) => ({
+        w: v.videoWidth,
+        t: v.currentTime,
+        frames: v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : 0,
+      })),
+    )
+  const a = await sample()
+  await sleep(1200)
+  const b = await sample()
+  return a.map((x, i) => ({ width: x.w, advanced: b[i].t > x.t, framesAdvanced: b[i].frames > x.frames }))
+}
+
+export async function remoteNames(page) {
+  return page.locator('.tile.remote .namebar .name').allInnerTexts()
+}
+
+export async function shot(page, file) {
+  mkdirSync(ARTIFACTS_DIR, { recursive: true })
+  await page.screenshot({ path: pjoin(ARTIFACTS_DIR, file) })
+}

@@ -1,0 +1,341 @@
+// Ties signaling, peer connections, local media and the stores together.
+// Components call these methods; they never touch sockets or RTCPeerConnections.
+import { shallowRef } from 'vue'
+import { Signaling, defaultSignalingUrl, type SignalingOptions } from './lib/signaling'
+import { PeerManager, MAX_CHAT_LEN } from './lib/peers'
+import { frames, uuidv4, validateField, ROOM_MAX_LEN, NAME_MAX_LEN, type ServerFrame } from './lib/protocol'
+import { acquireLocalMedia, stopStream, type LocalMedia } from './lib/media'
+import { useSession } from './stores/session'
+import { usePeers } from './stores/peers'
+import { useChat } from './stores/chat'
+
+export interface CallDeps {
+  url?: string
+  signaling?: SignalingOptions
+  createPeerConnection?: (config: RTCConfiguration) => RTCPeerConnection
+  createStream?: () => MediaStream
+  getLocalMedia?: () => Promise<LocalMedia>
+  getDisplayMedia?: () => Promise<MediaStream>
+  log?: (...a: unknown[]) => void
+  maxRandomTries?: number
+}
+
+export class CallController {
+  readonly session = useSession()
+  readonly peersStore = usePeers()
+  readonly chat = useChat()
+  readonly signaling: Signaling
+  pm: PeerManager | null = null
+  /** camera+mic stream sent to peers (may have no tracks: receive-only) */
+  readonly localStream = shallowRef<MediaStream | null>(null)
+  /** what the self tile shows (camera, or the screen while sharing) */
+  readonly preview = shallowRef<MediaStream | null>(null)
+  private screenTrack: MediaStreamTrack | null = null
+  private pendingRandom: string | null = null
+  private joinToken = 0
+
+  constructor(private readonly deps: CallDeps = {}) {
+    this.signaling = new Signaling(deps.url ?? defaultSignalingUrl(), deps.signaling)
+    this.signaling.on('status', (s) => (this.session.server = s))
+    this.signaling.on('open', () => this.onOpen())
+    this.signaling.on('close', (info) => this.onClose(info.willReconnect))
+    this.signaling.on('frame', (f) => this.onFrame(f))
+  }
+
+  private log(...a: unknown[]) {
+    this.deps.log?.(...a)
+  }
+
+  /** Open the socket for the login screen (randomCheck works without login). */
+  start() {
+    this.signaling.connect()
+  }
+
+  // ---- login screen --------------------------------------------------------
+
+  randomRoom() {
+    const s = this.session
+    s.error = null
+    s.randomTries = 0
+    this.drawRandom()
+  }
+
+  private drawRandom() {
+    const s = this.session
+    const id = uuidv4()
+    s.room = id
+    s.roomIssue = null
+    s.randomTries++
+    if (s.randomTries > (this.deps.maxRandomTries ?? 20)) {
+      s.random = 'idle'
+      this.pendingRandom = null
+      return
+    }
+    s.random = 'checking'
+    this.pendingRandom = id
+    if (this.signaling.status === 'open') this.signaling.send(frames.randomCheck(id))
+    else this.signaling.connect() // sent from onOpen
+  }
+
+  async join(roomInput: string, nameInput: string) {
+    const s = this.session
+    if (s.phase !== 'login') return
+    const room = validateField(roomInput, ROOM_MAX_LEN)
+    const name = validateField(nameInput, NAME_MAX_LEN)
+    s.roomIssue = room.ok ? null : room.reason!
+    s.nameIssue = name.ok ? null : name.reason!
+    if (!room.ok || !name.ok) return
+    s.room = room.value
+    s.username = name.value
+    s.error = null
+    s.phase = 'joining'
+    const token = ++this.joinToken
+    if (!this.localStream.value) {
+      s.step = 'media'
+      const media = await (this.deps.getLocalMedia ?? (() => acquireLocalMedia()))()
+      if (token !== this.joinToken || s.phase !== 'joining') {
+        stopStream(media.stream)
+        return
+      }
+      this.localStream.value = media.stream
+      this.preview.value = media.stream
+      s.media = { ...s.media, hasVideo: media.hasVideo, hasAudio: media.hasAudio, issue: media.issue, camOn: true, micOn: true }
+    }
+    s.step = 'login'
+    if (this.signaling.status === 'open') this.sendLogin()
+    else this.signaling.connect() // login is sent from onOpen
+  }
+
+  private sendLogin() {
+    this.signaling.send(frames.login(this.session.room, this.session.username))
+  }
+
+  // ---- socket events -------------------------------------------------------
+
+  private onOpen() {
+    const s = this.session
+    if (s.phase === 'joining' || (s.phase === 'room' && s.reconnecting)) this.sendLogin()
+    if (this.pendingRandom && s.random === 'checking') this.signaling.send(frames.randomCheck(this.pendingRandom))
+  }
+
+  private onClose(willReconnect: boolean) {
+    const s = this.session
+    if (s.phase === 'room' && willReconnect) {
+      // our session is gone: peers already dropped us; rejoin as a new session
+      if (!s.reconnecting) this.chat.notice('reconnecting')
+      s.reconnecting = true
+      this.pm?.closeAll()
+      this.pm = null
+      for (const p of this.peersStore.list) this.peersStore.remove(p.id)
+    }
+  }
+
+  onFrame(f: ServerFrame) {
+    const s = this.session
+    switch (f.type) {
+      case 'randomCheckResult':
+        if (f.room !== this.pendingRandom || s.random !== 'checking') return
+        if (f.ok) {
+          s.random = 'free'
+          this.pendingRandom = null
+        } else {
+          s.random = 'taken'
+          this.drawRandom()
+        }
+        return
+      case 'joined':
+        return this.onJoined(f.selfId, f.iceServers, f.members)
+      case 'error':
+        return this.onError(f.errorType, f.errorText)
+    }
+    if (s.phase !== 'room' || !this.pm) return
+    switch (f.type) {
+      case 'login':
+        if (f.from === s.selfId) return
+        this.peersStore.upsert(f.from, { username: f.username, state: 'connecting' })
+        this.chat.notice('joined', { name: f.username })
+        this.pm.handleLogin(f.from, f.username)
+        return
+      case 'offer':
+        void this.pm.handleDescription(f.from, f.description, f.username)
+        return
+      case 'answer':
+        void this.pm.handleDescription(f.from, f.description)
+        return
+      case 'candidate':
+        void this.pm.handleCandidate(f.from, f.candidate)
+        return
+      case 'logout': {
+        const p = this.peersStore.byId[f.from]
+        if (!p && !this.pm.peers.has(f.from)) return
+        const name = p?.username || f.username || ''
+        this.pm.handleLogout(f.from)
+        this.peersStore.remove(f.from)
+        this.chat.notice('left', { name })
+        return
+      }
+    }
+  }
+
+  private onJoined(selfId: string, iceServers: RTCIceServer[], members: { sessionId: string; username: string }[]) {
+    const s = this.session
+    const rejoin = s.phase === 'room' && s.reconnecting
+    if (s.phase !== 'joining' && !rejoin) return
+    this.pm?.closeAll()
+    s.selfId = selfId
+    s.iceServers = iceServers
+    s.phase = 'room'
+    s.step = null
+    s.error = null
+    s.reconnecting = false
+    this.peersStore.clear()
+    this.pm = new PeerManager({
+      selfId,
+      username: s.username,
+      iceServers,
+      relayOnly: s.relayOnly,
+      localStream: this.localStream.value,
+      send: (fr) => this.signaling.send(fr),
+      createPeerConnection: this.deps.createPeerConnection,
+      createStream: this.deps.createStream,
+      log: this.deps.log,
+      callbacks: {
+        onPeer: (id, username) => {
+          const cur = this.peersStore.byId[id]
+          if (!cur) this.peersStore.upsert(id, { username, state: 'connecting' })
+          else if (username && !cur.username) cur.username = username
+        },
+        onStream: (id, stream) => this.peersStore.setStream(id, stream),
+        onState: (id, state) => {
+          if (state !== 'closed') this.peersStore.setState(id, state)
+        },
+        onChat: (id, msg) => {
+          const p = this.peersStore.byId[id]
+          this.chat.message({ from: id, username: p?.username || msg.username, text: msg.text, ts: Date.now(), own: false })
+        },
+      },
+    })
+    for (const m of members) {
+      if (m.sessionId !== selfId) this.peersStore.upsert(m.sessionId, { username: m.username, state: 'new' })
+    }
+    this.chat.notice(rejoin ? 'reconnected' : 'youJoined', { room: s.room })
+  }
+
+  private onError(errorType: string, errorText: string) {
+    const s = this.session
+    const err = { type: errorType, text: errorText }
+    if (s.phase === 'joining' || (s.phase === 'room' && s.reconnecting)) {
+      // join refused (full, forbidden, ...): back to the login screen, media off
+      this.joinToken++
+      this.pm?.closeAll()
+      this.pm = null
+      this.peersStore.clear()
+      this.releaseMedia()
+      s.failJoin(err)
+      return
+    }
+    if (s.random === 'checking') {
+      s.random = 'idle'
+      this.pendingRandom = null
+    }
+    s.error = err
+  }
+
+  // ---- in the room ---------------------------------------------------------
+
+  sendChat(input: string): boolean {
+    const text = input.trim().slice(0, MAX_CHAT_LEN)
+    const s = this.session
+    if (!text || s.phase !== 'room' || !this.pm) return false
+    const ts = Date.now()
+    this.pm.sendChat({ id: uuidv4(), username: s.username, text, ts })
+    this.chat.message({ from: s.selfId ?? '', username: s.username, text, ts, own: true })
+    return true
+  }
+
+  toggleCamera() {
+    const track = this.localStream.value?.getVideoTracks()[0]
+    if (!track) return
+    track.enabled = !track.enabled
+    this.session.media.camOn = track.enabled
+  }
+
+  toggleMic() {
+    const track = this.localStream.value?.getAudioTracks()[0]
+    if (!track) return
+    track.enabled = !track.enabled
+    this.session.media.micOn = track.enabled
+  }
+
+  async toggleScreenShare() {
+    if (this.session.media.sharing) return this.stopScreenShare()
+    const get = this.deps.getDisplayMedia ?? (() => navigator.mediaDevices.getDisplayMedia({ video: true, audio: false }))
+    let screen: MediaStream
+    try {
+      screen = await get()
+    } catch (err) {
+      this.log('screen share refused', err)
+      return
+    }
+    const track = screen.getVideoTracks()[0]
+    if (!track || !this.pm) {
+      stopStream(screen)
+      return
+    }
+    this.screenTrack = track
+    track.onended = () => void this.stopScreenShare()
+    await this.pm.replaceTrack('video', track)
+    this.preview.value = screen
+    this.session.media.sharing = true
+  }
+
+  async stopScreenShare() {
+    const track = this.screenTrack
+    this.screenTrack = null
+    if (track) {
+      track.onended = null
+      track.stop()
+    }
+    this.session.media.sharing = false
+    this.preview.value = this.localStream.value
+    await this.pm?.replaceTrack('video', this.localStream.value?.getVideoTracks()[0] ?? null)
+  }
+
+  private releaseMedia() {
+    if (this.screenTrack) {
+      this.screenTrack.onended = null
+      this.screenTrack.stop()
+      this.screenTrack = null
+    }
+    stopStream(this.localStream.value)
+    this.localStream.value = null
+    this.preview.value = null
+    this.session.resetMedia()
+  }
+
+  /** Leave: closing the session is how the protocol leaves a room. */
+  leave() {
+    const s = this.session
+    this.joinToken++
+    this.pm?.closeAll()
+    this.pm = null
+    this.signaling.close()
+    this.releaseMedia()
+    this.peersStore.clear()
+    this.chat.clear()
+    s.phase = 'login'
+    s.step = null
+    s.selfId = null
+    s.reconnecting = false
+    s.error = null
+    s.random = 'idle'
+    this.signaling.connect()
+  }
+
+  /** Peer connections by session id (diagnostics, tests). */
+  peerConnections(): Map<string, RTCPeerConnection> {
+    const m = new Map<string, RTCPeerConnection>()
+    for (const [id, p] of this.pm?.peers ?? []) m.set(id, p.pc)
+    return m
+  }
+}

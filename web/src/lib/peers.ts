@@ -1,0 +1,431 @@
+// Owns the RTCPeerConnections of a mesh call (one per remote member, up to 9).
+//
+// Original convention: members already in the room offer to a newcomer when its
+// `login` arrives; the newcomer answers. Every later negotiation (ICE restarts,
+// track changes) uses "perfect negotiation": the side whose session id sorts
+// lower is polite (it rolls back its own offer on glare), the other ignores
+// the colliding offer.
+import { frames, type ClientFrame } from './protocol'
+
+export type PeerState = 'new' | 'connecting' | 'connected' | 'reconnecting' | 'failed' | 'closed'
+export type MediaKind = 'audio' | 'video'
+
+export interface ChatPayload {
+  id: string
+  username: string
+  text: string
+  ts: number
+}
+
+export interface PeerCallbacks {
+  onStream(id: string, stream: MediaStream): void
+  onState(id: string, state: PeerState): void
+  onChat(id: string, msg: ChatPayload): void
+  onPeer?(id: string, username: string): void
+  onChannel?(id: string, open: boolean): void
+}
+
+export interface PeerManagerOptions {
+  selfId: string
+  username: string
+  iceServers: RTCIceServer[]
+  relayOnly?: boolean
+  localStream: MediaStream | null
+  send: (frame: ClientFrame) => void
+  callbacks: PeerCallbacks
+  createPeerConnection?: (config: RTCConfiguration) => RTCPeerConnection
+  createStream?: () => MediaStream
+  maxIceRestarts?: number
+  disconnectGraceMs?: number
+  log?: (...args: unknown[]) => void
+}
+
+export const CHAT_LABEL = 'chat'
+export const MAX_CHAT_LEN = 2000
+
+/** Perfect negotiation role: the lexicographically smaller session id is polite. */
+export function isPolite(selfId: string, remoteId: string): boolean {
+  return selfId < remoteId
+}
+
+export class Peer {
+  makingOffer = false
+  ignoreOffer = false
+  settingRemoteAnswer = false
+  channel: RTCDataChannel | null = null
+  stream: MediaStream | null = null
+  senders: Partial<Record<MediaKind, RTCRtpSender>> = {}
+  pendingCandidates: RTCIceCandidateInit[] = []
+  restarts = 0
+  state: PeerState = 'new'
+  disconnectTimer: ReturnType<typeof setTimeout> | null = null
+  closed = false
+  constructor(
+    readonly id: string,
+    public username: string,
+    readonly pc: RTCPeerConnection,
+    readonly polite: boolean,
+  ) {}
+}
+
+export class PeerManager {
+  readonly peers = new Map<string, Peer>()
+  private localStream: MediaStream | null
+  private readonly o: PeerManagerOptions
+
+  constructor(opts: PeerManagerOptions) {
+    this.o = opts
+    this.localStream = opts.localStream
+  }
+
+  get selfId() {
+    return this.o.selfId
+  }
+
+  private log(...a: unknown[]) {
+    this.o.log?.('[peers]', ...a)
+  }
+
+  private config(): RTCConfiguration {
+    const c: RTCConfiguration = { iceServers: this.o.iceServers }
+    if (this.o.relayOnly) c.iceTransportPolicy = 'relay'
+    return c
+  }
+
+  private localTrack(kind: MediaKind): MediaStreamTrack | null {
+    return this.localStream?.getTracks().find((t) => t.kind === kind) ?? null
+  }
+
+  private setState(peer: Peer, s: PeerState) {
+    if (peer.state === s) return
+    peer.state = s
+    this.o.callbacks.onState(peer.id, s)
+  }
+
+  private create(id: string, username: string, initiator: boolean): Peer {
+    const make = this.o.createPeerConnection ?? ((c: RTCConfiguration) => new RTCPeerConnection(c))
+    const pc = make(this.config())
+    const peer = new Peer(id, username, pc, isPolite(this.o.selfId, id))
+    this.peers.set(id, peer)
+    this.o.callbacks.onPeer?.(id, username)
+    this.o.callbacks.onState(id, 'new')
+
+    pc.onicecandidate = (e) => {
+      if (e.candidate && !peer.closed) this.o.send(frames.candidate(id, e.candidate.toJSON()))
+    }
+    pc.onnegotiationneeded = () => void this.makeOffer(peer)
+    pc.ontrack = (e) => {
+      let stream = e.streams?.[0]
+      if (!stream) {
+        stream = peer.stream ?? (this.o.createStream ? this.o.createStream() : new MediaStream())
+        if (!stream.getTracks().includes(e.track)) stream.addTrack(e.track)
+      }
+      peer.stream = stream
+      this.o.callbacks.onStream(id, stream)
+    }
+    pc.ondatachannel = (e) => {
+      if (e.channel.label === CHAT_LABEL) this.bindChannel(peer, e.channel)
+    }
+    pc.onconnectionstatechange = () => this.onConnectionState(peer)
+    pc.oniceconnectionstatechange = () => this.onIceState(peer)
+
+    if (initiator) {
+      for (const kind of ['audio', 'video'] as MediaKind[]) {
+        const track = this.localTrack(kind)
+        const init: RTCRtpTransceiverInit = { direction: 'sendrecv' }
+        if (this.localStream) init.streams = [this.localStream]
+        const t = pc.addTransceiver(track ?? kind, init)
+        peer.senders[kind] = t.sender
+      }
+      this.bindChannel(peer, pc.createDataChannel(CHAT_LABEL))
+    }
+    return peer
+  }
+
+  private bindChannel(peer: Peer, ch: RTCDataChannel) {
+    // Keep the first channel; an old client may open its own too — listen on both.
+    if (!peer.channel || peer.channel.readyState === 'closed') peer.channel = ch
+    ch.onopen = () => {
+      if (peer.channel !== ch && peer.channel?.readyState !== 'open') peer.channel = ch
+      this.o.callbacks.onChannel?.(peer.id, true)
+    }
+    ch.onclose = () => {
+      if (!peer.closed) this.o.callbacks.onChannel?.(peer.id, false)
+    }
+    ch.onmessage = (e) => {
+      if (typeof e.data !== 'string') return
+      const msg = parseChat(e.data, peer.username)
+      if (msg) this.o.callbacks.onChat(peer.id, msg)
+    }
+  }
+
+  private async makeOffer(peer: Peer) {
+    if (peer.closed) return
+    const pc = peer.pc
+    try {
+      peer.makingOffer = true
+      await pc.setLocalDescription()
+      if (peer.closed || !pc.localDescription) return
+      this.o.send(frames.offer(peer.id, this.o.username, pc.localDescription))
+    } catch (err) {
+      this.log('offer failed', peer.id, err)
+    } finally {
+      peer.makingOffer = false
+    }
+  }
+
+  /** A newcomer logged in: we are an existing member, so we offer. */
+  handleLogin(id: string, username: string) {
+    if (id === this.o.selfId) return
+    const old = this.peers.get(id)
+    if (old) this.remove(id)
+    this.create(id, username, true)
+    // negotiationneeded fires on its own (transceivers + data channel added)
+  }
+
+  async handleDescription(from: string, description: RTCSessionDescriptionInit, username?: string | null) {
+    let peer = this.peers.get(from)
+    if (!peer) {
+      if (description.type !== 'offer') return
+      peer = this.create(from, username || '', false)
+    } else if (username && !peer.username) {
+      peer.username = username
+      this.o.callbacks.onPeer?.(from, username)
+    }
+    const pc = peer.pc
+    const readyForOffer =
+      !peer.makingOffer && (pc.signalingState === 'stable' || peer.settingRemoteAnswer)
+    const offerCollision = description.type === 'offer' && !readyForOffer
+    peer.ignoreOffer = !peer.polite && offerCollision
+    if (peer.ignoreOffer) {
+      this.log('ignoring colliding offer from', from)
+      return
+    }
+    try {
+      peer.settingRemoteAnswer = description.type === 'answer'
+      if (offerCollision && pc.signalingState === 'have-local-offer') {
+        // explicit rollback for browsers without implicit rollback
+        await pc.setLocalDescription({ type: 'rollback' })
+      }
+      await pc.setRemoteDescription(description)
+      peer.settingRemoteAnswer = false
+      await this.flushCandidates(peer)
+      if (description.type === 'offer') {
+        await this.attachLocal(peer)
+        await pc.setLocalDescription()
+        if (!peer.closed && pc.localDescription) this.o.send(frames.answer(from, pc.localDescription))
+      }
+    } catch (err) {
+      peer.settingRemoteAnswer = false
+      this.log('description failed', from, err)
+    }
+  }
+
+  /** After an offer is applied: send our media on the transceivers it created. */
+  private async attachLocal(peer: Peer) {
+    const pc = peer.pc
+    for (const kind of ['audio', 'video'] as MediaKind[]) {
+      if (peer.senders[kind]) continue
+      const t = pc
+        .getTransceivers()
+        .find((x) => x.currentDirection !== 'stopped' && x.receiver.track?.kind === kind && !Object.values(peer.senders).includes(x.sender))
+      const track = this.localTrack(kind)
+      if (!t) {
+        if (track) {
+          const init: RTCRtpTransceiverInit = { direction: 'sendrecv' }
+          if (this.localStream) init.streams = [this.localStream]
+          peer.senders[kind] = pc.addTransceiver(track, init).sender
+        }
+        continue
+      }
+      peer.senders[kind] = t.sender
+      t.direction = 'sendrecv'
+      if (this.localStream && typeof t.sender.setStreams === 'function') t.sender.setStreams(this.localStream)
+      if (track) await t.sender.replaceTrack(track)
+    }
+  }
+
+  async handleCandidate(from: string, candidate: RTCIceCandidateInit) {
+    const peer = this.peers.get(from)
+    if (!peer) return
+    if (!peer.pc.remoteDescription) {
+      peer.pendingCandidates.push(candidate)
+      return
+    }
+    try {
+      await peer.pc.addIceCandidate(candidate)
+    } catch (err) {
+      if (!peer.ignoreOffer) this.log('candidate failed', from, err)
+    }
+  }
+
+  private async flushCandidates(peer: Peer) {
+    const list = peer.pendingCandidates
+    peer.pendingCandidates = []
+    for (const c of list) {
+      try {
+        await peer.pc.addIceCandidate(c)
+      } catch (err) {
+        this.log('queued candidate failed', peer.id, err)
+      }
+    }
+  }
+
+  private onConnectionState(peer: Peer) {
+    const s = peer.pc.connectionState
+    if (s === 'connected') {
+      peer.restarts = 0
+      this.setState(peer, 'connected')
+    } else if (s === 'connecting') {
+      if (peer.state !== 'reconnecting') this.setState(peer, 'connecting')
+    } else if (s === 'failed') {
+      this.restartIce(peer)
+    }
+  }
+
+  private onIceState(peer: Peer) {
+    const s = peer.pc.iceConnectionState
+    if (peer.disconnectTimer) {
+      clearTimeout(peer.disconnectTimer)
+      peer.disconnectTimer = null
+    }
+    if (s === 'failed') {
+      this.restartIce(peer)
+    } else if (s === 'disconnected') {
+      this.setState(peer, 'reconnecting')
+      peer.disconnectTimer = setTimeout(() => {
+        peer.disconnectTimer = null
+        if (peer.pc.iceConnectionState === 'disconnected') this.restartIce(peer)
+      }, this.o.disconnectGraceMs ?? 4000)
+    } else if ((s === 'connected' || s === 'completed') && peer.state === 'reconnecting') {
+      this.setState(peer, 'connected')
+    }
+  }
+
+  /** ICE restart on failure, a bounded number of times; then the tile shows "failed". */
+  restartIce(peer: Peer) {
+    if (peer.closed) return
+    const max = this.o.maxIceRestarts ?? 3
+    if (peer.restarts >= max) {
+      this.setState(peer, 'failed')
+      return
+    }
+    peer.restarts++
+    this.setState(peer, 'reconnecting')
+    this.log('ICE restart', peer.id, peer.restarts)
+    if (typeof peer.pc.restartIce === 'function') {
+      peer.pc.restartIce() // fires negotiationneeded → makeOffer
+    } else {
+      void (async () => {
+        try {
+          peer.makingOffer = true
+          const offer = await peer.pc.createOffer({ iceRestart: true })
+          await peer.pc.setLocalDescription(offer)
+          if (peer.pc.localDescription) this.o.send(frames.offer(peer.id, this.o.username, peer.pc.localDescription))
+        } catch (err) {
+          this.log('ICE restart failed', err)
+        } finally {
+          peer.makingOffer = false
+        }
+      })()
+    }
+  }
+
+  handleLogout(id: string) {
+    this.remove(id)
+  }
+
+  remove(id: string) {
+    const peer = this.peers.get(id)
+    if (!peer) return
+    peer.closed = true
+    this.peers.delete(id)
+    if (peer.disconnectTimer) clearTimeout(peer.disconnectTimer)
+    try {
+      peer.channel?.close()
+    } catch {
+      /* ignore */
+    }
+    const pc = peer.pc
+    pc.onicecandidate = pc.ontrack = pc.onnegotiationneeded = pc.ondatachannel = null
+    pc.onconnectionstatechange = pc.oniceconnectionstatechange = null
+    pc.close()
+    this.o.callbacks.onState(id, 'closed')
+  }
+
+  closeAll() {
+    for (const id of [...this.peers.keys()]) this.remove(id)
+  }
+
+  /** Send a chat message to every peer with an open channel. Returns how many got it. */
+  sendChat(msg: ChatPayload): number {
+    const text = JSON.stringify({ type: 'chat', ...msg })
+    let n = 0
+    for (const peer of this.peers.values()) {
+      const ch = peer.channel
+      if (ch && ch.readyState === 'open') {
+        try {
+          ch.send(text)
+          n++
+        } catch (err) {
+          this.log('chat send failed', peer.id, err)
+        }
+      }
+    }
+    return n
+  }
+
+  openChannels(): number {
+    let n = 0
+    for (const p of this.peers.values()) if (p.channel?.readyState === 'open') n++
+    return n
+  }
+
+  /** Swap what we send (camera ↔ screen, or a new camera) without renegotiating. */
+  async replaceTrack(kind: MediaKind, track: MediaStreamTrack | null) {
+    await Promise.all(
+      [...this.peers.values()].map(async (p) => {
+        const s = p.senders[kind]
+        if (s) {
+          try {
+            await s.replaceTrack(track)
+          } catch (err) {
+            this.log('replaceTrack failed', p.id, err)
+          }
+        }
+      }),
+    )
+  }
+
+  setLocalStream(stream: MediaStream | null) {
+    this.localStream = stream
+  }
+}
+
+/** A chat frame from the data channel: our JSON, or plain text from an older client. */
+export function parseChat(data: string, fallbackName: string): ChatPayload | null {
+  let text: string | null = null
+  let username = fallbackName
+  let id = ''
+  let ts = Date.now()
+  try {
+    const m = JSON.parse(data)
+    if (m && typeof m === 'object' && !Array.isArray(m)) {
+      if (typeof m.text === 'string') text = m.text
+      else if (typeof m.message === 'string') text = m.message
+      else if (typeof m.data === 'string') text = m.data
+      // the name the host stamped on this peer wins over what the peer claims
+      if (!username && typeof m.username === 'string') username = m.username
+      if (typeof m.id === 'string') id = m.id
+      if (typeof m.ts === 'number' && Number.isFinite(m.ts)) ts = m.ts
+    } else if (typeof m === 'string') {
+      text = m
+    }
+  } catch {
+    text = data
+  }
+  if (text === null) text = data
+  text = text.slice(0, MAX_CHAT_LEN)
+  if (!text.trim()) return null
+  return { id, username: username.slice(0, 64), text, ts }
+}

@@ -1,0 +1,219 @@
+import { describe, it, expect, beforeEach } from 'vitest'
+import { setActivePinia, createPinia } from 'pinia'
+import { CallController } from '../src/call'
+import { FakeWebSocket, FakePC, FakeStream, FakeTrack, fakePCFactory, fakeStreamFactory, flush, resetFakes } from './fakes'
+import type { LocalMedia } from '../src/lib/media'
+
+function setup(media?: Partial<LocalMedia>) {
+  const timers: Array<() => void> = []
+  const stream = new FakeStream([new FakeTrack('audio'), new FakeTrack('video')])
+  const call = new CallController({
+    url: 'wss://h/ws',
+    signaling: {
+      WebSocketImpl: FakeWebSocket as unknown as new (u: string) => WebSocket,
+      setTimer: (fn) => {
+        timers.push(fn)
+        return fn
+      },
+      clearTimer: () => {},
+    },
+    createPeerConnection: fakePCFactory,
+    createStream: fakeStreamFactory,
+    getLocalMedia: async () => ({
+      stream: stream as unknown as MediaStream,
+      hasVideo: true,
+      hasAudio: true,
+      issue: 'none',
+      ...media,
+    }),
+  })
+  return { call, timers, stream }
+}
+
+async function joinRoom(call: CallController, members: { sessionId: string; username: string }[] = []) {
+  call.start()
+  const ws = FakeWebSocket.last()
+  ws.open()
+  await call.join(' room1 ', ' Me ')
+  expect(ws.sentOf('login')).toEqual([{ type: 'login', data: { roomrequest: 'room1', username: 'Me' } }])
+  ws.receive({
+    type: 'joined',
+    data: 'me',
+    room: 'room1',
+    members: [{ sessionId: 'me', username: 'Me' }, ...members],
+    iceServers: [{ urls: 'turn:h:3478', username: 'u', credential: 'c' }],
+  })
+  return ws
+}
+
+describe('CallController', () => {
+  beforeEach(() => {
+    resetFakes()
+    setActivePinia(createPinia())
+  })
+
+  it('validates fields before joining', async () => {
+    const { call } = setup()
+    await call.join('  ', 'x'.repeat(70))
+    expect(call.session.phase).toBe('login')
+    expect(call.session.roomIssue).toBe('empty')
+    expect(call.session.nameIssue).toBe('long')
+  })
+
+  it('joins: media first, then login; joined takes ICE servers only from the host', async () => {
+    const { call } = setup()
+    await joinRoom(call, [{ sessionId: 'old', username: 'Old' }])
+    const s = call.session
+    expect(s.phase).toBe('room')
+    expect(s.selfId).toBe('me')
+    expect(s.iceServers).toEqual([{ urls: 'turn:h:3478', username: 'u', credential: 'c' }])
+    expect(call.peersStore.list.map((p) => [p.id, p.username, p.state])).toEqual([['old', 'Old', 'new']])
+    expect(call.chat.entries[0]).toMatchObject({ kind: 'notice', notice: 'youJoined', params: { room: 'room1' } })
+  })
+
+  it('sends login once the socket opens if it was not open yet', async () => {
+    const { call } = setup()
+    call.start()
+    await call.join('r', 'n')
+    const ws = FakeWebSocket.last()
+    expect(ws.sent).toEqual([])
+    ws.open()
+    expect(ws.sentOf('login')).toHaveLength(1)
+  })
+
+  it('a newcomer login: notice, tile, and an offer from us with the ICE servers of joined', async () => {
+    const { call } = setup()
+    const ws = await joinRoom(call)
+    ws.receive({ type: 'login', from: 'new', data: { roomrequest: 'room1', username: 'Newbie' } })
+    await flush()
+    expect(call.chat.entries.at(-1)).toMatchObject({ notice: 'joined', params: { name: 'Newbie' } })
+    expect(call.peersStore.byId.new.username).toBe('Newbie')
+    expect(FakePC.instances[0].config.iceServers).toEqual([{ urls: 'turn:h:3478', username: 'u', credential: 'c' }])
+    expect(ws.sentOf('offer')).toEqual([{ type: 'offer', to: 'new', username: 'Me', data: expect.objectContaining({ type: 'offer' }) }])
+  })
+
+  it('answers an offer from an existing member; logout removes the tile with a notice', async () => {
+    const { call } = setup()
+    const ws = await joinRoom(call, [{ sessionId: 'old', username: 'Old' }])
+    ws.receive({ type: 'offer', from: 'old', username: 'Old', to: 'me', data: { type: 'offer', sdp: 'o' } })
+    await flush()
+    expect(ws.sentOf('answer')).toEqual([{ type: 'answer', to: 'old', data: expect.objectContaining({ type: 'answer' }) }])
+    ws.receive({ type: 'candidate', from: 'old', to: 'me', data: { candidate: 'candidate:1', sdpMid: '0', sdpMLineIndex: 0 } })
+    await flush()
+    expect(FakePC.instances[0].candidates).toHaveLength(1)
+    ws.receive({ type: 'logout', from: 'old', data: { username: 'Old', sessionId: 'old' } })
+    expect(call.peersStore.count).toBe(0)
+    expect(FakePC.instances[0].closed).toBe(true)
+    expect(call.chat.entries.at(-1)).toMatchObject({ notice: 'left', params: { name: 'Old' } })
+  })
+
+  it('a full room returns to the login screen with the error, camera released', async () => {
+    const { call, stream } = setup()
+    call.start()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    await call.join('busy', 'Me')
+    ws.receive({ type: 'error', message: { errorType: 'full', errorText: 'room is full' } })
+    expect(call.session.phase).toBe('login')
+    expect(call.session.error).toEqual({ type: 'full', text: 'room is full' })
+    expect(stream.getTracks().every((t) => t.readyState === 'ended')).toBe(true)
+    // and the user can try again
+    await call.join('other', 'Me')
+    expect(ws.sentOf('login')).toHaveLength(2)
+  })
+
+  it('random room: draws UUIDs until the host says ok', async () => {
+    const { call } = setup()
+    call.start()
+    const ws = FakeWebSocket.last()
+    call.randomRoom() // socket not open yet: sent on open
+    expect(call.session.random).toBe('checking')
+    ws.open()
+    const first = ws.sentOf('randomCheck')[0].data
+    expect(first).toMatch(/^[0-9a-f-]{36}$/)
+    expect(call.session.room).toBe(first)
+    ws.receive({ type: 'randomCheckResult', data: { result: 'fail', roomrequest: first } })
+    const second = ws.sentOf('randomCheck')[1].data
+    expect(second).not.toBe(first)
+    expect(call.session.room).toBe(second)
+    // a stale answer is ignored
+    ws.receive({ type: 'randomCheckResult', data: { result: 'ok', roomrequest: first } })
+    expect(call.session.random).toBe('checking')
+    ws.receive({ type: 'randomCheckResult', data: { result: 'ok', roomrequest: second } })
+    expect(call.session.random).toBe('free')
+    expect(call.session.room).toBe(second)
+  })
+
+  it('chat: own messages are listed and sent over the data channels', async () => {
+    const { call } = setup()
+    const ws = await joinRoom(call)
+    ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
+    await flush()
+    FakePC.instances[0].channels[0].open()
+    expect(call.sendChat('  hi  ')).toBe(true)
+    expect(call.sendChat('   ')).toBe(false)
+    expect(JSON.parse(FakePC.instances[0].channels[0].sent[0])).toMatchObject({ type: 'chat', text: 'hi', username: 'Me' })
+    expect(call.chat.entries.at(-1)).toMatchObject({ kind: 'message', own: true, text: 'hi' })
+  })
+
+  it('reconnects after a dropped socket and rejoins as a new session', async () => {
+    const { call, timers } = setup()
+    const ws = await joinRoom(call)
+    ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
+    await flush()
+    ws.drop()
+    expect(call.session.reconnecting).toBe(true)
+    expect(call.peersStore.count).toBe(0)
+    expect(FakePC.instances[0].closed).toBe(true)
+    expect(call.chat.entries.at(-1)).toMatchObject({ notice: 'reconnecting' })
+    timers.shift()!()
+    const ws2 = FakeWebSocket.last()
+    expect(ws2).not.toBe(ws)
+    ws2.open()
+    expect(ws2.sentOf('login')).toEqual([{ type: 'login', data: { roomrequest: 'room1', username: 'Me' } }])
+    ws2.receive({ type: 'joined', data: 'me2', members: [{ sessionId: 'p', username: 'P' }], iceServers: [] })
+    expect(call.session.reconnecting).toBe(false)
+    expect(call.session.selfId).toBe('me2')
+    expect(call.peersStore.list.map((p) => p.id)).toEqual(['p'])
+    expect(call.chat.entries.at(-1)).toMatchObject({ notice: 'reconnected' })
+  })
+
+  it('receive-only media still joins, with the issue recorded', async () => {
+    const { call } = setup({ stream: new FakeStream([]) as unknown as MediaStream, hasVideo: false, hasAudio: false, issue: 'denied' })
+    await joinRoom(call)
+    expect(call.session.phase).toBe('room')
+    expect(call.session.media.issue).toBe('denied')
+    expect(call.session.receiveOnly).toBe(true)
+  })
+
+  it('camera/mic toggles flip the tracks; leave closes the session and releases everything', async () => {
+    const { call, stream } = setup()
+    const ws = await joinRoom(call)
+    call.toggleCamera()
+    expect(stream.getVideoTracks()[0].enabled).toBe(false)
+    expect(call.session.media.camOn).toBe(false)
+    call.toggleMic()
+    expect(stream.getAudioTracks()[0].enabled).toBe(false)
+    call.leave()
+    expect(ws.closedWith).toBe(1000)
+    expect(call.session.phase).toBe('login')
+    expect(stream.getTracks().every((t) => t.readyState === 'ended')).toBe(true)
+    expect(FakeWebSocket.last()).not.toBe(ws) // a fresh socket for the login screen
+  })
+
+  it('screen sharing swaps the video track on every peer and back', async () => {
+    const { call, stream } = setup()
+    const screenTrack = new FakeTrack('video')
+    ;(call as any).deps.getDisplayMedia = async () => new FakeStream([screenTrack])
+    const ws = await joinRoom(call)
+    ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
+    await flush()
+    await call.toggleScreenShare()
+    expect(call.session.media.sharing).toBe(true)
+    expect(FakePC.instances[0].transceivers[1].sender.track).toBe(screenTrack)
+    screenTrack.onended!()
+    await flush()
+    expect(call.session.media.sharing).toBe(false)
+    expect(FakePC.instances[0].transceivers[1].sender.track).toBe(stream.getVideoTracks()[0])
+  })
+})

@@ -1,0 +1,239 @@
+import { describe, it, expect, beforeEach, vi } from 'vitest'
+import { PeerManager, isPolite, parseChat, type PeerCallbacks } from '../src/lib/peers'
+import { FakePC, FakeStream, FakeTrack, FakeChannel, fakePCFactory, fakeStreamFactory, flush, resetFakes } from './fakes'
+
+function setup(selfId = 'm', opts: { stream?: FakeStream | null; relay?: boolean } = {}) {
+  const sent: any[] = []
+  const cb = {
+    onStream: vi.fn(),
+    onState: vi.fn(),
+    onChat: vi.fn(),
+    onPeer: vi.fn(),
+    onChannel: vi.fn(),
+  } satisfies PeerCallbacks
+  const stream = opts.stream === undefined ? new FakeStream([new FakeTrack('audio'), new FakeTrack('video')]) : opts.stream
+  const pm = new PeerManager({
+    selfId,
+    username: 'Me',
+    iceServers: [{ urls: 'stun:h:3478' }],
+    relayOnly: opts.relay,
+    localStream: stream as unknown as MediaStream,
+    send: (f) => sent.push(f),
+    callbacks: cb,
+    createPeerConnection: fakePCFactory,
+    createStream: fakeStreamFactory,
+    maxIceRestarts: 2,
+    disconnectGraceMs: 10,
+  })
+  return { pm, sent, cb, stream }
+}
+
+describe('PeerManager', () => {
+  beforeEach(resetFakes)
+
+  it('polite side is the smaller session id', () => {
+    expect(isPolite('a', 'b')).toBe(true)
+    expect(isPolite('b', 'a')).toBe(false)
+  })
+
+  it('an existing member offers to a newcomer (original convention), with username and to', async () => {
+    const { pm, sent, cb } = setup('m')
+    pm.handleLogin('n', 'Newbie')
+    await flush()
+    const pc = FakePC.instances[0]
+    expect(pc.config.iceServers).toEqual([{ urls: 'stun:h:3478' }])
+    expect(pc.config.iceTransportPolicy).toBeUndefined()
+    expect(pc.transceivers.map((t) => [t.receiver.track.kind, t.direction, t.sender.track?.kind])).toEqual([
+      ['audio', 'sendrecv', 'audio'],
+      ['video', 'sendrecv', 'video'],
+    ])
+    expect(pc.channels.map((c) => c.label)).toEqual(['chat'])
+    expect(sent).toEqual([{ type: 'offer', to: 'n', username: 'Me', data: { type: 'offer', sdp: expect.any(String) } }])
+    expect(cb.onPeer).toHaveBeenCalledWith('n', 'Newbie')
+
+    // answer comes back; candidates go out unicast
+    await pm.handleDescription('n', { type: 'answer', sdp: 'a' })
+    expect(pc.signalingState).toBe('stable')
+    pc.emitCandidate({ candidate: 'candidate:1', sdpMid: '0', sdpMLineIndex: 0 })
+    expect(sent[1]).toEqual({ type: 'candidate', to: 'n', data: { candidate: 'candidate:1', sdpMid: '0', sdpMLineIndex: 0 } })
+  })
+
+  it('a newcomer answers an offer and sends its media on the offered transceivers', async () => {
+    const { pm, sent, stream } = setup('n')
+    await pm.handleDescription('m', { type: 'offer', sdp: 'o' }, 'Member')
+    await flush()
+    const pc = FakePC.instances[0]
+    expect(sent).toEqual([{ type: 'answer', to: 'm', data: { type: 'answer', sdp: expect.any(String) } }])
+    expect(pc.transceivers.map((t) => t.direction)).toEqual(['sendrecv', 'sendrecv'])
+    expect(pc.transceivers[0].sender.replaceTrack).toHaveBeenCalledWith(stream!.getAudioTracks()[0])
+    expect(pc.transceivers[1].sender.replaceTrack).toHaveBeenCalledWith(stream!.getVideoTracks()[0])
+    // no extra offer from the newcomer
+    expect(sent.filter((f) => f.type === 'offer')).toHaveLength(0)
+  })
+
+  it('receive-only: offers still ask to receive audio and video', async () => {
+    const { pm, sent } = setup('m', { stream: new FakeStream([]) })
+    pm.handleLogin('n', 'N')
+    await flush()
+    const pc = FakePC.instances[0]
+    expect(pc.transceivers.map((t) => [t.receiver.track.kind, t.sender.track])).toEqual([
+      ['audio', null],
+      ['video', null],
+    ])
+    expect(sent[0].type).toBe('offer')
+  })
+
+  it('relay-only is passed as iceTransportPolicy', () => {
+    const { pm } = setup('m', { relay: true })
+    pm.handleLogin('n', 'N')
+    expect(FakePC.instances[0].config.iceTransportPolicy).toBe('relay')
+  })
+
+  it('queues candidates that arrive before the remote description', async () => {
+    const { pm } = setup('m')
+    pm.handleLogin('n', 'N')
+    await flush()
+    const pc = FakePC.instances[0]
+    await pm.handleCandidate('n', { candidate: 'c1' })
+    expect(pc.candidates).toEqual([])
+    await pm.handleDescription('n', { type: 'answer', sdp: 'a' })
+    expect(pc.candidates).toEqual([{ candidate: 'c1' }])
+    await pm.handleCandidate('n', { candidate: 'c2' })
+    expect(pc.candidates).toHaveLength(2)
+    await pm.handleCandidate('unknown', { candidate: 'c3' }) // ignored
+  })
+
+  it('glare: the impolite side ignores the colliding offer', async () => {
+    const { pm, sent } = setup('z') // z > a: impolite towards a
+    pm.handleLogin('a', 'A')
+    await flush()
+    const pc = FakePC.instances[0]
+    expect(pc.signalingState).toBe('have-local-offer')
+    await pm.handleDescription('a', { type: 'offer', sdp: 'theirs' })
+    expect(pc.signalingState).toBe('have-local-offer')
+    expect(pc.remoteDescription).toBeNull()
+    expect(sent.filter((f) => f.type === 'answer')).toHaveLength(0)
+  })
+
+  it('glare: the polite side rolls back and answers', async () => {
+    const { pm, sent } = setup('a') // a < z: polite towards z
+    pm.handleLogin('z', 'Z')
+    await flush()
+    const pc = FakePC.instances[0]
+    expect(pc.signalingState).toBe('have-local-offer')
+    await pm.handleDescription('z', { type: 'offer', sdp: 'theirs' })
+    expect(pc.remoteDescription).toEqual({ type: 'offer', sdp: 'theirs' })
+    expect(sent.filter((f) => f.type === 'answer')).toHaveLength(1)
+    expect(pc.signalingState).toBe('stable')
+  })
+
+  it('restarts ICE on failure, a bounded number of times', async () => {
+    const { pm, sent, cb } = setup('m')
+    pm.handleLogin('n', 'N')
+    await flush()
+    const pc = FakePC.instances[0]
+    await pm.handleDescription('n', { type: 'answer', sdp: 'a' })
+    pc.setConnection('connected')
+    expect(cb.onState).toHaveBeenLastCalledWith('n', 'connected')
+    pc.setIce('failed')
+    expect(pc.restartCalls).toBe(1)
+    expect(cb.onState).toHaveBeenLastCalledWith('n', 'reconnecting')
+    await flush()
+    const offers = sent.filter((f) => f.type === 'offer')
+    expect(offers).toHaveLength(2) // the restart renegotiates
+    await pm.handleDescription('n', { type: 'answer', sdp: 'a2' })
+    pc.setIce('failed')
+    expect(pc.restartCalls).toBe(2)
+    await flush()
+    await pm.handleDescription('n', { type: 'answer', sdp: 'a3' })
+    pc.setIce('failed')
+    expect(pc.restartCalls).toBe(2)
+    expect(cb.onState).toHaveBeenLastCalledWith('n', 'failed')
+    // once connected again the budget is back
+    pc.setConnection('connected')
+    pc.setIce('failed')
+    expect(pc.restartCalls).toBe(3)
+  })
+
+  it('restarts ICE after a disconnect that does not recover', async () => {
+    const { pm } = setup('m')
+    pm.handleLogin('n', 'N')
+    await flush()
+    const pc = FakePC.instances[0]
+    await pm.handleDescription('n', { type: 'answer', sdp: 'a' })
+    pc.setIce('disconnected')
+    await new Promise((r) => setTimeout(r, 30))
+    expect(pc.restartCalls).toBe(1)
+  })
+
+  it('chat goes to every open channel; incoming chat is named by the host-stamped username', async () => {
+    const { pm, cb } = setup('m')
+    pm.handleLogin('n1', 'One')
+    pm.handleLogin('n2', 'Two')
+    await flush()
+    const [c1, c2] = FakePC.instances.map((p) => p.channels[0])
+    c1.open()
+    expect(cb.onChannel).toHaveBeenCalledWith('n1', true)
+    expect(pm.sendChat({ id: 'x', username: 'Me', text: 'hi', ts: 1 })).toBe(1)
+    expect(JSON.parse(c1.sent[0])).toEqual({ type: 'chat', id: 'x', username: 'Me', text: 'hi', ts: 1 })
+    expect(c2.sent).toEqual([])
+    c1.onmessage!({ data: JSON.stringify({ type: 'chat', username: 'Impostor', text: 'yo', ts: 5 }) })
+    expect(cb.onChat).toHaveBeenCalledWith('n1', { id: '', username: 'One', text: 'yo', ts: 5 })
+  })
+
+  it('accepts a chat channel opened by the other side', async () => {
+    const { pm, cb } = setup('n')
+    await pm.handleDescription('m', { type: 'offer', sdp: 'o' }, 'M')
+    const pc = FakePC.instances[0]
+    const ch = new FakeChannel('chat')
+    pc.ondatachannel!({ channel: ch })
+    ch.open()
+    expect(pm.openChannels()).toBe(1)
+    ch.onmessage!({ data: 'plain text from an old client' })
+    expect(cb.onChat).toHaveBeenCalledWith('m', expect.objectContaining({ username: 'M', text: 'plain text from an old client' }))
+  })
+
+  it('remote tracks become a stream for the tile', async () => {
+    const { pm, cb } = setup('n')
+    await pm.handleDescription('m', { type: 'offer', sdp: 'o' }, 'M')
+    const pc = FakePC.instances[0]
+    const s = new FakeStream([])
+    pc.ontrack!({ track: new FakeTrack('video'), streams: [s] })
+    expect(cb.onStream).toHaveBeenCalledWith('m', s)
+    // a track without a stream gets one made for it
+    const { pm: pm2, cb: cb2 } = setup('q')
+    await pm2.handleDescription('m', { type: 'offer', sdp: 'o' }, 'M')
+    const t = new FakeTrack('audio')
+    FakePC.instances[1].ontrack!({ track: t, streams: [] })
+    const made = cb2.onStream.mock.calls[0][1] as FakeStream
+    expect(made.getTracks()).toEqual([t])
+  })
+
+  it('logout closes and forgets the peer; replaceTrack swaps on every sender', async () => {
+    const { pm, cb } = setup('m')
+    pm.handleLogin('n1', 'One')
+    pm.handleLogin('n2', 'Two')
+    await flush()
+    const screen = new FakeTrack('video')
+    await pm.replaceTrack('video', screen as unknown as MediaStreamTrack)
+    for (const pc of FakePC.instances) expect(pc.transceivers[1].sender.track).toBe(screen)
+    pm.handleLogout('n1')
+    expect(FakePC.instances[0].closed).toBe(true)
+    expect(pm.peers.has('n1')).toBe(false)
+    expect(cb.onState).toHaveBeenCalledWith('n1', 'closed')
+    pm.closeAll()
+    expect(FakePC.instances[1].closed).toBe(true)
+    expect(pm.peers.size).toBe(0)
+  })
+})
+
+describe('parseChat', () => {
+  it('handles JSON, plain text, empties and long text', () => {
+    expect(parseChat('{"text":"a","username":"x","ts":3}', 'Host')).toEqual({ id: '', username: 'Host', text: 'a', ts: 3 })
+    expect(parseChat('{"text":"a","username":"x"}', '')?.username).toBe('x')
+    expect(parseChat('hello', 'H')?.text).toBe('hello')
+    expect(parseChat('"quoted"', 'H')?.text).toBe('quoted')
+    expect(parseChat('   ', 'H')).toBeNull()
+    expect(parseChat('x'.repeat(5000), 'H')?.text.length).toBe(2000)
+  })
+})

@@ -1,0 +1,94 @@
+// Component smoke tests (happy-dom): labels, errors in words, language toggle.
+import { describe, it, expect, beforeEach } from 'vitest'
+import { createApp, nextTick } from 'vue'
+import { createPinia, setActivePinia } from 'pinia'
+import App from '../src/App.vue'
+import { CallController } from '../src/call'
+import { setLocale } from '../src/i18n'
+import { FakeWebSocket, FakeStream, FakeTrack, fakePCFactory, fakeStreamFactory, flush, resetFakes } from './fakes'
+
+function mount() {
+  const pinia = createPinia()
+  setActivePinia(pinia)
+  const call = new CallController({
+    url: 'wss://h/ws',
+    signaling: { WebSocketImpl: FakeWebSocket as unknown as new (u: string) => WebSocket, setTimer: () => 0, clearTimer: () => {} },
+    createPeerConnection: fakePCFactory,
+    createStream: fakeStreamFactory,
+    getLocalMedia: async () => ({
+      stream: new FakeStream([new FakeTrack('audio'), new FakeTrack('video')]) as unknown as MediaStream,
+      hasVideo: true,
+      hasAudio: true,
+      issue: 'none',
+    }),
+  })
+  const el = document.createElement('div')
+  document.body.innerHTML = ''
+  document.body.appendChild(el)
+  const app = createApp(App, { call })
+  app.use(pinia)
+  app.mount(el)
+  call.start()
+  return { call, el, app }
+}
+
+describe('UI', () => {
+  beforeEach(() => {
+    resetFakes()
+    setLocale('en')
+  })
+
+  it('login: every control has a label; the full error is said in words', async () => {
+    const { call, el } = mount()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    for (const id of ['room', 'username']) {
+      expect(el.querySelector(`label[for=${id}]`)?.textContent?.trim()).toBeTruthy()
+    }
+    for (const b of el.querySelectorAll('button')) {
+      expect(b.getAttribute('aria-label') || b.textContent?.trim()).toBeTruthy()
+    }
+    ;(el.querySelector('#room') as HTMLInputElement).value = 'r1'
+    el.querySelector('#room')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('#username') as HTMLInputElement).value = 'Me'
+    el.querySelector('#username')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('form') as HTMLFormElement).dispatchEvent(new Event('submit'))
+    await flush()
+    expect(ws.sentOf('login')).toEqual([{ type: 'login', data: { roomrequest: 'r1', username: 'Me' } }])
+    ws.receive({ type: 'error', message: { errorType: 'full', errorText: 'room is full' } })
+    await nextTick()
+    const alert = el.querySelector('[role=alert]')!
+    expect(alert.textContent).toContain('The room is full')
+    setLocale('ko')
+    await nextTick()
+    expect(el.querySelector('[role=alert]')!.textContent).toContain('방이 가득 찼습니다')
+    expect(document.documentElement.lang).toBe('ko')
+    expect(call.session.phase).toBe('login')
+  })
+
+  it('room: tiles with names, notices, and labelled call controls', async () => {
+    const { el } = mount()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    ;(el.querySelector('#room') as HTMLInputElement).value = 'r1'
+    el.querySelector('#room')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('#username') as HTMLInputElement).value = 'Me'
+    el.querySelector('#username')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('form') as HTMLFormElement).dispatchEvent(new Event('submit'))
+    await flush()
+    ws.receive({ type: 'joined', data: 'me', members: [{ sessionId: 'me', username: 'Me' }], iceServers: [] })
+    await nextTick()
+    ws.receive({ type: 'login', from: 'mike', data: { username: 'Mike' } })
+    await flush()
+    expect(el.querySelector('.tile.remote .name')?.textContent).toBe('Mike')
+    expect(el.querySelector('[role=log]')?.textContent).toContain('Mike joined')
+    const labels = [...el.querySelectorAll('.controls button')].map((b) => b.getAttribute('aria-label'))
+    expect(labels).toContain('Turn camera off')
+    expect(labels).toContain('Mute microphone')
+    expect(labels).toContain('Leave')
+    ws.receive({ type: 'logout', from: 'mike', data: { username: 'Mike', sessionId: 'mike' } })
+    await flush()
+    expect(el.querySelector('.tile.remote')).toBeNull()
+    expect(el.querySelector('[role=log]')?.textContent).toContain('Mike left')
+  })
+})
