@@ -10,7 +10,10 @@ use std::{env, fs};
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("host/ lives in the workspace").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("host/ lives in the workspace")
+        .to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
 
     if let Err(e) = build_default_policy(&root, &out_dir) {
@@ -35,9 +38,21 @@ fn clean_cargo_command(cargo: &str) -> Command {
         let leaks = (key.starts_with("CARGO_") && key != "CARGO_HOME")
             || matches!(
                 key,
-                "RUSTFLAGS" | "RUSTC" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTDOC"
-                    | "TARGET" | "HOST" | "OUT_DIR" | "PROFILE" | "OPT_LEVEL" | "DEBUG"
-                    | "NUM_JOBS" | "RUSTC_LINKER" | "MAKEFLAGS" | "MFLAGS"
+                "RUSTFLAGS"
+                    | "RUSTC"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "RUSTDOC"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "PROFILE"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+                    | "RUSTC_LINKER"
+                    | "MAKEFLAGS"
+                    | "MFLAGS"
             );
         if leaks {
             cmd.env_remove(key);
@@ -48,16 +63,34 @@ fn clean_cargo_command(cargo: &str) -> Command {
 
 fn build_default_policy(root: &Path, out_dir: &Path) -> Result<(), String> {
     println!("cargo::rerun-if-changed={}", root.join("wit").display());
-    println!("cargo::rerun-if-changed={}", root.join("plugins/default/src").display());
-    println!("cargo::rerun-if-changed={}", root.join("plugins/default/Cargo.toml").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        root.join("plugins/default/src").display()
+    );
+    println!(
+        "cargo::rerun-if-changed={}",
+        root.join("plugins/default/Cargo.toml").display()
+    );
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = root.join("target/policy-build");
     let status = clean_cargo_command(&cargo)
         .current_dir(root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "default-policy"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "default-policy",
+        ])
         // Small components compile faster in the host: no debug info, LTO.
-        .args(["--config", "profile.release.debug=false", "--config", "profile.release.strip=true"])
+        .args([
+            "--config",
+            "profile.release.debug=false",
+            "--config",
+            "profile.release.strip=true",
+        ])
         .args(["--config", "profile.release.lto=true"])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -95,7 +128,9 @@ fn build_web(root: &Path, out_dir: &Path) -> Result<(), String> {
     let dist = out_dir.join("web");
     let stamp_file = out_dir.join("web.stamp");
     let stamp = format!("{:016x}", hash_inputs(&web, WEB_INPUTS));
-    if dist.join("index.html").is_file() && fs::read_to_string(&stamp_file).ok().as_deref() == Some(&stamp) {
+    if dist.join("index.html").is_file()
+        && fs::read_to_string(&stamp_file).ok().as_deref() == Some(&stamp)
+    {
         return Ok(());
     }
 
@@ -111,8 +146,14 @@ fn build_web(root: &Path, out_dir: &Path) -> Result<(), String> {
     let lock_hash = format!("{:016x}", hash_inputs(&web, &["package-lock.json"]));
     let lock_stamp = web.join("node_modules/.webrtc-chat-lock");
     if fs::read_to_string(&lock_stamp).ok().as_deref() != Some(&lock_hash) {
-        run(Command::new(npm).current_dir(&web).args(["ci", "--no-audit", "--no-fund"]), "npm ci")?;
-        fs::write(&lock_stamp, &lock_hash).map_err(|e| format!("could not write {}: {e}", lock_stamp.display()))?;
+        run(
+            Command::new(npm)
+                .current_dir(&web)
+                .args(["ci", "--no-audit", "--no-fund"]),
+            "npm ci",
+        )?;
+        fs::write(&lock_stamp, &lock_hash)
+            .map_err(|e| format!("could not write {}: {e}", lock_stamp.display()))?;
     }
     run(
         Command::new(npm)
@@ -122,12 +163,15 @@ fn build_web(root: &Path, out_dir: &Path) -> Result<(), String> {
             .arg("--emptyOutDir"),
         "npm run build",
     )?;
-    fs::write(&stamp_file, stamp).map_err(|e| format!("could not write {}: {e}", stamp_file.display()))?;
+    fs::write(&stamp_file, stamp)
+        .map_err(|e| format!("could not write {}: {e}", stamp_file.display()))?;
     Ok(())
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let status = cmd.status().map_err(|e| format!("could not start {what}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start {what}: {e}"))?;
     if status.success() {
         Ok(())
     } else {

@@ -36,7 +36,11 @@ pub struct Config {
     pub ssl_dir: PathBuf,
 
     /// Directory served at /.well-known/ (e.g. ACME http-01 challenges, assetlinks.json).
-    #[arg(long, env = "WEBRTC_CHAT_WELL_KNOWN_DIR", default_value = ".well-known")]
+    #[arg(
+        long,
+        env = "WEBRTC_CHAT_WELL_KNOWN_DIR",
+        default_value = ".well-known"
+    )]
     pub well_known_dir: PathBuf,
 
     /// Largest accepted signaling frame in bytes; larger frames close the socket with 1009.

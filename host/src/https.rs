@@ -54,7 +54,10 @@ async fn root(State(state): State<AppState>, req: Request) -> Response {
         return web::serve("/");
     }
     let (mut parts, _body) = req.into_parts();
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let headers = parts.headers.clone();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(ws) => upgrade(state, ws, peer, &headers, &parts.uri),

@@ -38,7 +38,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -89,6 +92,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .load("default", web::DEFAULT_POLICY)
         .context("the built-in default policy does not load; rebuild the host")?;
     let chain = PolicyChain::new(Vec::new(), default);
+    let names: Vec<&str> = chain.policies().iter().map(|p| p.name()).collect();
+    tracing::info!("policy chain: {}", names.join(" → "));
 
     let hub = Arc::new(Hub {
         registry,

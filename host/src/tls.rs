@@ -15,13 +15,17 @@ pub const KEY_FILE: &str = "privkey1.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{dir} has {present} but not {missing}: put all of cert1.pem, chain1.pem and privkey1.pem there, or none for a self-signed certificate")]
+    #[error(
+        "{dir} has {present} but not {missing}: put all of cert1.pem, chain1.pem and privkey1.pem there, or none for a self-signed certificate"
+    )]
     Incomplete {
         dir: String,
         present: String,
         missing: String,
     },
-    #[error("cannot read the certificate file {path}: {reason} (check the file and its permissions, or pass --ssl-dir)")]
+    #[error(
+        "cannot read the certificate file {path}: {reason} (check the file and its permissions, or pass --ssl-dir)"
+    )]
     Unreadable { path: String, reason: String },
     #[error("the certificate in {dir} is not usable: {reason}")]
     Invalid { dir: String, reason: String },
@@ -123,8 +127,8 @@ fn self_signed() -> Result<CertifiedKey, TlsError> {
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    let cert =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let cert = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der())
         .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     Ok(CertifiedKey {

@@ -8,12 +8,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use stun::attributes::{
     ATTR_FINGERPRINT, ATTR_LIFETIME, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
-    ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
+    ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
 };
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::FINGERPRINT;
@@ -76,6 +76,74 @@ pub(crate) fn decode_xor_address(v: &[u8], transaction: &[u8; 12]) -> Option<Soc
     }
 }
 
+/// How long the gate hands out one crate-issued nonce before asking the
+/// crate for a new one.
+const NONCE_ROTATE: Duration = Duration::from_secs(600);
+/// How long a crate-issued nonce is accepted (the crate's own limit is 1 h).
+const NONCE_ACCEPT: Duration = Duration::from_secs(3000);
+/// At most one challenge per this interval reaches the crate.
+const NONCE_PASS_EVERY: Duration = Duration::from_secs(1);
+/// Crate-issued nonces remembered.
+const NONCE_KEEP: usize = 8;
+
+/// Nonces issued by the `turn` crate, reused by the gate.
+///
+/// turn 0.17 stores every nonce it hands out in a map that nothing sweeps,
+/// so each unauthenticated (or stale-nonce) request, even a spoofed UDP
+/// one, would grow the server's memory for good. The gate therefore lets
+/// at most one challenge per second through to the crate, remembers the
+/// nonces the crate answers with, and answers every other 401/438 itself
+/// with the current one: the crate's map grows by a handful a hour.
+#[derive(Debug, Default)]
+pub(crate) struct NonceCache {
+    inner: std::sync::Mutex<NonceInner>,
+}
+
+#[derive(Debug, Default)]
+struct NonceInner {
+    issued: std::collections::VecDeque<(String, Instant)>,
+    last_pass: Option<Instant>,
+}
+
+impl NonceCache {
+    fn current(&self) -> Option<String> {
+        let g = lock(&self.inner);
+        g.issued
+            .back()
+            .filter(|(_, t)| t.elapsed() < NONCE_ROTATE)
+            .map(|(n, _)| n.clone())
+    }
+
+    fn is_known(&self, nonce: &str) -> bool {
+        lock(&self.inner)
+            .issued
+            .iter()
+            .any(|(n, t)| n == nonce && t.elapsed() < NONCE_ACCEPT)
+    }
+
+    /// True (at most once per [`NONCE_PASS_EVERY`]) when a challenge may go
+    /// to the crate.
+    fn may_pass(&self) -> bool {
+        let mut g = lock(&self.inner);
+        if g.last_pass.is_some_and(|t| t.elapsed() < NONCE_PASS_EVERY) {
+            return false;
+        }
+        g.last_pass = Some(Instant::now());
+        true
+    }
+
+    fn record(&self, nonce: String) {
+        let mut g = lock(&self.inner);
+        if g.issued.iter().any(|(n, _)| *n == nonce) {
+            return;
+        }
+        g.issued.push_back((nonce, Instant::now()));
+        while g.issued.len() > NONCE_KEEP {
+            g.issued.pop_front();
+        }
+    }
+}
+
 enum Verdict {
     Pass,
     Replace(Vec<u8>),
@@ -90,6 +158,7 @@ pub(crate) struct Gate {
     pub(crate) policy: Arc<PeerPolicy>,
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) max_lifetime: Duration,
+    pub(crate) nonces: Arc<NonceCache>,
 }
 
 fn text_attr(m: &Message, t: stun::attributes::AttrType) -> Option<String> {
@@ -99,6 +168,16 @@ fn text_attr(m: &Message, t: stun::attributes::AttrType) -> Option<String> {
 }
 
 fn build_error(m: &Message, code: u16, reason: &str, key: Option<&[u8]>) -> Option<Vec<u8>> {
+    build_error_with(m, code, reason, key, Vec::new())
+}
+
+fn build_error_with(
+    m: &Message,
+    code: u16,
+    reason: &str,
+    key: Option<&[u8]>,
+    extra: Vec<Box<dyn Setter>>,
+) -> Option<Vec<u8>> {
     let mut setters: Vec<Box<dyn Setter>> = vec![
         Box::new(Message {
             transaction_id: m.transaction_id,
@@ -110,6 +189,7 @@ fn build_error(m: &Message, code: u16, reason: &str, key: Option<&[u8]>) -> Opti
             reason: reason.as_bytes().to_vec(),
         }),
     ];
+    setters.extend(extra);
     if let Some(key) = key {
         setters.push(Box::new(MessageIntegrity(key.to_vec())));
     }
@@ -159,7 +239,11 @@ impl Gate {
             });
         }
         if !m.contains(ATTR_MESSAGE_INTEGRITY) {
-            return Verdict::Pass;
+            return self.challenge(&m, 401, "Unauthorized");
+        }
+        let nonce_ok = text_attr(&m, ATTR_NONCE).is_some_and(|n| self.nonces.is_known(&n));
+        if !nonce_ok {
+            return self.challenge(&m, 438, "Stale Nonce");
         }
         let Some((username, key)) = self.verified_key(&m) else {
             return Verdict::Pass;
@@ -185,6 +269,41 @@ impl Gate {
                 Verdict::Pass
             }
             _ => self.cap_lifetime(&m, &key),
+        }
+    }
+
+    /// Answers 401/438 with a crate-issued nonce, or lets the request reach
+    /// the crate so that it issues one (see [`NonceCache`]).
+    fn challenge(&self, m: &Message, code: u16, reason: &str) -> Verdict {
+        if let Some(nonce) = self.nonces.current() {
+            let extra: Vec<Box<dyn Setter>> = vec![
+                Box::new(TextAttribute::new(ATTR_NONCE, nonce)),
+                Box::new(TextAttribute::new(ATTR_REALM, self.auth.realm.clone())),
+            ];
+            if let Some(b) = build_error_with(m, code, reason, None, extra) {
+                return Verdict::Answer(b);
+            }
+        }
+        if self.nonces.may_pass() {
+            Verdict::Pass
+        } else {
+            Verdict::Answer(Vec::new()) // dropped: the client retransmits
+        }
+    }
+
+    /// Remembers the nonce of a 401/438 answer from the crate.
+    fn learn_nonce(&self, buf: &[u8]) {
+        if !matches!(stun_header(buf), Some((_, CLASS_ERROR))) {
+            return;
+        }
+        let mut m = Message {
+            raw: buf.to_vec(),
+            ..Default::default()
+        };
+        if m.decode().is_ok()
+            && let Some(nonce) = text_attr(&m, ATTR_NONCE)
+        {
+            self.nonces.record(nonce);
         }
     }
 
@@ -295,6 +414,7 @@ impl Conn for Gate {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.learn_nonce(buf);
         if let Some(b) = self.quota_answer(buf, target) {
             self.inner.send_to(&b, target).await?;
             return Ok(buf.len());

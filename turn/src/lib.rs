@@ -4,20 +4,29 @@
 //!
 //! # Public API (what the host calls)
 //!
-//! ```ignore
-//! use chat_turn::{TurnConfig, TurnServer, SessionDirectory, ice_servers};
+//! ```no_run
+//! use std::sync::Arc;
+//! use chat_turn::{SessionDirectory, TurnConfig, TurnServer, ice_servers};
 //!
+//! # async fn run() -> chat_turn::Result<()> {
 //! let directory = Arc::new(SessionDirectory::default());
-//! let cfg = TurnConfig { secret: random_secret(), ..TurnConfig::default() };
+//! let cfg = TurnConfig {
+//!     secret: b"a long random secret, made at start-up".to_vec(),
+//!     ..TurnConfig::default()
+//! };
 //! let server = TurnServer::start(cfg.clone(), Arc::clone(&directory)).await?;
 //!
-//! // on each signaling session:
-//! directory.session_started(&session_id);
-//! let list = ice_servers("chat.example.org", &cfg, &session_id); // -> joined.iceServers
-//! // when its socket ends:
-//! directory.session_ended(&session_id);
+//! // When a signaling session joins a room:
+//! let session_id = "2b0c6f0e-0d4e-4c39-9d0e-3a8f0f6f0b1a";
+//! directory.session_started(session_id);
+//! let list = ice_servers("chat.example.org", &cfg, session_id); // -> joined.iceServers
+//! let _json = serde_json::to_value(&list);
+//! // When its socket ends (its relays close after cfg.credential_grace):
+//! directory.session_ended(session_id);
 //!
 //! server.close().await;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! - [`TurnConfig`] / [`TlsSettings`]: configuration with defaults.

@@ -4,7 +4,7 @@
 //! in both directions, plus the `RelayAddressGenerator` that makes them.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -289,10 +289,11 @@ impl Conn for FilteredRelayConn {
 /// Makes filtered relay sockets for one listener, counting them against
 /// the quotas of the client asking.
 pub(crate) struct FilteredRelayGenerator {
-    /// Address relay sockets bind to.
-    pub(crate) bind_ip: IpAddr,
-    /// Address advertised in XOR-RELAYED-ADDRESS.
-    pub(crate) relay_ip: IpAddr,
+    /// IPv4 relays: (address relay sockets bind to, address advertised in
+    /// XOR-RELAYED-ADDRESS); `None` when IPv4 is not served.
+    pub(crate) v4: Option<(IpAddr, IpAddr)>,
+    /// IPv6 relays, likewise.
+    pub(crate) v6: Option<(IpAddr, IpAddr)>,
     pub(crate) ports: (u16, u16),
     pub(crate) policy: Arc<PeerPolicy>,
     pub(crate) registry: Arc<Registry>,
@@ -357,15 +358,12 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
                 return Err(turn::Error::Other(format!("quota reached: {why}")));
             }
         };
-        let bind_ip = match (self.bind_ip, use_ipv4) {
-            (IpAddr::V4(_), true) | (IpAddr::V6(_), false) => self.bind_ip,
-            (IpAddr::V6(v6), true) if v6.is_unspecified() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            (IpAddr::V4(v4), false) if v4.is_unspecified() => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            _ => {
-                return Err(turn::Error::Other(
-                    "requested address family is not served".into(),
-                ));
-            }
+        let Some((bind_ip, relay_ip)) = (if use_ipv4 { self.v4 } else { self.v6 }) else {
+            tracing::info!(client = %ctx.client, ipv6 = !use_ipv4,
+                "TURN allocation refused: address family not served");
+            return Err(turn::Error::Other(
+                "requested address family is not served".into(),
+            ));
         };
         let socket = self.bind(bind_ip, requested_port).await.map_err(|e| {
             tracing::warn!(error = %e, "TURN allocation failed: no relay port");
@@ -375,11 +373,6 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
             .local_addr()
             .map_err(|e| turn::Error::Other(e.to_string()))?
             .port();
-        let relay_ip = if self.relay_ip.is_ipv4() == use_ipv4 {
-            self.relay_ip
-        } else {
-            bind_ip
-        };
         let relay_addr = SocketAddr::new(relay_ip, port);
         tracing::debug!(client = %ctx.client, %relay_addr, "TURN allocation made");
         let conn = FilteredRelayConn {

@@ -15,7 +15,7 @@ use webrtc_util::Conn;
 use crate::config::TurnConfig;
 use crate::creds::{Authenticator, SessionDirectory};
 use crate::error::{Error, Result};
-use crate::gate::Gate;
+use crate::gate::{Gate, NonceCache};
 use crate::peer::PeerPolicy;
 use crate::relay::{CtxSlot, FilteredRelayGenerator, Limits, Registry};
 use crate::stream::{StreamListenerConfig, StreamMux};
@@ -109,18 +109,61 @@ fn own_addresses(cfg: &TurnConfig) -> Vec<IpAddr> {
     own
 }
 
-/// The address advertised as relayed address.
-fn relay_ip(cfg: &TurnConfig, own: &[IpAddr]) -> IpAddr {
-    if let Some(ip) = cfg.public_ip {
-        return ip;
+/// Relay (bind, advertised) addresses per family, from `listen`,
+/// `public_ip` and the interfaces.
+type RelayAddrs = (Option<(IpAddr, IpAddr)>, Option<(IpAddr, IpAddr)>);
+
+fn relay_addrs(cfg: &TurnConfig, own: &[IpAddr]) -> Result<RelayAddrs> {
+    let public = |v4: bool| cfg.public_ip.filter(|ip| ip.is_ipv4() == v4);
+    let first_iface = |v4: bool| {
+        own.iter()
+            .copied()
+            .find(|ip| {
+                ip.is_ipv4() == v4 && !ip.is_loopback() && crate::peer::classify(*ip).is_public()
+            })
+            .or_else(|| {
+                own.iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv4() == v4 && !ip.is_loopback())
+            })
+    };
+    let addrs = match cfg.listen {
+        IpAddr::V4(v4) if v4.is_unspecified() => {
+            let adv = public(true)
+                .or_else(|| first_iface(true))
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            (Some((cfg.listen, adv)), None)
+        }
+        IpAddr::V4(_) => (Some((cfg.listen, public(true).unwrap_or(cfg.listen))), None),
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            let v4 = public(true)
+                .or_else(|| first_iface(true))
+                .map(|adv| (IpAddr::V4(Ipv4Addr::UNSPECIFIED), adv));
+            let v6 = public(false)
+                .or_else(|| first_iface(false))
+                .map(|adv| (cfg.listen, adv));
+            (v4, v6)
+        }
+        IpAddr::V6(_) => (
+            None,
+            Some((cfg.listen, public(false).unwrap_or(cfg.listen))),
+        ),
+    };
+    if let Some(p) = cfg.public_ip {
+        let served = if p.is_ipv4() { addrs.0 } else { addrs.1 };
+        if served.is_none() {
+            return Err(Error::Config(format!(
+                "public_ip {p} is of an address family that listen {} does not serve",
+                cfg.listen
+            )));
+        }
     }
-    if !cfg.listen.is_unspecified() {
-        return cfg.listen;
+    if addrs.0.is_none() && addrs.1.is_none() {
+        return Err(Error::Config(
+            "no relay address: set public_ip (e.g. --turn-public-ip)".into(),
+        ));
     }
-    own.iter()
-        .copied()
-        .find(|ip| ip.is_ipv4() == cfg.listen.is_ipv4() && !ip.is_loopback())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    Ok(addrs)
 }
 
 impl TurnServer {
@@ -135,7 +178,7 @@ impl TurnServer {
             allow: cfg.allow_peers.clone(),
             own: own.clone(),
         });
-        let relay_ip = relay_ip(&cfg, &own);
+        let (relay_v4, relay_v6) = relay_addrs(&cfg, &own)?;
         let auth = Arc::new(Authenticator {
             secret: cfg.secret.clone(),
             realm: cfg.realm.clone(),
@@ -190,6 +233,7 @@ impl TurnServer {
             tasks.push(task);
         }
 
+        let nonces = Arc::new(NonceCache::default());
         let conn_configs = listeners
             .into_iter()
             .enumerate()
@@ -202,12 +246,13 @@ impl TurnServer {
                     policy: Arc::clone(&policy),
                     auth: Arc::clone(&auth),
                     max_lifetime: cfg.effective_max_lifetime(),
+                    nonces: Arc::clone(&nonces),
                 };
                 ConnConfig {
                     conn: Arc::new(gate),
                     relay_addr_generator: Box::new(FilteredRelayGenerator {
-                        bind_ip: cfg.listen,
-                        relay_ip,
+                        v4: relay_v4,
+                        v6: relay_v6,
                         ports: cfg.relay_ports,
                         policy: Arc::clone(&policy),
                         registry: Arc::clone(&registry),
@@ -243,7 +288,8 @@ impl TurnServer {
             }
         }));
 
-        tracing::info!(?addrs, %relay_ip, realm = %cfg.realm, "TURN server listening");
+        tracing::info!(?addrs, relay_ipv4 = ?relay_v4.map(|a| a.1),
+            relay_ipv6 = ?relay_v6.map(|a| a.1), realm = %cfg.realm, "TURN server listening");
         Ok(TurnServer {
             server,
             addrs,

@@ -285,3 +285,24 @@ async fn quota_per_credential_and_total() {
     assert_eq!(server.allocation_count(), 2);
     server.close().await;
 }
+
+#[tokio::test]
+async fn relay_ports_stay_in_the_configured_range() {
+    let mut cfg = loopback_config();
+    cfg.relay_ports = (41000, 41019);
+    let (server, dir) = start(cfg).await;
+    dir.session_started("ida");
+    let udp = server.addr(Transport::Udp).expect("udp");
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let (user, pass) = credentials(SECRET, "ida", Duration::from_secs(600));
+        let client = udp_client(udp, &user, &pass).await;
+        let relay = within("allocate", client.allocate())
+            .await
+            .expect("allocate");
+        let port = relay.local_addr().expect("addr").port();
+        assert!((41000..=41019).contains(&port), "relay port {port}");
+        relays.push((client, relay));
+    }
+    server.close().await;
+}

@@ -3,7 +3,7 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, join, expectRemoteVideos, remoteNames, shot, sleep, MOCK } from './support/harness.mjs'
+import { startHost, launchBrowser, newPage, join, expectRemoteVideos, remoteNames, shot, sleep, axeViolations, MOCK } from './support/harness.mjs'
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
 
@@ -68,6 +68,7 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     assert.ok(cached.some((u) => u.endsWith('/index.html')), 'index.html precached')
     assert.ok(!cached.some((u) => u.startsWith('/ws')), 'socket never cached')
     await shot(page, 'login-desktop.png')
+    assert.deepEqual(await axeViolations(page), [], 'login screen: no serious accessibility violations')
     await closePage(page)
   })
 
@@ -104,12 +105,20 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     await alice.locator('#chat-input').fill('hello from Alice')
     await alice.locator('#chat-input').press('Enter')
     await bob.getByRole('button', { name: '채팅 열기' }).click()
+    // where the browser has Picture-in-Picture, the remote video goes there as chat opens
+    const pip = await bob.evaluate(async () => {
+      for (let i = 0; i < 20 && !document.pictureInPictureElement; i++) await new Promise((r) => setTimeout(r, 100))
+      return { enabled: !!document.pictureInPictureEnabled, inPip: !!document.pictureInPictureElement?.closest('.tile.remote') }
+    })
+    console.log('# picture-in-picture', JSON.stringify(pip))
+    if (pip.enabled) assert.ok(pip.inPip, 'remote video in PIP while chatting')
     await bob.locator('.entry.message', { hasText: 'hello from Alice' }).waitFor({ timeout: 15_000 })
     await bob.locator('#chat-input').fill('안녕 from Bob')
     await bob.getByRole('button', { name: /보내기/ }).click()
     await alice.locator('.entry.message', { hasText: '안녕 from Bob' }).waitFor({ timeout: 15_000 })
     await shot(bob, 'chat-mobile.png')
     await bob.getByRole('button', { name: '영상으로 돌아가기' }).click()
+    assert.equal(await bob.evaluate(() => !!document.pictureInPictureElement), false, 'PIP closed on return')
 
     const carol = await open({ viewport: { width: 1280, height: 800 } })
     await join(carol, host.base, room, 'Carol')
@@ -122,6 +131,8 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     await sleep(500)
     await shot(alice, 'call-desktop.png')
     await shot(bob, 'call-mobile.png')
+    assert.deepEqual(await axeViolations(alice), [], 'desktop room: no serious accessibility violations')
+    assert.deepEqual(await axeViolations(bob), [], 'mobile room: no serious accessibility violations')
 
     // Carol leaves: the others get the notice and lose her tile
     await carol.getByRole('button', { name: 'Leave' }).click()
@@ -151,6 +162,7 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     assert.match(await notice.innerText(), /receive-only/)
     const v = await expectRemoteVideos(viewer, 1)
     assert.ok(v[0].width > 0 && v[0].advanced, 'the viewer sees the camera')
+    await shot(viewer, 'receive-only-mobile.png')
     // the camera side sees a placeholder tile (no video from the viewer), named
     await cam.locator('.tile.remote', { hasText: 'Viewer' }).waitFor()
     assert.equal(await cam.locator('.tile.remote .placeholder').count(), 1)
@@ -158,7 +170,6 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     await cam.locator('#chat-input').press('Enter')
     await viewer.getByRole('button', { name: 'Open chat' }).click()
     await viewer.locator('.entry.message', { hasText: 'can you see me?' }).waitFor({ timeout: 15_000 })
-    await shot(viewer, 'receive-only-mobile.png')
     await closePage(cam)
     await closePage(viewer)
   })

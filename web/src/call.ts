@@ -18,6 +18,8 @@ export interface CallDeps {
   getDisplayMedia?: () => Promise<MediaStream>
   log?: (...a: unknown[]) => void
   maxRandomTries?: number
+  /** give up on a join with no answer after this long (0: never) */
+  joinTimeoutMs?: number
 }
 
 export class CallController {
@@ -33,6 +35,7 @@ export class CallController {
   private screenTrack: MediaStreamTrack | null = null
   private pendingRandom: string | null = null
   private joinToken = 0
+  private joinTimer: ReturnType<typeof setTimeout> | null = null
 
   constructor(private readonly deps: CallDeps = {}) {
     this.signaling = new Signaling(deps.url ?? defaultSignalingUrl(), deps.signaling)
@@ -102,8 +105,30 @@ export class CallController {
       s.media = { ...s.media, hasVideo: media.hasVideo, hasAudio: media.hasAudio, issue: media.issue, camOn: true, micOn: true }
     }
     s.step = 'login'
+    this.armJoinTimeout()
     if (this.signaling.status === 'open') this.sendLogin()
     else this.signaling.connect() // login is sent from onOpen
+  }
+
+  /** A join that gets no answer (server down) ends with a message instead of spinning forever. */
+  private armJoinTimeout() {
+    this.clearJoinTimeout()
+    const ms = this.deps.joinTimeoutMs ?? 20_000
+    if (ms <= 0) return
+    this.joinTimer = setTimeout(() => {
+      this.joinTimer = null
+      const s = this.session
+      if (s.phase === 'joining') {
+        this.joinToken++
+        this.releaseMedia()
+        s.failJoin({ type: 'timeout', text: '' })
+      }
+    }, ms)
+  }
+
+  private clearJoinTimeout() {
+    if (this.joinTimer) clearTimeout(this.joinTimer)
+    this.joinTimer = null
   }
 
   private sendLogin() {
@@ -181,6 +206,7 @@ export class CallController {
     const s = this.session
     const rejoin = s.phase === 'room' && s.reconnecting
     if (s.phase !== 'joining' && !rejoin) return
+    this.clearJoinTimeout()
     this.pm?.closeAll()
     s.selfId = selfId
     s.iceServers = iceServers
@@ -209,12 +235,20 @@ export class CallController {
         onState: (id, state) => {
           if (state !== 'closed') this.peersStore.setState(id, state)
         },
+        onMediaState: (id, st) => {
+          const p = this.peersStore.byId[id]
+          if (p) {
+            p.camOff = !st.video
+            p.micOff = !st.audio
+          }
+        },
         onChat: (id, msg) => {
           const p = this.peersStore.byId[id]
           this.chat.message({ from: id, username: p?.username || msg.username, text: msg.text, ts: Date.now(), own: false })
         },
       },
     })
+    this.announceMedia()
     for (const m of members) {
       if (m.sessionId !== selfId) this.peersStore.upsert(m.sessionId, { username: m.username, state: 'new' })
     }
@@ -226,6 +260,7 @@ export class CallController {
     const err = { type: errorType, text: errorText }
     if (s.phase === 'joining' || (s.phase === 'room' && s.reconnecting)) {
       // join refused (full, forbidden, ...): back to the login screen, media off
+      this.clearJoinTimeout()
       this.joinToken++
       this.pm?.closeAll()
       this.pm = null
@@ -253,11 +288,17 @@ export class CallController {
     return true
   }
 
+  private announceMedia() {
+    const m = this.session.media
+    this.pm?.setMediaState({ video: m.sharing || (m.hasVideo && m.camOn), audio: m.hasAudio && m.micOn })
+  }
+
   toggleCamera() {
     const track = this.localStream.value?.getVideoTracks()[0]
     if (!track) return
     track.enabled = !track.enabled
     this.session.media.camOn = track.enabled
+    this.announceMedia()
   }
 
   toggleMic() {
@@ -265,6 +306,7 @@ export class CallController {
     if (!track) return
     track.enabled = !track.enabled
     this.session.media.micOn = track.enabled
+    this.announceMedia()
   }
 
   async toggleScreenShare() {
@@ -287,6 +329,7 @@ export class CallController {
     await this.pm.replaceTrack('video', track)
     this.preview.value = screen
     this.session.media.sharing = true
+    this.announceMedia()
   }
 
   async stopScreenShare() {
@@ -299,6 +342,7 @@ export class CallController {
     this.session.media.sharing = false
     this.preview.value = this.localStream.value
     await this.pm?.replaceTrack('video', this.localStream.value?.getVideoTracks()[0] ?? null)
+    this.announceMedia()
   }
 
   private releaseMedia() {
@@ -317,6 +361,7 @@ export class CallController {
   leave() {
     const s = this.session
     this.joinToken++
+    this.clearJoinTimeout()
     this.pm?.closeAll()
     this.pm = null
     this.signaling.close()

@@ -22,6 +22,10 @@ const app = createApp(App, { call })
 app.use(pinia)
 app.mount('#app')
 call.start()
+// back online: try the socket now instead of waiting for the next backoff step
+window.addEventListener('online', () => {
+  if (call.signaling.status !== 'open' && call.signaling.status !== 'connecting') call.signaling.connect()
+})
 
 // diagnostics for tests and curious users (read-only use)
 ;(window as unknown as { __webrtcChat?: CallController }).__webrtcChat = call

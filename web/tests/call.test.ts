@@ -1,4 +1,4 @@
-import { describe, it, expect, beforeEach } from 'vitest'
+import { describe, it, expect, beforeEach, vi } from 'vitest'
 import { setActivePinia, createPinia } from 'pinia'
 import { CallController } from '../src/call'
 import { FakeWebSocket, FakePC, FakeStream, FakeTrack, fakePCFactory, fakeStreamFactory, flush, resetFakes } from './fakes'
@@ -152,7 +152,10 @@ describe('CallController', () => {
     FakePC.instances[0].channels[0].open()
     expect(call.sendChat('  hi  ')).toBe(true)
     expect(call.sendChat('   ')).toBe(false)
-    expect(JSON.parse(FakePC.instances[0].channels[0].sent[0])).toMatchObject({ type: 'chat', text: 'hi', username: 'Me' })
+    const sent = FakePC.instances[0].channels[0].sent.map((x) => JSON.parse(x))
+    // on open the channel first carries our camera/mic state, then the chat
+    expect(sent[0]).toEqual({ type: 'media', video: true, audio: true })
+    expect(sent[1]).toMatchObject({ type: 'chat', text: 'hi', username: 'Me' })
     expect(call.chat.entries.at(-1)).toMatchObject({ kind: 'message', own: true, text: 'hi' })
   })
 
@@ -184,6 +187,36 @@ describe('CallController', () => {
     expect(call.session.phase).toBe('room')
     expect(call.session.media.issue).toBe('denied')
     expect(call.session.receiveOnly).toBe(true)
+  })
+
+  it('tells peers when the camera goes off, and shows what peers say', async () => {
+    const { call } = setup()
+    const ws = await joinRoom(call)
+    ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
+    await flush()
+    const ch = FakePC.instances[0].channels[0]
+    ch.open()
+    call.toggleCamera()
+    expect(JSON.parse(ch.sent.at(-1)!)).toEqual({ type: 'media', video: false, audio: true })
+    ch.onmessage!({ data: JSON.stringify({ type: 'media', video: false, audio: false }) })
+    expect(call.peersStore.byId.p).toMatchObject({ camOff: true, micOff: true })
+    expect(call.chat.entries.filter((e) => e.kind === 'message')).toHaveLength(0)
+  })
+
+  it('a join with no answer times out with a message', async () => {
+    vi.useFakeTimers()
+    try {
+      const { call, stream } = setup()
+      call.start() // the socket never opens
+      await call.join('r', 'n')
+      expect(call.session.phase).toBe('joining')
+      vi.advanceTimersByTime(20_001)
+      expect(call.session.phase).toBe('login')
+      expect(call.session.error?.type).toBe('timeout')
+      expect(stream.getTracks().every((t) => t.readyState === 'ended')).toBe(true)
+    } finally {
+      vi.useRealTimers()
+    }
   })
 
   it('camera/mic toggles flip the tracks; leave closes the session and releases everything', async () => {

@@ -235,5 +235,7 @@ describe('parseChat', () => {
     expect(parseChat('"quoted"', 'H')?.text).toBe('quoted')
     expect(parseChat('   ', 'H')).toBeNull()
     expect(parseChat('x'.repeat(5000), 'H')?.text.length).toBe(2000)
+    expect(parseChat('{"type":"media","video":false,"audio":true}', 'H')).toBeNull()
+    expect(parseChat('{"type":"somethingNew"}', 'H')).toBeNull()
   })
 })

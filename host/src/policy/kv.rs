@@ -131,9 +131,10 @@ mod tests {
     #[test]
     fn cap_is_enforced_and_freed() {
         let kv = KvStore::new(10);
-        kv.set("a", Scope::Global, "k", Some("123456789".into()))
+        kv.set("a", Scope::Global, "k", Some("1234567890".into()))
             .unwrap_err();
-        kv.set("a", Scope::Global, "k", Some("12345".into())).unwrap();
+        kv.set("a", Scope::Global, "k", Some("12345".into()))
+            .unwrap();
         kv.set("a", Scope::Global, "k", Some("1234567".into()))
             .unwrap();
         kv.set("a", Scope::Global, "k", None).unwrap();
@@ -152,6 +153,7 @@ mod tests {
         assert_eq!(kv.get("a", &room, "pw"), None);
         assert!(kv.get("a", &Scope::Session("s".into()), "k").is_some());
         // The freed bytes are usable again.
-        kv.set("a", room.clone(), "pw", Some("x".repeat(1000))).unwrap();
+        kv.set("a", room.clone(), "pw", Some("x".repeat(1000)))
+            .unwrap();
     }
 }

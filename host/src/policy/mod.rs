@@ -24,10 +24,10 @@ mod bindings {
     });
 }
 
-use bindings::webrtc_chat::policy::{state, types};
 pub use bindings::webrtc_chat::policy::types::{
     Action, CloseRequest, Envelope, ErrorReply, JoinRequest, Verdict,
 };
+use bindings::webrtc_chat::policy::{state, types};
 use bindings::{Policy, PolicyPre};
 
 /// Consecutive failed calls after which a policy is quarantined.
@@ -132,9 +132,13 @@ fn scope(s: types::Scope) -> Scope {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("not a WebAssembly component ({0}); build it with `cargo build --target wasm32-wasip2`")]
+    #[error(
+        "not a WebAssembly component ({0}); build it with `cargo build --target wasm32-wasip2`"
+    )]
     Compile(String),
-    #[error("does not fit the webrtc-chat:policy@0.1.0 world ({0}); regenerate its bindings from wit/policy.wit")]
+    #[error(
+        "does not fit the webrtc-chat:policy@0.1.0 world ({0}); regenerate its bindings from wit/policy.wit"
+    )]
     WrongWorld(String),
     #[error("failed its canary call ({0})")]
     Canary(String),
@@ -360,7 +364,7 @@ impl LoadedPolicy {
     }
 
     pub fn on_connect(&self, session: &str, peer: &str) -> Result<Verdict, CallError> {
-        self.call(|p, store| p.call_on_connect(store, &session.to_owned(), &peer.to_owned()))
+        self.call(|p, store| p.call_on_connect(store, &session.to_owned(), peer))
     }
 
     pub fn on_disconnect(&self, session: &str) -> Result<Vec<Action>, CallError> {

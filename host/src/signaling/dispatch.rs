@@ -7,10 +7,10 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
 
+use super::Hub;
 use super::frame::{self, Inbound, Stamped};
 use super::names::{self, MAX_NAME_CHARS, MAX_ROOM_CHARS};
 use super::rooms::{Departure, JoinError, Outbound, SessionHandle};
-use super::Hub;
 use crate::policy::kv::Scope;
 use crate::policy::{Action, CloseRequest, Decision, Envelope, ErrorReply, JoinRequest};
 
@@ -27,9 +27,10 @@ pub struct Sender<'a> {
 
 impl Sender<'_> {
     fn error(&self, error_type: &str, error_text: &str) {
-        self.handle.deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
-            error_type, error_text,
-        ))));
+        self.handle
+            .deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
+                error_type, error_text,
+            ))));
     }
 }
 
@@ -263,9 +264,11 @@ impl Applying<'_> {
             .map(|m| (m.id.to_string(), m.username.to_string()))
             .collect();
         let ice = self.hub.ice.for_session(from, self.sender.host);
-        self.sender.handle.deliver(Outbound::Frame(Utf8Bytes::from(
-            frame::joined(from, room, &members, &ice),
-        )));
+        self.sender
+            .handle
+            .deliver(Outbound::Frame(Utf8Bytes::from(frame::joined(
+                from, room, &members, &ice,
+            ))));
         let notice = if self.envelope.kind == "login" {
             match self.stamped() {
                 Some(f) => f,

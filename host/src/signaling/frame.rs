@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(parse(r#"{"type":""}"#).unwrap_err(), FrameError::BadType);
         let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(65));
         assert_eq!(parse(&long).unwrap_err(), FrameError::BadType);
-        assert_eq!(parse(r#"{"type":"a","to":5}"#).unwrap_err(), FrameError::BadTo);
+        assert_eq!(
+            parse(r#"{"type":"a","to":5}"#).unwrap_err(),
+            FrameError::BadTo
+        );
         assert!(parse(r#"{"type":"a","to":null}"#).unwrap().to.is_none());
     }
 
@@ -315,14 +318,12 @@ mod tests {
         let v: Value = serde_json::from_str(&error("badRequest", "a \"quoted\"\nline")).unwrap();
         assert_eq!(v["message"]["errorText"], "a \"quoted\"\nline");
         let v: Value = serde_json::from_str(&logout("id", "가\"b")).unwrap();
-        assert_eq!(v, json!({"type":"logout","from":"id","data":{"username":"가\"b","sessionId":"id"}}));
-        let v: Value = serde_json::from_str(&joined(
-            "me",
-            "r",
-            &[("o".into(), "O".into())],
-            "[]",
-        ))
-        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"logout","from":"id","data":{"username":"가\"b","sessionId":"id"}})
+        );
+        let v: Value =
+            serde_json::from_str(&joined("me", "r", &[("o".into(), "O".into())], "[]")).unwrap();
         assert_eq!(
             v,
             json!({"type":"joined","data":"me","room":"r","members":[{"sessionId":"o","username":"O"}],"iceServers":[]})

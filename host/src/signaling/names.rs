@@ -49,7 +49,14 @@ mod tests {
 
     #[test]
     fn refuses_hidden_characters() {
-        for bad in ["a\u{0}b", "a\u{202E}b", "a\u{200B}b", "a\u{2066}b", "a\nb", "\u{FEFF}x"] {
+        for bad in [
+            "a\u{0}b",
+            "a\u{202E}b",
+            "a\u{200B}b",
+            "a\u{2066}b",
+            "a\nb",
+            "\u{FEFF}x",
+        ] {
             assert!(check("name", bad, 64).is_err(), "{bad:?}");
         }
         assert!(check("name", "Zoë 😀 김", 64).is_ok());

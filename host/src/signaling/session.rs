@@ -55,9 +55,12 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
             };
             match next {
                 Some(Ok(Message::Text(text))) => dispatch::handle_text(&hub, &sender, &text),
-                Some(Ok(Message::Binary(_))) => handle.deliver(Outbound::Frame(Utf8Bytes::from(
-                    frame::error("badRequest", "Binary frames are not accepted; send JSON text."),
-                ))),
+                Some(Ok(Message::Binary(_))) => {
+                    handle.deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
+                        "badRequest",
+                        "Binary frames are not accepted; send JSON text.",
+                    ))))
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(e)) => {

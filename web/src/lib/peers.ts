@@ -23,6 +23,13 @@ export interface PeerCallbacks {
   onChat(id: string, msg: ChatPayload): void
   onPeer?(id: string, username: string): void
   onChannel?(id: string, open: boolean): void
+  /** the peer told us whether it sends camera / microphone (data channel) */
+  onMediaState?(id: string, state: MediaState): void
+}
+
+export interface MediaState {
+  video: boolean
+  audio: boolean
 }
 
 export interface PeerManagerOptions {
@@ -148,12 +155,18 @@ export class PeerManager {
     ch.onopen = () => {
       if (peer.channel !== ch && peer.channel?.readyState !== 'open') peer.channel = ch
       this.o.callbacks.onChannel?.(peer.id, true)
+      if (this.mediaState) this.sendOn(ch, { type: 'media', ...this.mediaState })
     }
     ch.onclose = () => {
       if (!peer.closed) this.o.callbacks.onChannel?.(peer.id, false)
     }
     ch.onmessage = (e) => {
       if (typeof e.data !== 'string') return
+      const media = parseMediaState(e.data)
+      if (media) {
+        this.o.callbacks.onMediaState?.(peer.id, media)
+        return
+      }
       const msg = parseChat(e.data, peer.username)
       if (msg) this.o.callbacks.onChat(peer.id, msg)
     }
@@ -375,6 +388,24 @@ export class PeerManager {
     return n
   }
 
+  private mediaState: MediaState | null = null
+
+  private sendOn(ch: RTCDataChannel, obj: unknown) {
+    try {
+      ch.send(JSON.stringify(obj))
+    } catch (err) {
+      this.log('channel send failed', err)
+    }
+  }
+
+  /** Tell every peer (now, and each new one as its channel opens) whether we send camera / mic. */
+  setMediaState(state: MediaState) {
+    this.mediaState = { ...state }
+    for (const p of this.peers.values()) {
+      if (p.channel?.readyState === 'open') this.sendOn(p.channel, { type: 'media', ...state })
+    }
+  }
+
   openChannels(): number {
     let n = 0
     for (const p of this.peers.values()) if (p.channel?.readyState === 'open') n++
@@ -402,6 +433,20 @@ export class PeerManager {
   }
 }
 
+/** A {"type":"media","video":bool,"audio":bool} control frame, or null. */
+export function parseMediaState(data: string): MediaState | null {
+  if (!data.startsWith('{')) return null
+  try {
+    const m = JSON.parse(data)
+    if (m && m.type === 'media' && typeof m.video === 'boolean' && typeof m.audio === 'boolean') {
+      return { video: m.video, audio: m.audio }
+    }
+  } catch {
+    /* not JSON */
+  }
+  return null
+}
+
 /** A chat frame from the data channel: our JSON, or plain text from an older client. */
 export function parseChat(data: string, fallbackName: string): ChatPayload | null {
   let text: string | null = null
@@ -411,6 +456,7 @@ export function parseChat(data: string, fallbackName: string): ChatPayload | nul
   try {
     const m = JSON.parse(data)
     if (m && typeof m === 'object' && !Array.isArray(m)) {
+      if (typeof m.type === 'string' && m.type !== 'chat' && m.type !== 'message') return null // a control frame
       if (typeof m.text === 'string') text = m.text
       else if (typeof m.message === 'string') text = m.message
       else if (typeof m.data === 'string') text = m.data

@@ -10,6 +10,9 @@ export interface RemotePeer {
   /** bumped whenever the stream gains or loses tracks, so tiles re-check */
   version: number
   joinedAt: number
+  /** what the peer says it sends (data channel); null = unknown */
+  camOff: boolean
+  micOff: boolean
 }
 
 export const MAX_MEMBERS = 10
@@ -42,6 +45,8 @@ export const usePeers = defineStore('peers', {
         stream: patch.stream ? markRaw(patch.stream) : null,
         version: 0,
         joinedAt: patch.joinedAt ?? Date.now(),
+        camOff: false,
+        micOff: false,
       }
       this.byId[id] = p
       this.order.push(id)

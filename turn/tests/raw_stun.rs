@@ -1,6 +1,7 @@
 //! Raw STUN against our server: the LIFETIME granted to Allocate and
-//! Refresh is capped at `max_lifetime`, and the re-signed exchange still
-//! verifies with the client's key.
+//! Refresh is capped at `max_lifetime` (and the re-signed exchange still
+//! verifies with the client's key); a flood of unauthenticated requests is
+//! answered with one reused nonce.
 
 mod common;
 
@@ -115,5 +116,61 @@ async fn lifetime_is_capped_and_resigned() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(server.allocation_count(), 0);
+    server.close().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_flood_reuses_one_nonce() {
+    let (server, _dir) = start(loopback_config()).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.connect(server.addr(Transport::Udp).expect("udp"))
+        .await
+        .expect("connect");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let r = exchange(
+            &sock,
+            vec![
+                Box::new(TransactionId::new()),
+                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+                Box::new(RequestedTransport {
+                    protocol: PROTO_UDP,
+                }),
+            ],
+        )
+        .await;
+        let mut code = ErrorCodeAttribute::default();
+        code.get_from(&r).expect("error code");
+        assert_eq!(code.code.0, 401);
+        let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+        nonce.get_from(&r).expect("nonce");
+        seen.insert(nonce.text);
+    }
+    assert_eq!(seen.len(), 1, "one nonce for all challenges");
+
+    // A request signed with an unknown nonce gets 438 and the current nonce.
+    let (user, pass) = credentials(SECRET, "ivan", Duration::from_secs(600));
+    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
+    let r = exchange(
+        &sock,
+        vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+            Box::new(Username::new(stun::attributes::ATTR_USERNAME, user)),
+            Box::new(Realm::new(stun::attributes::ATTR_REALM, REALM.into())),
+            Box::new(Nonce::new(ATTR_NONCE, "made-up".into())),
+            Box::new(mi),
+        ],
+    )
+    .await;
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(&r).expect("error code");
+    assert_eq!(code.code.0, 438);
+    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+    nonce.get_from(&r).expect("nonce");
+    assert!(seen.contains(&nonce.text));
     server.close().await;
 }

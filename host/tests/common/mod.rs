@@ -1,0 +1,297 @@
+//! Test support: start the real host binary on an ephemeral port and talk
+//! to it with real WebSocket clients over TLS.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running host process, killed on drop.
+pub struct Host {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    /// Lines the host logged after its start line.
+    pub log: std_mpsc::Receiver<String>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn host_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_host")
+}
+
+impl Host {
+    pub fn start(extra: &[&str]) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra)
+    }
+
+    /// Starts the host with its ssl and plugins directories inside `dir`.
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Host {
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let mut cmd = Command::new(host_bin());
+        cmd.args(["--bind", "127.0.0.1", "--https-port", "0"])
+            .arg("--ssl-dir")
+            .arg(dir.path().join("ssl"))
+            .arg("--plugins-dir")
+            .arg(&plugins)
+            .args(["--log", "info,host=debug"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start host");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                break None;
+            };
+            if let Some(rest) = line.split("https://localhost:").nth(1) {
+                break rest.trim_end_matches('/').parse::<u16>().ok();
+            }
+        };
+        let Some(port) = port else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("host did not print its serving line within 30 s");
+        };
+        Host {
+            child,
+            port,
+            dir,
+            log: rx,
+        }
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("wss://localhost:{}{path}", self.port)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url("/ws")).await
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?} within {within:?}"),
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AcceptAnyCert;
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+pub fn tls_connector() -> Connector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert))
+        .with_no_client_auth();
+    Connector::Rustls(Arc::new(config))
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Own session id, once joined.
+    pub id: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_tls_with_config(
+                url,
+                None,
+                true,
+                Some(tls_connector()),
+            ),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+        Client {
+            ws,
+            id: String::new(),
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::text(t)).await.expect("send");
+    }
+
+    /// The next message of any kind.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        match tokio::time::timeout(WAIT, self.ws.next()).await {
+            Ok(Some(Ok(m))) => Some(m),
+            Ok(_) => None,
+            Err(_) => panic!("no message within {WAIT:?}"),
+        }
+    }
+
+    /// The next JSON frame; panics on timeout or close.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match self.next_message().await {
+                Some(Message::Text(t)) => return serde_json::from_str(&t).expect("JSON frame"),
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Ok(Some(m)) = tokio::time::timeout(d, self.ws.next()).await {
+            panic!("expected silence, got {m:?}");
+        }
+    }
+
+    pub async fn login(&mut self, room: &str, name: &str) -> Value {
+        self.send(json!({"type":"login","data":{"roomrequest":room,"username":name}}))
+            .await;
+        let joined = self.recv().await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        self.id = joined["data"].as_str().unwrap().to_string();
+        joined
+    }
+
+    /// The close code the server ends with.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.next_message().await {
+                Some(Message::Close(Some(f))) => return Some(f.code.into()),
+                Some(Message::Close(None)) | None => return None,
+                Some(_) => continue,
+            }
+        }
+    }
+}
+
+pub fn assert_error(v: &Value, error_type: &str) {
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["message"]["errorType"], error_type, "{v}");
+    assert!(
+        v["message"]["errorText"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+}
+
+/// Where a built policy .wasm lands: `target/policy-build` holds the nested builds.
+pub fn workspace_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// A plain HTTP/1.1 GET over TLS: (status, lower-cased head, body).
+pub async fn https_get(port: u16, path: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status = head[9..12].parse().unwrap();
+    (status, head, raw[split + 4..].to_vec())
+}

@@ -1,0 +1,108 @@
+//! Operator errors are one clear line and a non-zero exit, not a panic.
+
+mod common;
+
+use std::process::Command;
+
+fn run_host(args: &[&str]) -> (bool, String) {
+    let out = Command::new(common::host_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run host");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), stderr)
+}
+
+#[test]
+fn port_in_use_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let ssl = dir.path().join("ssl");
+    let (ok, stderr) = run_host(&[
+        "--bind",
+        "127.0.0.1",
+        "--https-port",
+        &port,
+        "--ssl-dir",
+        ssl.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("port {port} is in use")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--https-port"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn broken_certificate_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert1.pem"), "garbage").unwrap();
+    std::fs::write(dir.path().join("privkey1.pem"), "garbage").unwrap();
+    let (ok, stderr) = run_host(&[
+        "--bind",
+        "127.0.0.1",
+        "--https-port",
+        "0",
+        "--ssl-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_lists_the_stable_flags_with_env_fallbacks() {
+    let out = Command::new(common::host_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--https-port", "--plugins-dir", "--room-max", "--ssl-dir"] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    assert!(help.contains("WEBRTC_CHAT_HTTPS_PORT"), "{help}");
+}
+
+#[tokio::test]
+async fn serves_the_web_app_and_well_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let wk = dir.path().join("wk");
+    std::fs::create_dir_all(wk.join("acme-challenge")).unwrap();
+    std::fs::write(wk.join("acme-challenge/token"), "proof").unwrap();
+    let host = common::Host::start_in(dir, &["--well-known-dir", wk.to_str().unwrap()]);
+
+    let (status, head, body) = common::https_get(host.port, "/").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("<div id=\"app\""));
+    let (status, _, body) = common::https_get(host.port, "/?room=abc").await;
+    assert_eq!(status, 200);
+    assert!(!body.is_empty());
+
+    let (status, head, body) = common::https_get(host.port, "/manifest.json").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("application/json") || head.contains("manifest+json"),
+        "{head}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(manifest["icons"].as_array().is_some_and(|i| !i.is_empty()));
+
+    let (status, _, body) = common::https_get(host.port, "/.well-known/acme-challenge/token").await;
+    assert_eq!((status, body.as_slice()), (200, &b"proof"[..]));
+    let (status, _, _) = common::https_get(host.port, "/.well-known/../../etc/passwd").await;
+    assert_ne!(status, 200);
+    let (status, _, body) = common::https_get(host.port, "/healthz").await;
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+}
