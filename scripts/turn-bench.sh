@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # turn-bench.sh — relay throughput, loss and server CPU of our TURN server
 # (chat-turn, as the turn-bench-server example, release build) against
-# coturn's turnserver, both on 127.0.0.1 on this machine, driven by coturn's
-# turnutils_uclient (-y: each client relays to its twin through two
-# allocations, so every peer is on loopback). Not a test: it prints numbers.
+# coturn's turnserver and against the bare `turn` crate (the same example
+# with --bare: what our gate/filters/quotas cost), all on 127.0.0.1 on this
+# machine, driven by coturn's turnutils_uclient (-y: each client relays to
+# its twin through two allocations, so every peer is on loopback).
+# Not a test: it prints numbers.
 #
 # Usage: scripts/turn-bench.sh            (defaults below)
 #        CLIENTS=10 MSGS=2000 LEN=500 ROUNDS=3 scripts/turn-bench.sh
@@ -17,6 +19,7 @@ INTERVAL=${INTERVAL:-0}     # uclient -z: ms between sends (0 = as fast as it ca
 ROUNDS=${ROUNDS:-3}         # runs per server, alternating order
 PORT_OURS=${PORT_OURS:-34790}
 PORT_COTURN=${PORT_COTURN:-34792}
+PORT_BARE=${PORT_BARE:-34794}
 SECRET=bench-secret-$$
 HOST=127.0.0.1
 
@@ -30,9 +33,10 @@ done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d)
-OURS_PID= COTURN_PID=
+OURS_PID= COTURN_PID= BARE_PID=
 cleanup() {
   [ -n "$OURS_PID" ] && kill -INT "$OURS_PID" 2>/dev/null || true
+  [ -n "$BARE_PID" ] && kill -INT "$BARE_PID" 2>/dev/null || true
   [ -n "$COTURN_PID" ] && kill "$COTURN_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
@@ -44,6 +48,8 @@ echo "building turn-bench-server (release)..." >&2
 
 "$TARGET/release/examples/turn-bench-server" "$PORT_OURS" "$SECRET" bench >"$WORK/ours.log" 2>&1 &
 OURS_PID=$!
+"$TARGET/release/examples/turn-bench-server" "$PORT_BARE" "$SECRET" bench --bare >"$WORK/bare.log" 2>&1 &
+BARE_PID=$!
 turnserver -n --listening-ip=$HOST --relay-ip=$HOST --listening-port="$PORT_COTURN" \
   --min-port=49152 --max-port=65535 --use-auth-secret --static-auth-secret="$SECRET" \
   --realm=bench --no-tls --no-dtls --allow-loopback-peers --no-cli --no-stdout-log \
@@ -55,6 +61,7 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 grep -q listening "$WORK/ours.log" || { echo "our server did not start:" >&2; cat "$WORK/ours.log" >&2; exit 1; }
+grep -q listening "$WORK/bare.log" || { echo "the bare server did not start:" >&2; cat "$WORK/bare.log" >&2; exit 1; }
 sleep 1
 kill -0 "$COTURN_PID" 2>/dev/null || { echo "coturn did not start" >&2; exit 1; }
 
@@ -77,11 +84,11 @@ run() {
 
 echo "workload: $CLIENTS clients x $MSGS msgs x $LEN bytes, -z $INTERVAL ms, $ROUNDS rounds each, on $HOST"
 for r in $(seq "$ROUNDS"); do
-  if [ $((r % 2)) -eq 1 ]; then
-    run ours "$PORT_OURS" "$OURS_PID"; run coturn "$PORT_COTURN" "$COTURN_PID"
-  else
-    run coturn "$PORT_COTURN" "$COTURN_PID"; run ours "$PORT_OURS" "$OURS_PID"
-  fi
+  case $((r % 3)) in
+    1) run ours "$PORT_OURS" "$OURS_PID"; run coturn "$PORT_COTURN" "$COTURN_PID"; run bare "$PORT_BARE" "$BARE_PID" ;;
+    2) run coturn "$PORT_COTURN" "$COTURN_PID"; run bare "$PORT_BARE" "$BARE_PID"; run ours "$PORT_OURS" "$OURS_PID" ;;
+    0) run bare "$PORT_BARE" "$BARE_PID"; run ours "$PORT_OURS" "$OURS_PID"; run coturn "$PORT_COTURN" "$COTURN_PID" ;;
+  esac
 done
 
 # summary NAME -> "median_recv_per_s loss_pct cpu_us_per_pkt cpu_s median_mbit_s"
@@ -96,12 +103,15 @@ summary() {
 }
 read -r O_RATE O_LOSS O_CPU O_CPUS O_MBIT <<<"$(summary ours)"
 read -r C_RATE C_LOSS C_CPU C_CPUS C_MBIT <<<"$(summary coturn)"
+read -r B_RATE B_LOSS B_CPU B_CPUS B_MBIT <<<"$(summary bare)"
 echo
-printf '%-8s %14s %10s %10s %16s %12s\n' server "relayed pkt/s" "Mbit/s" "loss %" "CPU us / pkt" "CPU s total"
-printf '%-8s %14s %10s %10s %16s %12s\n' chat-turn "$O_RATE" "$O_MBIT" "$O_LOSS" "$O_CPU" "$O_CPUS"
-printf '%-8s %14s %10s %10s %16s %12s\n' coturn "$C_RATE" "$C_MBIT" "$C_LOSS" "$C_CPU" "$C_CPUS"
+printf '%-10s %14s %10s %10s %16s %12s\n' server "relayed pkt/s" "Mbit/s" "loss %" "CPU us / pkt" "CPU s total"
+printf '%-10s %14s %10s %10s %16s %12s\n' chat-turn "$O_RATE" "$O_MBIT" "$O_LOSS" "$O_CPU" "$O_CPUS"
+printf '%-10s %14s %10s %10s %16s %12s\n' coturn "$C_RATE" "$C_MBIT" "$C_LOSS" "$C_CPU" "$C_CPUS"
+printf '%-10s %14s %10s %10s %16s %12s\n' turn-bare "$B_RATE" "$B_MBIT" "$B_LOSS" "$B_CPU" "$B_CPUS"
 echo
 echo "throughput ratio chat-turn/coturn: $(echo "scale=2; $O_RATE / $C_RATE" | bc)"
 echo "CPU per packet ratio chat-turn/coturn: $(echo "scale=2; $O_CPU / $C_CPU" | bc) (lower is better)"
+echo "CPU per packet ratio chat-turn/bare turn crate: $(echo "scale=2; $O_CPU / $B_CPU" | bc) (the cost of our layers)"
 echo "(pkt/s and Mbit/s: median run, wall time including uclient's ~4 s of set-up;"
 echo " the machine's other load skews them: compare CPU per packet first)"

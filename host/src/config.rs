@@ -63,7 +63,24 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub policy_memory_mib: u32,
 
+    /// Directory for precompiled policy components (default: $XDG_CACHE_HOME/webrtc-chat or ~/.cache/webrtc-chat).
+    #[arg(long, env = "WEBRTC_CHAT_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     /// Log filter (tracing syntax), e.g. "info" or "host=debug".
     #[arg(long, env = "WEBRTC_CHAT_LOG", default_value = "info")]
     pub log: String,
+}
+
+impl Config {
+    /// Where precompiled components are kept, if anywhere.
+    pub fn policy_cache_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.cache_dir {
+            return Some(dir.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("webrtc-chat"))
+    }
 }

@@ -1,21 +1,70 @@
 //! A small TURN server for benchmarks and manual interop runs, on loopback
-//! only: `turn-bench-server PORT SECRET [SESSION]`.
+//! only: `turn-bench-server PORT SECRET [SESSION] [--bare]`.
 //!
 //! It honours the REST credentials `<expiry>:SESSION` (SESSION defaults to
 //! "bench"; coturn's `turnutils_uclient -W SECRET -u SESSION` makes them),
-//! allows loopback peers, and prints `listening udp=ADDR tcp=ADDR` once
-//! ready. Stop it with SIGINT (Ctrl-C).
+//! allows loopback peers, and prints `listening udp=ADDR ...` once ready.
+//! With `--bare` it runs the `turn` crate alone (UDP only, static relay
+//! generator, REST auth without session checks), to measure what this
+//! crate's gate, filtered relays and quotas cost on top of it.
+//! Stop it with SIGINT (Ctrl-C).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use chat_turn::creds::rest_password;
 use chat_turn::{SessionDirectory, Transport, TurnConfig, TurnServer};
+
+struct RestAuth(Vec<u8>);
+
+impl turn::auth::AuthHandler for RestAuth {
+    fn auth_handle(
+        &self,
+        username: &str,
+        realm: &str,
+        _src: SocketAddr,
+    ) -> Result<Vec<u8>, turn::Error> {
+        let password = rest_password(&self.0, username);
+        Ok(turn::auth::generate_auth_key(username, realm, &password))
+    }
+}
+
+async fn bare(port: u16, secret: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+    use turn::relay::relay_static::RelayAddressGeneratorStatic;
+    use turn::server::config::{ConnConfig, ServerConfig};
+    let conn = Arc::new(tokio::net::UdpSocket::bind(("127.0.0.1", port)).await?);
+    println!("listening udp={} (bare turn crate)", conn.local_addr()?);
+    let server = turn::server::Server::new(ServerConfig {
+        conn_configs: vec![ConnConfig {
+            conn,
+            relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
+                relay_address: "127.0.0.1".parse()?,
+                address: "127.0.0.1".into(),
+                net: Arc::new(webrtc_util::vnet::net::Net::new(None)),
+            }),
+        }],
+        realm: "bench".into(),
+        auth_handler: Arc::new(RestAuth(secret)),
+        channel_bind_timeout: std::time::Duration::ZERO,
+        alloc_close_notify: None,
+    })
+    .await?;
+    tokio::signal::ctrl_c().await?;
+    server.close().await?;
+    Ok(())
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let is_bare = args.iter().any(|a| a == "--bare");
+    let mut args = args.into_iter().filter(|a| a != "--bare");
     let port: u16 = args.next().unwrap_or_else(|| "3478".into()).parse()?;
     let secret = args.next().unwrap_or_else(|| "bench-secret".into());
     let session = args.next().unwrap_or_else(|| "bench".into());
+    if is_bare {
+        return bare(port, secret.into_bytes()).await;
+    }
     let dir = Arc::new(SessionDirectory::default());
     dir.session_started(&session);
     let cfg = TurnConfig {

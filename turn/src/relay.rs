@@ -300,6 +300,24 @@ pub(crate) struct FilteredRelayGenerator {
     pub(crate) ctx: CtxSlot,
 }
 
+/// Receive buffer asked for on relay sockets (the kernel caps it at
+/// net.core.rmem_max): absorbs bursts while the relay task is not running.
+pub(crate) const RELAY_RCVBUF: usize = 256 * 1024;
+/// Receive buffer asked for on the UDP listening socket.
+pub(crate) const LISTENER_RCVBUF: usize = 2 * 1024 * 1024;
+
+/// Binds a non-blocking UDP socket with the given receive buffer size.
+pub(crate) fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(rcvbuf);
+    let _ = socket.set_send_buffer_size(rcvbuf);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 fn random_u16() -> u16 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 2];
@@ -309,13 +327,13 @@ fn random_u16() -> u16 {
 }
 
 impl FilteredRelayGenerator {
-    async fn bind(&self, ip: IpAddr, requested_port: u16) -> std::io::Result<UdpSocket> {
+    fn bind(&self, ip: IpAddr, requested_port: u16) -> std::io::Result<UdpSocket> {
         if requested_port != 0 {
-            return UdpSocket::bind(SocketAddr::new(ip, requested_port)).await;
+            return bind_udp(SocketAddr::new(ip, requested_port), RELAY_RCVBUF);
         }
         let (lo, hi) = self.ports;
         if (lo, hi) == (0, 0) {
-            return UdpSocket::bind(SocketAddr::new(ip, 0)).await;
+            return bind_udp(SocketAddr::new(ip, 0), RELAY_RCVBUF);
         }
         let span = u32::from(hi - lo) + 1;
         let start = u32::from(random_u16()) % span;
@@ -324,7 +342,7 @@ impl FilteredRelayGenerator {
         for i in 0..tries {
             // Random start, then consecutive ports: quick even in a busy range.
             let port = lo as u32 + (start + i) % span;
-            match UdpSocket::bind(SocketAddr::new(ip, port as u16)).await {
+            match bind_udp(SocketAddr::new(ip, port as u16), RELAY_RCVBUF) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
@@ -365,7 +383,7 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
                 "requested address family is not served".into(),
             ));
         };
-        let socket = self.bind(bind_ip, requested_port).await.map_err(|e| {
+        let socket = self.bind(bind_ip, requested_port).map_err(|e| {
             tracing::warn!(error = %e, "TURN allocation failed: no relay port");
             turn::Error::Other(format!("cannot open a relay socket: {e}"))
         })?;

@@ -43,6 +43,7 @@ pub struct TurnServer {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     registry: Arc<Registry>,
+    udp_socket: std::sync::Weak<UdpSocket>,
 }
 
 impl std::fmt::Debug for TurnServer {
@@ -82,8 +83,7 @@ async fn bind_pair(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener)> {
     let mut last = None;
     for _ in 0..tries {
         let addr = SocketAddr::new(ip, port);
-        let udp = UdpSocket::bind(addr)
-            .await
+        let udp = crate::relay::bind_udp(addr, crate::relay::LISTENER_RCVBUF)
             .map_err(|e| bind_error("UDP", addr, "--turn-port", e))?;
         let udp_addr = udp
             .local_addr()
@@ -197,7 +197,9 @@ impl TurnServer {
         let (udp, tcp) = bind_pair(cfg.listen, cfg.port).await?;
         let udp_addr = udp.local_addr().map_err(|e| Error::Config(e.to_string()))?;
         addrs.push((Transport::Udp, udp_addr));
-        listeners.push(Arc::new(udp));
+        let udp = Arc::new(udp);
+        let udp_socket = Arc::downgrade(&udp);
+        listeners.push(udp);
 
         let idle_timeout = cfg.effective_max_lifetime() + Duration::from_secs(30);
         let stream_cfg = |tls: Option<tokio_rustls::TlsAcceptor>, listener: usize| {
@@ -205,6 +207,8 @@ impl TurnServer {
             StreamListenerConfig {
                 tls,
                 max_connections: cfg.max_tcp_connections,
+                // One allocation per connection, plus a few for STUN only.
+                max_connections_per_ip: cfg.max_allocations_per_ip.saturating_add(4),
                 idle_timeout,
                 on_close: Arc::new(move |peer| registry.close_client(listener, peer)),
                 shutdown: shutdown.clone(),
@@ -225,7 +229,12 @@ impl TurnServer {
             let tls_addr = l
                 .local_addr()
                 .map_err(|e| bind_error("TLS", addr, "--turn-tls-port", e))?;
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
+            // The host may share its HTTPS configuration: drop its ALPN list
+            // (h2, http/1.1), which would refuse TURN clients offering
+            // "stun.turn" (RFC 7443).
+            let mut tls_config = (*tls.config).clone();
+            tls_config.alpn_protocols.clear();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config));
             let (mux, task) = StreamMux::start(l, stream_cfg(Some(acceptor), 2))
                 .map_err(|e| bind_error("TLS", tls_addr, "--turn-tls-port", e))?;
             addrs.push((Transport::Tls, tls_addr));
@@ -296,6 +305,7 @@ impl TurnServer {
             shutdown,
             tasks,
             registry,
+            udp_socket,
         })
     }
 
@@ -317,7 +327,8 @@ impl TurnServer {
         self.registry.len()
     }
 
-    /// Stops serving: closes every allocation and listener.
+    /// Stops serving: closes every allocation and listener; the ports are
+    /// free when it returns (it waits up to a few seconds for that).
     pub async fn close(mut self) {
         self.shutdown.cancel();
         if let Err(e) = self.server.close().await {
@@ -326,11 +337,87 @@ impl TurnServer {
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        // The crate's read loop drops the UDP socket once it has stopped:
+        // wait for that (briefly) so the port is free when this returns.
+        for _ in 0..100 {
+            if self.udp_socket.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
 impl Drop for TurnServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn relay_addresses_per_family() {
+        let own = vec![
+            ip("127.0.0.1"),
+            ip("10.0.0.5"),
+            ip("203.0.114.7"),
+            ip("::1"),
+            ip("2001:4860::5"),
+        ];
+        let mut cfg = TurnConfig::default();
+        // 0.0.0.0: bind any, advertise the first public address.
+        let (v4, v6) = relay_addrs(&cfg, &own).expect("addrs");
+        assert_eq!(v4, Some((ip("0.0.0.0"), ip("203.0.114.7"))));
+        assert_eq!(v6, None);
+        // public_ip wins.
+        cfg.public_ip = Some(ip("198.51.100.1"));
+        assert_eq!(
+            relay_addrs(&cfg, &own).expect("a").0,
+            Some((ip("0.0.0.0"), ip("198.51.100.1")))
+        );
+        // specific listen address.
+        cfg.public_ip = None;
+        cfg.listen = ip("127.0.0.1");
+        assert_eq!(
+            relay_addrs(&cfg, &own).expect("a").0,
+            Some((ip("127.0.0.1"), ip("127.0.0.1")))
+        );
+        // dual stack.
+        cfg.listen = ip("::");
+        let (v4, v6) = relay_addrs(&cfg, &own).expect("addrs");
+        assert_eq!(v4, Some((ip("0.0.0.0"), ip("203.0.114.7"))));
+        assert_eq!(v6, Some((ip("::"), ip("2001:4860::5"))));
+        // a public_ip of a family not served is a config error.
+        cfg.listen = ip("127.0.0.1");
+        cfg.public_ip = Some(ip("2001:4860::5"));
+        assert!(relay_addrs(&cfg, &own).is_err());
+        // only private interfaces: the first non-loopback one.
+        cfg.listen = ip("0.0.0.0");
+        cfg.public_ip = None;
+        let own = vec![ip("127.0.0.1"), ip("10.0.0.5")];
+        assert_eq!(
+            relay_addrs(&cfg, &own).expect("a").0,
+            Some((ip("0.0.0.0"), ip("10.0.0.5")))
+        );
+    }
+
+    #[test]
+    fn own_addresses_include_listen_and_public() {
+        let cfg = TurnConfig {
+            listen: ip("127.0.0.2"),
+            public_ip: Some(ip("198.51.100.9")),
+            ..TurnConfig::default()
+        };
+        let own = own_addresses(&cfg);
+        assert!(own.contains(&ip("127.0.0.2")));
+        assert!(own.contains(&ip("198.51.100.9")));
+        assert!(!own.iter().any(|a| a.is_unspecified()));
     }
 }

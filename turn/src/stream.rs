@@ -106,6 +106,8 @@ pub(crate) type OnClose = Arc<dyn Fn(SocketAddr) + Send + Sync>;
 pub(crate) struct StreamListenerConfig {
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) max_connections: usize,
+    /// Most simultaneous connections from one client IP address.
+    pub(crate) max_connections_per_ip: usize,
     /// A connection silent for this long is closed (no allocation can be
     /// alive on it without a Refresh in that time).
     pub(crate) idle_timeout: Duration,
@@ -139,6 +141,7 @@ async fn accept_loop(
     cfg: Arc<StreamListenerConfig>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
+    let per_ip: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     let kind = if cfg.tls.is_some() { "TLS" } else { "TCP" };
     loop {
         let (stream, peer) = tokio::select! {
@@ -157,13 +160,25 @@ async fn accept_loop(
                 "TURN {kind} connection refused: too many connections");
             continue;
         }
+        let ip = crate::peer::canonical(peer.ip());
+        {
+            let mut m = lock(&per_ip);
+            let n = m.entry(ip).or_insert(0);
+            if *n >= cfg.max_connections_per_ip {
+                tracing::warn!(%peer, limit = cfg.max_connections_per_ip,
+                    "TURN {kind} connection refused: too many connections from this address");
+                continue;
+            }
+            *n += 1;
+        }
         let _ = stream.set_nodelay(true);
         live.fetch_add(1, Ordering::AcqRel);
-        let (mux, tx, cfg, live) = (
+        let (mux, tx, cfg, live, per_ip) = (
             Arc::clone(&mux),
             tx.clone(),
             Arc::clone(&cfg),
             Arc::clone(&live),
+            Arc::clone(&per_ip),
         );
         tokio::spawn(async move {
             match cfg.tls.clone() {
@@ -179,6 +194,13 @@ async fn accept_loop(
                 None => serve_connection(stream, peer, &mux, tx, &cfg).await,
             }
             live.fetch_sub(1, Ordering::AcqRel);
+            let mut m = lock(&per_ip);
+            if let Some(n) = m.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
         });
     }
 }

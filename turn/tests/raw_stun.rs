@@ -114,8 +114,7 @@ async fn lifetime_is_capped_and_resigned() {
     // 4. Refresh with lifetime 0 deletes the allocation.
     let r = exchange(&sock, authed(METHOD_REFRESH, 0)).await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(server.allocation_count(), 0);
+    wait_until("allocation deleted", || server.allocation_count() == 0).await;
     server.close().await;
 }
 

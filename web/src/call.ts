@@ -36,6 +36,7 @@ export class CallController {
   private pendingRandom: string | null = null
   private joinToken = 0
   private joinTimer: ReturnType<typeof setTimeout> | null = null
+  private levelTimer: ReturnType<typeof setInterval> | null = null
 
   constructor(private readonly deps: CallDeps = {}) {
     this.signaling = new Signaling(deps.url ?? defaultSignalingUrl(), deps.signaling)
@@ -249,6 +250,7 @@ export class CallController {
       },
     })
     this.announceMedia()
+    this.startLevelPolling()
     for (const m of members) {
       if (m.sessionId !== selfId) this.peersStore.upsert(m.sessionId, { username: m.username, state: 'new' })
     }
@@ -261,6 +263,7 @@ export class CallController {
     if (s.phase === 'joining' || (s.phase === 'room' && s.reconnecting)) {
       // join refused (full, forbidden, ...): back to the login screen, media off
       this.clearJoinTimeout()
+      this.stopLevelPolling()
       this.joinToken++
       this.pm?.closeAll()
       this.pm = null
@@ -277,6 +280,24 @@ export class CallController {
   }
 
   // ---- in the room ---------------------------------------------------------
+
+  /** Who is speaking: polled from the receivers (cheap; no audio graph per peer). */
+  private startLevelPolling() {
+    if (this.levelTimer || typeof setInterval !== 'function') return
+    this.levelTimer = setInterval(() => {
+      if (!this.pm) return
+      for (const [id, level] of this.pm.audioLevels()) {
+        const p = this.peersStore.byId[id]
+        const speaking = level > 0.04
+        if (p && p.speaking !== speaking) p.speaking = speaking
+      }
+    }, 400)
+  }
+
+  private stopLevelPolling() {
+    if (this.levelTimer) clearInterval(this.levelTimer)
+    this.levelTimer = null
+  }
 
   sendChat(input: string): boolean {
     const text = input.trim().slice(0, MAX_CHAT_LEN)
@@ -362,6 +383,7 @@ export class CallController {
     const s = this.session
     this.joinToken++
     this.clearJoinTimeout()
+    this.stopLevelPolling()
     this.pm?.closeAll()
     this.pm = null
     this.signaling.close()

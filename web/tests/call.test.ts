@@ -203,6 +203,25 @@ describe('CallController', () => {
     expect(call.chat.entries.filter((e) => e.kind === 'message')).toHaveLength(0)
   })
 
+  it('marks the peer that is speaking', async () => {
+    vi.useFakeTimers()
+    try {
+      const { call } = setup()
+      const ws = await joinRoom(call)
+      ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
+      await vi.advanceTimersByTimeAsync(10)
+      FakePC.instances[0].audioLevel = 0.3
+      await vi.advanceTimersByTimeAsync(450)
+      expect(call.peersStore.byId.p.speaking).toBe(true)
+      FakePC.instances[0].audioLevel = 0
+      await vi.advanceTimersByTimeAsync(450)
+      expect(call.peersStore.byId.p.speaking).toBe(false)
+      call.leave()
+    } finally {
+      vi.useRealTimers()
+    }
+  })
+
   it('a join with no answer times out with a message', async () => {
     vi.useFakeTimers()
     try {

@@ -164,6 +164,14 @@ export class FakePC {
     return this.transceivers
   }
 
+  audioLevel = 0
+  getReceivers() {
+    return this.transceivers.map((t) => ({
+      track: t.receiver.track,
+      getSynchronizationSources: () => (t.receiver.track.kind === 'audio' ? [{ audioLevel: this.audioLevel }] : []),
+    }))
+  }
+
   async setLocalDescription(desc?: RTCSessionDescriptionInit) {
     await Promise.resolve()
     if (desc?.type === 'rollback') {

@@ -2,7 +2,9 @@
 //! host's imports, sandboxed instances (deadline, memory cap, no WASI
 //! files/sockets/env) pooled per policy, and the chain that asks them in turn.
 
+pub mod cache;
 pub mod kv;
+pub mod reload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -151,6 +153,7 @@ pub struct PolicyEngine {
     ctx: Arc<PolicyContext>,
     limits: SandboxLimits,
     ticker_stop: Arc<AtomicBool>,
+    cache: Option<cache::ComponentCache>,
 }
 
 impl Drop for PolicyEngine {
@@ -160,7 +163,14 @@ impl Drop for PolicyEngine {
 }
 
 impl PolicyEngine {
-    pub fn new(ctx: Arc<PolicyContext>, limits: SandboxLimits) -> anyhow::Result<Self> {
+    /// `cache_dir` keeps precompiled components by content hash, so a
+    /// restart does not recompile; it must be a directory only the operator
+    /// can write (its files are loaded as native code).
+    pub fn new(
+        ctx: Arc<PolicyContext>,
+        limits: SandboxLimits,
+        cache_dir: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -185,20 +195,25 @@ impl PolicyEngine {
                     }
                 }
             })?;
+        let cache = cache_dir.and_then(|dir| cache::ComponentCache::open(dir, &engine));
         Ok(Self {
             engine,
             linker,
             ctx,
             limits,
             ticker_stop,
+            cache,
         })
     }
 
     /// Compiles, links and canary-tests a policy. Runs for tens of
     /// milliseconds: call it off the async runtime.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<LoadedPolicy>, LoadError> {
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(root_cause(&e)))?;
+        let component = match &self.cache {
+            Some(cache) => cache.component(&self.engine, bytes),
+            None => Component::new(&self.engine, bytes),
+        }
+        .map_err(|e| LoadError::Compile(root_cause(&e)))?;
         let pre = self
             .linker
             .instantiate_pre(&component)

@@ -30,6 +30,15 @@ pub trait IceServers: Send + Sync {
     fn for_session(&self, session: &str, host: &str) -> String;
 }
 
+/// No ICE servers from this host: clients use their own defaults.
+pub struct NoIceServers;
+
+impl IceServers for NoIceServers {
+    fn for_session(&self, _session: &str, _host: &str) -> String {
+        "[]".into()
+    }
+}
+
 /// Everything a session needs, shared by all of them.
 pub struct Hub {
     pub registry: Arc<RoomRegistry>,

@@ -54,6 +54,15 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// Polls `cond` every 50 ms until it holds; panics after [`WAIT`].
+pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A `turn` crate client on `conn`, already listening.
 pub async fn client_on(
     conn: Arc<dyn Conn + Send + Sync>,

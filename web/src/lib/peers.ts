@@ -406,6 +406,20 @@ export class PeerManager {
     }
   }
 
+  /** Current audio level (0..1) heard from each peer, from the receivers' synchronization sources. */
+  audioLevels(): Map<string, number> {
+    const out = new Map<string, number>()
+    for (const p of this.peers.values()) {
+      let level = 0
+      for (const r of p.pc.getReceivers?.() ?? []) {
+        if (r.track?.kind !== 'audio' || typeof r.getSynchronizationSources !== 'function') continue
+        for (const src of r.getSynchronizationSources()) level = Math.max(level, src.audioLevel ?? 0)
+      }
+      out.set(p.id, level)
+    }
+    return out
+  }
+
   openChannels(): number {
     let n = 0
     for (const p of this.peers.values()) if (p.channel?.readyState === 'open') n++

@@ -13,6 +13,7 @@ export interface RemotePeer {
   /** what the peer says it sends (data channel); null = unknown */
   camOff: boolean
   micOff: boolean
+  speaking: boolean
 }
 
 export const MAX_MEMBERS = 10
@@ -47,6 +48,7 @@ export const usePeers = defineStore('peers', {
         joinedAt: patch.joinedAt ?? Date.now(),
         camOff: false,
         micOff: false,
+        speaking: false,
       }
       this.byId[id] = p
       this.order.push(id)

@@ -1,0 +1,221 @@
+//! `PolicyHarness`: runs `.wasm` policies in front of the built-in default,
+//! exactly as the host does, against scripted sessions: no browser, no
+//! sockets. Policy crates use it in their tests:
+//!
+//! ```no_run
+//! use host::harness::{PolicyHarness, build_policy};
+//! let wasm = build_policy("password-rooms").unwrap();
+//! let h = PolicyHarness::new(&[wasm]).unwrap();
+//! let mut alice = h.connect();
+//! let joined = alice.login("room", "alice");
+//! assert_eq!(joined["type"], "joined");
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::kv::KvStore;
+use crate::policy::{PolicyChain, PolicyContext, PolicyEngine, SandboxLimits};
+use crate::signaling::dispatch::{self, Sender};
+use crate::signaling::rooms::{Outbound, RoomRegistry, SessionHandle};
+use crate::signaling::{Hub, NoIceServers, SessionLimits};
+use crate::web::DEFAULT_POLICY;
+
+pub struct PolicyHarness {
+    hub: Arc<Hub>,
+    _engine: PolicyEngine,
+}
+
+/// What a scripted session received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Frame(Value),
+    Close(u16, String),
+}
+
+impl PolicyHarness {
+    /// The given policies (in this order) in front of the default, with
+    /// the default room capacity of 10.
+    pub fn new(policies: &[PathBuf]) -> anyhow::Result<Self> {
+        Self::with_room_max(policies, 10)
+    }
+
+    pub fn with_room_max(policies: &[PathBuf], room_max: u32) -> anyhow::Result<Self> {
+        let registry = Arc::new(RoomRegistry::default());
+        let kv = Arc::new(KvStore::new(crate::app::KV_CAP_BYTES));
+        let ctx = Arc::new(PolicyContext {
+            registry: registry.clone(),
+            kv: kv.clone(),
+            config: HashMap::from([("room-max".to_string(), room_max.to_string())]),
+        });
+        let limits = SandboxLimits {
+            deadline: Duration::from_millis(100),
+            memory_bytes: 32 << 20,
+        };
+        let engine = PolicyEngine::new(ctx, limits, None)?;
+        let default = engine.load("default", DEFAULT_POLICY)?;
+        let mut drop_ins = Vec::new();
+        for path in policies {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("policy");
+            drop_ins.push(
+                engine
+                    .load(name, &bytes)
+                    .with_context(|| format!("loading {}", path.display()))?,
+            );
+        }
+        let hub = Arc::new(Hub {
+            registry,
+            kv,
+            chain: ArcSwap::from_pointee(PolicyChain::new(drop_ins, default)),
+            limits: SessionLimits {
+                max_frame_bytes: 64 * 1024,
+                send_queue: 4096,
+            },
+            ice: Box::new(NoIceServers),
+        });
+        Ok(Self {
+            hub,
+            _engine: engine,
+        })
+    }
+
+    /// Opens a session (the chain's `on-connect` runs). A refused
+    /// connection shows as a queued `Close`.
+    pub fn connect(&self) -> TestSession {
+        let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let (tx, rx) = mpsc::channel(4096);
+        let handle = SessionHandle {
+            tx,
+            kill: CancellationToken::new(),
+        };
+        let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
+        self.hub.registry.register(id.clone(), handle.clone(), peer);
+        if let Err(reason) = self.hub.chain.load().on_connect(&id, &peer.to_string()) {
+            handle.deliver(Outbound::Close(1008, reason.into()));
+        }
+        TestSession {
+            hub: self.hub.clone(),
+            id,
+            handle,
+            rx,
+        }
+    }
+}
+
+pub struct TestSession {
+    hub: Arc<Hub>,
+    id: Arc<str>,
+    handle: SessionHandle,
+    rx: mpsc::Receiver<Outbound>,
+}
+
+impl TestSession {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn send(&self, frame: Value) {
+        self.send_text(&frame.to_string());
+    }
+
+    pub fn send_text(&self, text: &str) {
+        let sender = Sender {
+            id: &self.id,
+            handle: &self.handle,
+            host: "localhost",
+        };
+        dispatch::handle_text(&self.hub, &sender, text);
+    }
+
+    /// The next thing queued for this session, if any.
+    pub fn next(&mut self) -> Option<Received> {
+        match self.rx.try_recv().ok()? {
+            Outbound::Frame(t) => Some(Received::Frame(
+                serde_json::from_str(&t).expect("the host sends JSON"),
+            )),
+            Outbound::Close(code, reason) => Some(Received::Close(code, reason.to_string())),
+        }
+    }
+
+    /// The next queued frame; panics when there is none or a close is next.
+    pub fn recv(&mut self) -> Value {
+        match self.next() {
+            Some(Received::Frame(v)) => v,
+            other => panic!("expected a frame for {}, got {other:?}", self.id),
+        }
+    }
+
+    /// Everything queued so far.
+    pub fn drain(&mut self) -> Vec<Received> {
+        std::iter::from_fn(|| self.next()).collect()
+    }
+
+    /// Sends the original client's `login` and returns the answer
+    /// (`joined` or `error`).
+    pub fn login(&mut self, room: &str, username: &str) -> Value {
+        self.login_with(json!({"roomrequest": room, "username": username}))
+    }
+
+    pub fn login_with(&mut self, data: Value) -> Value {
+        self.send(json!({"type": "login", "data": data}));
+        self.recv()
+    }
+
+    /// The socket closes: policies are told, the room gets `logout`.
+    pub fn disconnect(self) {
+        let sender = Sender {
+            id: &self.id,
+            handle: &self.handle,
+            host: "localhost",
+        };
+        dispatch::handle_disconnect(&self.hub, &sender);
+    }
+}
+
+/// Builds a workspace policy crate for wasm32-wasip2 (release) and returns
+/// the path of its `.wasm`. Uses its own target dir, so it works from
+/// inside `cargo test`.
+pub fn build_policy(package: &str) -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("host/ lives in the workspace")?;
+    let target_dir = root.join("target/policy-build");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        if let Some(k) = key.to_str()
+            && ((k.starts_with("CARGO_") && k != "CARGO_HOME")
+                || matches!(k, "RUSTFLAGS" | "RUSTC" | "RUSTC_WRAPPER" | "RUSTDOC"))
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let status = cmd
+        .current_dir(root)
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "-p", package])
+        // The same flags as host/build.rs, so both share one build.
+        .args(["--config", "profile.release.debug=false", "--config", "profile.release.strip=true"])
+        .args(["--config", "profile.release.lto=true"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .context("running cargo")?;
+    anyhow::ensure!(status.success(), "building policy {package} failed");
+    let file = format!("{}.wasm", package.replace('-', "_"));
+    Ok(target_dir.join("wasm32-wasip2/release").join(file))
+}

@@ -1,0 +1,11 @@
+//! WebRTC Chat host as a library: the binary (`src/main.rs`) runs [`app`];
+//! policy authors' tests use [`harness`] to run a policy without a network.
+
+pub mod app;
+pub mod config;
+pub mod harness;
+pub mod https;
+pub mod policy;
+pub mod signaling;
+pub mod tls;
+pub mod web;

@@ -1,0 +1,211 @@
+//! `PolicyDirectory`: the drop-in directory of `.wasm` policies. It watches
+//! the directory (non-recursively, debounced), loads changed files off the
+//! async runtime (compile, validate against the world, canary call) and
+//! swaps the whole chain atomically. A file that fails any step leaves the
+//! running chain as it was.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use super::{LoadedPolicy, PolicyChain, PolicyEngine};
+use crate::signaling::Hub;
+
+/// Quiet time after the last file event before the directory is read: a
+/// file still being written produces events and is not loaded half-done.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// How often per-policy counters are logged (when they moved).
+const STATS_EVERY: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+struct Slot {
+    loaded: Option<([u8; 32], Arc<LoadedPolicy>)>,
+    /// The content that failed last, so it is not retried until it changes.
+    failed: Option<[u8; 32]>,
+}
+
+pub struct PolicyDirectory {
+    engine: PolicyEngine,
+    dir: PathBuf,
+    default: Arc<LoadedPolicy>,
+    hub: Arc<Hub>,
+    slots: Mutex<BTreeMap<String, Slot>>,
+}
+
+impl PolicyDirectory {
+    pub fn new(
+        engine: PolicyEngine,
+        dir: PathBuf,
+        default: Arc<LoadedPolicy>,
+        hub: Arc<Hub>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            dir,
+            default,
+            hub,
+            slots: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Reads the directory and swaps in a new chain if anything changed.
+    /// Blocking (compiles): call it from a plain thread or `spawn_blocking`.
+    pub fn scan(&self) {
+        let files = self.wasm_files();
+        let mut slots = self.slots.lock();
+        let mut changed = false;
+        slots.retain(|name, slot| {
+            let keep = files.contains_key(name);
+            if !keep && slot.loaded.is_some() {
+                tracing::info!("policy {name} removed");
+                changed = true;
+            }
+            keep
+        });
+        for (name, path) in &files {
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("policy file {} not read: {e}", path.display());
+                    continue;
+                }
+            };
+            let hash: [u8; 32] = Sha256::digest(&bytes).into();
+            let slot = slots.entry(name.clone()).or_default();
+            if slot.loaded.as_ref().is_some_and(|(h, _)| *h == hash) || slot.failed == Some(hash) {
+                continue;
+            }
+            let started = Instant::now();
+            match self.engine.load(policy_name(name), &bytes) {
+                Ok(policy) => {
+                    tracing::info!(
+                        "policy {name} loaded ({} KiB in {} ms)",
+                        bytes.len() / 1024,
+                        started.elapsed().as_millis()
+                    );
+                    slot.loaded = Some((hash, policy));
+                    slot.failed = None;
+                    changed = true;
+                }
+                Err(e) => {
+                    let keeps = if slot.loaded.is_some() {
+                        "its previous version keeps running"
+                    } else {
+                        "the running chain is unchanged"
+                    };
+                    tracing::warn!("policy file {} not loaded: {e}; {keeps}", path.display());
+                    slot.failed = Some(hash);
+                }
+            }
+        }
+        if changed {
+            let drop_ins: Vec<Arc<LoadedPolicy>> = slots
+                .values()
+                .filter_map(|s| s.loaded.as_ref().map(|(_, p)| p.clone()))
+                .collect();
+            let chain = PolicyChain::new(drop_ins, self.default.clone());
+            log_chain(&chain);
+            self.hub.chain.store(Arc::new(chain));
+        }
+    }
+
+    fn wasm_files(&self) -> BTreeMap<String, PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return BTreeMap::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+            .filter_map(|p| Some((p.file_name()?.to_str()?.to_owned(), p)))
+            .collect()
+    }
+
+    /// Scans now, then watches the directory from a thread of its own.
+    /// Returns the watcher, which must be kept alive.
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<notify::RecommendedWatcher> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the plugins directory {}: {e} (create it or pass --plugins-dir)",
+                self.dir.display()
+            )
+        })?;
+        self.scan();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        })?;
+        watcher
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", self.dir.display()))?;
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("policy-watch".into())
+            .spawn(move || this.watch_loop(rx))?;
+        Ok(watcher)
+    }
+
+    fn watch_loop(&self, rx: std::sync::mpsc::Receiver<notify::Result<notify::Event>>) {
+        let mut last_stats = Instant::now();
+        loop {
+            match rx.recv_timeout(STATS_EVERY) {
+                Ok(Ok(event)) if touches_wasm(&event.paths) => {
+                    while rx.recv_timeout(DEBOUNCE).is_ok() {}
+                    self.scan();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("watching {}: {e}", self.dir.display()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last_stats.elapsed() >= STATS_EVERY {
+                last_stats = Instant::now();
+                log_stats(&self.hub.chain.load());
+            }
+        }
+    }
+}
+
+fn touches_wasm(paths: &[PathBuf]) -> bool {
+    paths
+        .iter()
+        .any(|p| p.extension().is_some_and(|x| x == "wasm"))
+}
+
+/// `50-password-rooms.wasm` → `50-password-rooms`: the policy's name in
+/// logs and its key-value namespace, so state survives a reload.
+fn policy_name(file: &str) -> &str {
+    Path::new(file)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(file)
+}
+
+pub fn log_chain(chain: &PolicyChain) {
+    let names: Vec<&str> = chain.policies().iter().map(|p| p.name()).collect();
+    tracing::info!("policy chain: {}", names.join(" → "));
+}
+
+pub fn log_stats(chain: &PolicyChain) {
+    for p in chain.policies() {
+        let calls = p.stats.calls.load(Ordering::Relaxed);
+        if calls == 0 {
+            continue;
+        }
+        let failures = p.stats.failures.load(Ordering::Relaxed);
+        let micros = p.stats.nanos.load(Ordering::Relaxed) as f64 / 1000.0;
+        tracing::info!(
+            policy = p.name(),
+            calls,
+            failures,
+            "policy stats: {calls} calls, {failures} failures, {:.2} µs mean",
+            micros / calls as f64
+        );
+    }
+}

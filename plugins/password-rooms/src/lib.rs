@@ -1,0 +1,82 @@
+//! password-rooms: the first member of a room may set a password (`password`
+//! in the `login` data); everyone after must give the same one, or gets
+//! `error forbidden`. The password is removed from the login before any
+//! other policy or member sees it, is kept only as a salted hash in the
+//! host's room-scoped key-value store, and is never logged.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "policy",
+});
+
+use sha2::{Digest, Sha256};
+use webrtc_chat::policy::state;
+use webrtc_chat::policy::types::{LogLevel, Scope};
+
+const KEY: &str = "password-sha256";
+
+struct PasswordRooms;
+
+impl Guest for PasswordRooms {
+    fn on_connect(_s: SessionId, _peer_addr: String) -> Verdict {
+        Verdict::Next
+    }
+
+    fn on_message(e: Envelope) -> Verdict {
+        if e.kind != "login" {
+            return Verdict::Next;
+        }
+        let Some(mut data) = e
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        else {
+            return Verdict::Next; // the default policy answers badRequest
+        };
+        let Some(obj) = data.as_object_mut() else {
+            return Verdict::Next;
+        };
+        let password = obj.remove("password");
+        let Some(room) = obj
+            .get("roomrequest")
+            .and_then(|r| r.as_str())
+            .map(|r| r.trim().to_owned())
+        else {
+            return Verdict::Next;
+        };
+        let given = password.as_ref().and_then(|p| p.as_str()).unwrap_or("");
+        let scope = Scope::Room(room.clone());
+        if state::room_exists(&room) {
+            if let Some(expected) = state::kv_get(&scope, KEY) {
+                if digest(&room, given) != expected {
+                    return Verdict::Deny("This room needs the right password.".into());
+                }
+            }
+        } else if given.is_empty() {
+            // A new open room: forget what an earlier room of this name had.
+            let _ = state::kv_set(&scope, KEY, None);
+        } else if let Err(e) = state::kv_set(&scope, KEY, Some(&digest(&room, given))) {
+            state::log(LogLevel::Warn, &format!("cannot store a room password: {e}"));
+            return Verdict::Deny("The server cannot protect this room right now.".into());
+        }
+        Verdict::NextWith(Envelope {
+            data: Some(data.to_string()),
+            ..e
+        })
+    }
+
+    fn on_disconnect(_s: SessionId) -> Vec<Action> {
+        Vec::new()
+    }
+}
+
+/// Salted with the room name, so equal passwords of two rooms differ.
+fn digest(room: &str, password: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(room.as_bytes());
+    h.update([0]);
+    h.update(password.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+export!(PasswordRooms);

@@ -1,0 +1,57 @@
+//! password-rooms in front of the default policy, via the host's harness.
+
+use host::harness::{PolicyHarness, build_policy};
+use serde_json::json;
+
+fn harness() -> PolicyHarness {
+    PolicyHarness::new(&[build_policy("password-rooms").unwrap()]).unwrap()
+}
+
+#[test]
+fn first_member_sets_the_password_and_others_must_match() {
+    let h = harness();
+    let mut owner = h.connect();
+    let joined = owner.login_with(json!({"roomrequest":"vault","username":"o","password":"s3cret"}));
+    assert_eq!(joined["type"], "joined");
+
+    let mut wrong = h.connect();
+    let e = wrong.login_with(json!({"roomrequest":"vault","username":"w","password":"guess"}));
+    assert_eq!(e["message"]["errorType"], "forbidden", "{e}");
+    let mut none = h.connect();
+    let e = none.login("vault", "n");
+    assert_eq!(e["message"]["errorType"], "forbidden", "{e}");
+    assert!(owner.drain().is_empty(), "refused logins reach nobody");
+
+    let mut right = h.connect();
+    let j = right.login_with(json!({"roomrequest":"vault","username":"r","password":"s3cret"}));
+    assert_eq!(j["type"], "joined");
+    // The owner's login notice carries no password.
+    let notice = owner.recv();
+    assert_eq!(notice["type"], "login");
+    assert_eq!(notice["data"], json!({"roomrequest":"vault","username":"r"}));
+}
+
+#[test]
+fn open_rooms_stay_open_and_a_recreated_room_forgets_its_password() {
+    let h = harness();
+    let mut a = h.connect();
+    assert_eq!(a.login("open", "a")["type"], "joined");
+    let mut b = h.connect();
+    let j = b.login_with(json!({"roomrequest":"open","username":"b","password":"anything"}));
+    assert_eq!(j["type"], "joined", "no password was set");
+
+    let mut c = h.connect();
+    c.login_with(json!({"roomrequest":"again","username":"c","password":"pw"}));
+    c.disconnect();
+    let mut d = h.connect();
+    assert_eq!(d.login("again", "d")["type"], "joined", "the room was gone");
+}
+
+#[test]
+fn passwords_are_per_room() {
+    let h = harness();
+    let mut a = h.connect();
+    a.login_with(json!({"roomrequest":"one","username":"a","password":"x"}));
+    let mut b = h.connect();
+    assert_eq!(b.login("two", "b")["type"], "joined");
+}

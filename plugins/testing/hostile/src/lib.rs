@@ -1,0 +1,44 @@
+//! A policy that misbehaves on request, for the host's sandbox tests: a
+//! message of type `loop` spins forever, `trap` panics, `oom` allocates
+//! until it is stopped. Anything else passes to the next policy.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "policy",
+});
+
+
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn on_connect(_s: SessionId, _peer_addr: String) -> Verdict {
+        Verdict::Next
+    }
+
+    fn on_message(e: Envelope) -> Verdict {
+        match e.kind.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "trap" => panic!("hostile policy traps on purpose"),
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            _ => Verdict::Next,
+        }
+    }
+
+    fn on_disconnect(_s: SessionId) -> Vec<Action> {
+        Vec::new()
+    }
+}
+
+export!(Hostile);

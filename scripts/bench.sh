@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# bench.sh — signaling throughput, latency, room scaling and idle memory of
+# the host, driven by tools/sigload over WSS on 127.0.0.1. Not a test: it
+# prints numbers (and keeps each run's JSON report in $OUT).
+#
+# Usage: scripts/bench.sh                       (builds release host + sigload)
+#        DURATION=5 SCENARIOS="throughput light" scripts/bench.sh
+#        SKIP_BUILD=1 HOST_BIN=target/debug/host scripts/bench.sh
+# Scenarios (default: all, in this order):
+#   throughput  20 rooms x 5 clients, 300-byte candidates, 8 in flight per client
+#   light       20 rooms x 5 clients, 5 msg/s per client, realistic mix (SDP ~4 KB)
+#   rooms       1 / 10 / 100 / 1000 rooms x $ROOMS_CLIENTS clients, as throughput
+#   idle        10 000 sessions (1000 rooms x 10) joined and held: server RSS per session
+# Each scenario gets a fresh host. With taskset and >= 2 CPUs the host runs
+# on CPU 0 and sigload on the others, so one can tell who saturates.
+# Needs: cargo, jq (for the summary table).
+set -euo pipefail
+
+DURATION=${DURATION:-10}            # seconds of load per run
+WARMUP=${WARMUP:-2}                 # seconds not counted
+SCENARIOS=${SCENARIOS:-"throughput light rooms idle"}
+ROOMS_LIST=${ROOMS_LIST:-"1 10 100 1000"}
+ROOMS_CLIENTS=${ROOMS_CLIENTS:-3}
+IDLE_ROOMS=${IDLE_ROOMS:-1000}
+IDLE_CLIENTS=${IDLE_CLIENTS:-10}
+IDLE_HOLD=${IDLE_HOLD:-10}
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=${OUT:-$TARGET/sigload-bench}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+HOST_PID=
+cleanup() {
+  if [ -n "$HOST_PID" ]; then kill -INT "$HOST_PID" 2>/dev/null || true; wait "$HOST_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  echo "building host and sigload (release)..." >&2
+  (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release -p host -p sigload)
+fi
+HOST_BIN=${HOST_BIN:-$TARGET/release/host}
+SIGLOAD_BIN=${SIGLOAD_BIN:-$TARGET/release/sigload}
+for b in "$HOST_BIN" "$SIGLOAD_BIN"; do
+  [ -x "$b" ] || { echo "bench: $b not found (build it, or set HOST_BIN / SIGLOAD_BIN)" >&2; exit 1; }
+done
+
+# Many sockets: raise the open-files limit for both processes.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# Limits the host may have: pass only the flags it lists.
+HELP=$("$HOST_BIN" --help 2>&1 || true)
+HOST_FLAGS=()
+has_flag() { grep -q -- "$1" <<<"$HELP"; }
+has_flag '--rate-limit ' && HOST_FLAGS+=(--rate-limit 0)
+has_flag '--max-conns-per-ip' && HOST_FLAGS+=(--max-conns-per-ip 0)
+has_flag '--max-sessions' && HOST_FLAGS+=(--max-sessions 0)
+# Extra host flags for experiments, e.g. HOST_EXTRA="--policy-deadline-ms 100".
+read -r -a EXTRA <<<"${HOST_EXTRA:-}"
+HOST_FLAGS+=("${EXTRA[@]}")
+
+HOST_CPUS= TOOL_CPUS=
+NCPU=$(nproc 2>/dev/null || echo 1)
+if command -v taskset >/dev/null 2>&1 && [ "$NCPU" -ge 2 ]; then
+  HOST_CPUS=0
+  if [ "$NCPU" -eq 2 ]; then TOOL_CPUS=1; else TOOL_CPUS=1-$((NCPU - 1)); fi
+fi
+pin() { # pin CPUS cmd...
+  local cpus=$1; shift
+  if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+
+start_host() {
+  rm -rf "$WORK/host" && mkdir -p "$WORK/host/ssl" "$WORK/host/plugins"
+  local cmd=("$HOST_BIN" --bind 127.0.0.1 --https-port 0 \
+    --ssl-dir "$WORK/host/ssl" --plugins-dir "$WORK/host/plugins" "${HOST_FLAGS[@]}")
+  # taskset execs the host, so $! is the host's own PID (not a subshell's).
+  [ -n "$HOST_CPUS" ] && cmd=(taskset -c "$HOST_CPUS" "${cmd[@]}")
+  "${cmd[@]}" >"$WORK/host.log" 2>&1 &
+  HOST_PID=$!
+  PORT=
+  for _ in $(seq 300); do
+    PORT=$(grep -o 'https://localhost:[0-9]*' "$WORK/host.log" 2>/dev/null | head -1 | sed 's/.*://') || true
+    [ -n "$PORT" ] && break
+    kill -0 "$HOST_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$PORT" ] || { echo "bench: the host did not start:" >&2; cat "$WORK/host.log" >&2; exit 1; }
+  sleep 0.5
+}
+
+stop_host() {
+  kill -INT "$HOST_PID" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$HOST_PID" 2>/dev/null || true
+  wait "$HOST_PID" 2>/dev/null || true
+  HOST_PID=
+}
+
+# run NAME sigload-args... : fresh host, one sigload run, JSON kept in $OUT/NAME.json
+run() {
+  local name=$1; shift
+  start_host
+  echo "== $name: sigload $*" >&2
+  pin "$TOOL_CPUS" "$SIGLOAD_BIN" --url "wss://127.0.0.1:$PORT/ws" --insecure \
+    --server-pid "$HOST_PID" --json "$@" >"$OUT/$name.json" || echo "bench: $name failed" >&2
+  stop_host
+  NAMES+=("$name")
+}
+
+NAMES=()
+for s in $SCENARIOS; do
+  case $s in
+    throughput)
+      run throughput --rooms 20 --clients 5 --mix candidate --candidate-bytes 300 --inflight 8 \
+        --duration "$DURATION" --warmup "$WARMUP" ;;
+    light)
+      run light --rooms 20 --clients 5 --rate 5 --offer-fanout 0.25 \
+        --duration "$DURATION" --warmup "$WARMUP" ;;
+    rooms)
+      for r in $ROOMS_LIST; do
+        run "rooms-$r" --rooms "$r" --clients "$ROOMS_CLIENTS" --mix candidate --candidate-bytes 300 \
+          --inflight 8 --duration "$DURATION" --warmup "$WARMUP"
+      done ;;
+    idle)
+      run idle-$((IDLE_ROOMS * IDLE_CLIENTS)) --idle --rooms "$IDLE_ROOMS" --clients "$IDLE_CLIENTS" \
+        --duration "$IDLE_HOLD" --settle 3 --connect-concurrency 32 ;;
+    *) echo "bench: unknown scenario $s" >&2; exit 2 ;;
+  esac
+done
+
+echo
+echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB;" \
+  "host on CPU ${HOST_CPUS:-any}, sigload on CPU ${TOOL_CPUS:-any}; host flags: ${HOST_FLAGS[*]:-none}"
+echo "reports: $OUT"
+if ! command -v jq >/dev/null 2>&1; then
+  echo "(install jq for the summary table)"; exit 0
+fi
+printf '%-14s %9s %9s %9s %9s %9s %9s %6s %6s %7s %7s %8s %8s\n' \
+  scenario sessions deliv/s p50_ms p90_ms p99_ms max_ms lost dup srv_cpu% tool_cpu% us/msg srv_MiB
+for n in "${NAMES[@]}"; do
+  f=$OUT/$n.json
+  [ -s "$f" ] || { printf '%-14s (no report)\n' "$n"; continue; }
+  jq -r --arg n "$n" '
+    def ms: if . == null then "-" else (. / 1000 * 100 | round / 100 | tostring) end;
+    [ $n,
+      (.sessions.joined|tostring),
+      (if .load then (.load.delivered_per_s|round|tostring) else "-" end),
+      (.load.latency.p50_us|ms), (.load.latency.p90_us|ms), (.load.latency.p99_us|ms), (.load.latency.max_us|ms),
+      (if .load then (.load.tally.lost|tostring) else "-" end),
+      (if .load then (.load.tally.duplicated|tostring) else "-" end),
+      ((.server.cpu_pct // "-")|tostring), (.tool.cpu_pct|tostring),
+      ((.server.cpu_us_per_delivered // "-")|tostring),
+      ((.server.rss_peak_kb // 0) / 1024 | round | tostring)
+    ] | @tsv' "$f" | awk -F'\t' '{printf "%-14s %9s %9s %9s %9s %9s %9s %6s %6s %7s %7s %8s %8s\n",$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13}'
+done
+for n in "${NAMES[@]}"; do
+  f=$OUT/$n.json
+  [ -s "$f" ] || continue
+  jq -r --arg n "$n" 'select(.idle) | "\($n): \(.sessions.joined) sessions joined (\(.sessions.connect_failures) failed) in \(.sessions.connect_phase_s*10|round/10) s; server RSS \(.idle.server_rss_before_kb/1024|round) -> \(.idle.server_rss_after_kb/1024|round) MiB = \(.idle.server_rss_per_session_kb) KiB per session; tool \(.idle.tool_rss_per_session_kb) KiB per session"' "$f"
+  jq -r --arg n "$n" '.notes[]? | "\($n): note: \(.)"' "$f"
+  jq -r --arg n "$n" 'select(.load and (.load.error_frames|length) > 0) | "\($n): error frames \(.load.error_frames)"' "$f"
+done
