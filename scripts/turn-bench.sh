@@ -16,7 +16,7 @@ CLIENTS=${CLIENTS:-10}      # uclient -m: client pairs' count
 MSGS=${MSGS:-2000}          # uclient -n: messages per client
 LEN=${LEN:-500}             # uclient -l: payload bytes
 INTERVAL=${INTERVAL:-0}     # uclient -z: ms between sends (0 = as fast as it can)
-ROUNDS=${ROUNDS:-3}         # runs per server, alternating order
+ROUNDS=${ROUNDS:-6}         # runs per server, alternating order
 PORT_OURS=${PORT_OURS:-34790}
 PORT_COTURN=${PORT_COTURN:-34792}
 PORT_BARE=${PORT_BARE:-34794}
@@ -91,27 +91,30 @@ for r in $(seq "$ROUNDS"); do
   esac
 done
 
-# summary NAME -> "median_recv_per_s loss_pct cpu_us_per_pkt cpu_s median_mbit_s"
-# (rates: the median run, since one lossy run makes uclient wait ~10 s;
-# loss and CPU: all runs added up)
+# summary NAME -> "best_recv_per_s loss_pct cpu_us_per_pkt cpu_s best_mbit_s lossy_runs/runs"
+# (rates: the best run, since a run with any loss makes uclient wait ~10 s
+# more and the machine's other load comes and goes; loss and CPU: all runs
+# added up)
 summary() {
-  local med
-  med=$(awk '$3 > 0 {print $2 / $3}' "$WORK/$1" | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
-  awk -v len="$LEN" -v med="$med" '{s+=$1; r+=$2; c+=$4}
-    END { if (r == 0) { print "0 100 0 0 0"; exit }
-          printf "%.0f %.3f %.2f %.2f %.2f\n", med, (s-r)*100/s, c*1e6/r, c, med*len*8/1e6 }' "$WORK/$1"
+  local best
+  best=$(awk '$3 > 0 {print $2 / $3}' "$WORK/$1" | sort -n | tail -1)
+  awk -v len="$LEN" -v best="${best:-0}" '{s+=$1; r+=$2; c+=$4; n++; if ($2 < $1) l++}
+    END { if (r == 0) { print "0 100 0 0 0 -"; exit }
+          printf "%.0f %.3f %.2f %.2f %.2f %d/%d\n", best, (s-r)*100/s, c*1e6/r, c, best*len*8/1e6, l, n }' "$WORK/$1"
 }
-read -r O_RATE O_LOSS O_CPU O_CPUS O_MBIT <<<"$(summary ours)"
-read -r C_RATE C_LOSS C_CPU C_CPUS C_MBIT <<<"$(summary coturn)"
-read -r B_RATE B_LOSS B_CPU B_CPUS B_MBIT <<<"$(summary bare)"
+
+read -r O_RATE O_LOSS O_CPU O_CPUS O_MBIT O_LR <<<"$(summary ours)"
+read -r C_RATE C_LOSS C_CPU C_CPUS C_MBIT C_LR <<<"$(summary coturn)"
+read -r B_RATE B_LOSS B_CPU B_CPUS B_MBIT B_LR <<<"$(summary bare)"
 echo
-printf '%-10s %14s %10s %10s %16s %12s\n' server "relayed pkt/s" "Mbit/s" "loss %" "CPU us / pkt" "CPU s total"
-printf '%-10s %14s %10s %10s %16s %12s\n' chat-turn "$O_RATE" "$O_MBIT" "$O_LOSS" "$O_CPU" "$O_CPUS"
-printf '%-10s %14s %10s %10s %16s %12s\n' coturn "$C_RATE" "$C_MBIT" "$C_LOSS" "$C_CPU" "$C_CPUS"
-printf '%-10s %14s %10s %10s %16s %12s\n' turn-bare "$B_RATE" "$B_MBIT" "$B_LOSS" "$B_CPU" "$B_CPUS"
+F='%-10s %14s %8s %8s %11s %13s %12s\n'
+printf "$F" server "relayed pkt/s" "Mbit/s" "loss %" "lossy runs" "CPU us / pkt" "CPU s total"
+printf "$F" chat-turn "$O_RATE" "$O_MBIT" "$O_LOSS" "$O_LR" "$O_CPU" "$O_CPUS"
+printf "$F" coturn "$C_RATE" "$C_MBIT" "$C_LOSS" "$C_LR" "$C_CPU" "$C_CPUS"
+printf "$F" turn-bare "$B_RATE" "$B_MBIT" "$B_LOSS" "$B_LR" "$B_CPU" "$B_CPUS"
 echo
 echo "throughput ratio chat-turn/coturn: $(echo "scale=2; $O_RATE / $C_RATE" | bc)"
 echo "CPU per packet ratio chat-turn/coturn: $(echo "scale=2; $O_CPU / $C_CPU" | bc) (lower is better)"
 echo "CPU per packet ratio chat-turn/bare turn crate: $(echo "scale=2; $O_CPU / $B_CPU" | bc) (the cost of our layers)"
-echo "(pkt/s and Mbit/s: median run, wall time including uclient's ~4 s of set-up;"
-echo " the machine's other load skews them: compare CPU per packet first)"
+echo "(pkt/s and Mbit/s: best run, over wall time including uclient's ~4 s of set-up:"
+echo " uclient, not the servers, sets that pace; compare CPU per packet first)"

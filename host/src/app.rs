@@ -45,6 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("cannot start the policy engine")?;
     let default = engine
         .load("default", web::DEFAULT_POLICY)
+        .await
         .context("the built-in default policy does not load; rebuild the host")?;
     let chain = PolicyChain::new(Vec::new(), default.clone());
 
@@ -60,7 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let policies = PolicyDirectory::new(engine, config.plugins_dir.clone(), default, hub.clone());
-    let _watcher = policies.watch()?;
+    let _watcher = tokio::task::spawn_blocking(move || policies.watch()).await??;
 
     let addr = std::net::SocketAddr::new(config.bind, config.https_port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| match e.kind() {

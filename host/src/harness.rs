@@ -33,6 +33,7 @@ use crate::web::DEFAULT_POLICY;
 
 pub struct PolicyHarness {
     hub: Arc<Hub>,
+    runtime: Arc<tokio::runtime::Runtime>,
     _engine: PolicyEngine,
 }
 
@@ -62,8 +63,13 @@ impl PolicyHarness {
             deadline: Duration::from_millis(100),
             memory_bytes: 32 << 20,
         };
+        let runtime = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        );
         let engine = PolicyEngine::new(ctx, limits, None)?;
-        let default = engine.load("default", DEFAULT_POLICY)?;
+        let default = runtime.block_on(engine.load("default", DEFAULT_POLICY))?;
         let mut drop_ins = Vec::new();
         for path in policies {
             let bytes =
@@ -73,8 +79,8 @@ impl PolicyHarness {
                 .and_then(|s| s.to_str())
                 .unwrap_or("policy");
             drop_ins.push(
-                engine
-                    .load(name, &bytes)
+                runtime
+                    .block_on(engine.load(name, &bytes))
                     .with_context(|| format!("loading {}", path.display()))?,
             );
         }
@@ -90,6 +96,7 @@ impl PolicyHarness {
         });
         Ok(Self {
             hub,
+            runtime,
             _engine: engine,
         })
     }
@@ -105,11 +112,16 @@ impl PolicyHarness {
         };
         let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
         self.hub.registry.register(id.clone(), handle.clone(), peer);
-        if let Err(reason) = self.hub.chain.load().on_connect(&id, &peer.to_string()) {
+        let chain = self.hub.chain.load_full();
+        if let Err(reason) = self
+            .runtime
+            .block_on(chain.on_connect(&id, &peer.to_string()))
+        {
             handle.deliver(Outbound::Close(1008, reason.into()));
         }
         TestSession {
             hub: self.hub.clone(),
+            runtime: self.runtime.clone(),
             id,
             handle,
             rx,
@@ -119,6 +131,7 @@ impl PolicyHarness {
 
 pub struct TestSession {
     hub: Arc<Hub>,
+    runtime: Arc<tokio::runtime::Runtime>,
     id: Arc<str>,
     handle: SessionHandle,
     rx: mpsc::Receiver<Outbound>,
@@ -139,7 +152,8 @@ impl TestSession {
             handle: &self.handle,
             host: "localhost",
         };
-        dispatch::handle_text(&self.hub, &sender, text);
+        self.runtime
+            .block_on(dispatch::handle_text(&self.hub, &sender, text));
     }
 
     /// The next thing queued for this session, if any.
@@ -183,7 +197,8 @@ impl TestSession {
             handle: &self.handle,
             host: "localhost",
         };
-        dispatch::handle_disconnect(&self.hub, &sender);
+        self.runtime
+            .block_on(dispatch::handle_disconnect(&self.hub, &sender));
     }
 }
 
@@ -207,9 +222,22 @@ pub fn build_policy(package: &str) -> anyhow::Result<PathBuf> {
     }
     let status = cmd
         .current_dir(root)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "-p", package])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            package,
+        ])
         // The same flags as host/build.rs, so both share one build.
-        .args(["--config", "profile.release.debug=false", "--config", "profile.release.strip=true"])
+        .args([
+            "--config",
+            "profile.release.debug=false",
+            "--config",
+            "profile.release.strip=true",
+        ])
         .args(["--config", "profile.release.lto=true"])
         .arg("--target-dir")
         .arg(&target_dir)

@@ -108,6 +108,10 @@ pub struct TurnConfig {
     pub credential_ttl: Duration,
     /// Most simultaneous TCP/TLS client connections per listener.
     pub max_tcp_connections: usize,
+    /// Bytes per second one allocation may relay, both directions together
+    /// (None = no cap). Packets over it are dropped, with one second's
+    /// worth (at least 16 KiB) of burst.
+    pub max_bandwidth_per_allocation: Option<u64>,
 }
 
 impl Default for TurnConfig {
@@ -129,6 +133,7 @@ impl Default for TurnConfig {
             credential_grace: Duration::from_secs(30),
             credential_ttl: Duration::from_secs(12 * 3600),
             max_tcp_connections: 1024,
+            max_bandwidth_per_allocation: None,
         }
     }
 }
@@ -156,6 +161,11 @@ impl TurnConfig {
             || self.max_allocations_per_credential == 0
         {
             return Err(Error::Config("allocation quotas must be at least 1".into()));
+        }
+        if self.max_bandwidth_per_allocation == Some(0) {
+            return Err(Error::Config(
+                "max_bandwidth_per_allocation must be above 0 (or None for no cap)".into(),
+            ));
         }
         if let Some(tls) = &self.tls
             && tls.port != 0

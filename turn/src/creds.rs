@@ -178,6 +178,7 @@ pub(crate) struct Authenticator {
     pub(crate) secret: Vec<u8>,
     pub(crate) realm: String,
     pub(crate) directory: Arc<SessionDirectory>,
+    pub(crate) counters: Arc<crate::stats::Counters>,
 }
 
 impl Authenticator {
@@ -208,6 +209,7 @@ impl turn::auth::AuthHandler for Authenticator {
         src_addr: SocketAddr,
     ) -> Result<Vec<u8>, turn::Error> {
         self.key_for(username, realm).map_err(|why| {
+            crate::stats::Counters::add(&self.counters.refused_credentials, 1);
             tracing::info!(%src_addr, username, reason = %why, "TURN credential refused");
             turn::Error::Other(format!("credential refused: {why}"))
         })
@@ -282,6 +284,7 @@ mod tests {
             secret: b"k".to_vec(),
             realm: "r".into(),
             directory: Arc::clone(&dir),
+            counters: Arc::default(),
         };
         let (user, pass) = credentials(b"k", "s", Duration::from_secs(60));
         assert_eq!(auth.key_for(&user, "r"), Err(Refusal::SessionGone));

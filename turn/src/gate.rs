@@ -159,6 +159,7 @@ pub(crate) struct Gate {
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) max_lifetime: Duration,
     pub(crate) nonces: Arc<NonceCache>,
+    pub(crate) counters: Arc<crate::stats::Counters>,
 }
 
 fn text_attr(m: &Message, t: stun::attributes::AttrType) -> Option<String> {
@@ -258,6 +259,7 @@ impl Gate {
                         continue; // malformed: the crate answers 400
                     };
                     if let Err(why) = self.policy.check(peer.ip()) {
+                        crate::stats::Counters::add(&self.counters.refused_peers, 1);
                         tracing::info!(client = %src, %username, %peer, reason = %why,
                             "TURN permission refused: forbidden peer");
                         return match build_error(&m, 403, "Forbidden peer address", Some(&key)) {

@@ -18,16 +18,25 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
-/// Brackets an IPv6 literal for use in a URL; leaves names and IPv4 alone.
+/// The host part for a URL: brackets an IPv6 literal, and drops a port
+/// (so an HTTP `Host` header value such as `chat.example:8443` or
+/// `[2001:db8::1]:443` works too).
 fn url_host(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        let inner = rest.split(']').next().unwrap_or(rest);
+        return format!("[{inner}]");
+    }
+    match host.matches(':').count() {
+        0 => host.to_owned(),
+        1 => host.split(':').next().unwrap_or(host).to_owned(),
+        _ => format!("[{host}]"),
     }
 }
 
-/// The ICE servers for one signaling session: a STUN entry first
+/// The ICE servers for one signaling session. `host_for_urls` is the name
+/// or address browsers reach this machine by (a port in it is dropped).
+/// A STUN entry comes first
 /// (`stun:host:port`), then one TURN entry with a fresh credential for
 /// `session_id` and the URLs `turn:host:port?transport=udp`,
 /// `turn:host:port?transport=tcp` and, when TLS is configured,
@@ -106,5 +115,14 @@ mod tests {
         let list = ice_servers("2001:db8::1", &cfg, "s");
         assert_eq!(list[0].urls, vec!["stun:[2001:db8::1]:3478"]);
         assert_eq!(list[1].urls[2], "turns:[2001:db8::1]:5349?transport=tcp");
+        for (given, want) in [
+            ("[2001:db8::1]:443", "[2001:db8::1]"),
+            ("[2001:db8::1]", "[2001:db8::1]"),
+            ("chat.example:8443", "chat.example"),
+            ("192.0.2.1", "192.0.2.1"),
+            (" chat.example ", "chat.example"),
+        ] {
+            assert_eq!(url_host(given), want, "{given}");
+        }
     }
 }

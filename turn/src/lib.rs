@@ -34,7 +34,8 @@
 //! - [`credentials`]`(secret, session_id, ttl) -> (username, password)`:
 //!   TURN REST API scheme (coturn `use-auth-secret`).
 //! - [`ice_servers`]`(host, &cfg, session_id) -> Vec<IceServer>`: RTCIceServer list.
-//! - [`TurnServer::start`], [`TurnServer::local_addrs`], [`TurnServer::close`].
+//! - [`TurnServer::start`], [`TurnServer::local_addrs`], [`TurnServer::close`],
+//!   [`TurnServer::stats`] ([`TurnStats`], for /metrics).
 //!
 //! # Rules enforced
 //! - A credential is honoured only when its HMAC is right (checked through
@@ -60,6 +61,7 @@ pub mod ice;
 pub mod peer;
 mod relay;
 pub mod server;
+pub mod stats;
 pub mod stream;
 
 pub use config::{DEFAULT_PORT, DEFAULT_TLS_PORT, TlsSettings, TurnConfig};
@@ -67,3 +69,4 @@ pub use creds::{SessionDirectory, credentials};
 pub use error::{Error, Result};
 pub use ice::{IceServer, ice_servers};
 pub use server::{Transport, TurnServer};
+pub use stats::TurnStats;

@@ -216,12 +216,57 @@ fn other(msg: impl Into<String>) -> webrtc_util::Error {
     webrtc_util::Error::Other(msg.into())
 }
 
-/// A relay socket that only talks to allowed peers.
+/// A token bucket over relayed bytes (both directions of one allocation).
+#[derive(Debug)]
+pub(crate) struct Bandwidth {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, std::time::Instant)>,
+}
+
+impl Bandwidth {
+    /// `rate` bytes per second, with one second's worth (at least 16 KiB)
+    /// of burst.
+    pub(crate) fn new(rate: u64) -> Self {
+        let rate = rate as f64;
+        let burst = rate.max(16.0 * 1024.0);
+        Self {
+            rate,
+            burst,
+            state: Mutex::new((burst, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes `n` bytes from the bucket; false when it has too few.
+    pub(crate) fn take(&self, n: usize) -> bool {
+        let mut g = lock(&self.state);
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(g.1).as_secs_f64() * self.rate;
+        g.0 = (g.0 + refill).min(self.burst);
+        g.1 = now;
+        if g.0 >= n as f64 {
+            g.0 -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A relay socket that only talks to allowed peers (and, with a bandwidth
+/// cap, drops what exceeds it).
 pub(crate) struct FilteredRelayConn {
     socket: UdpSocket,
     policy: Arc<PeerPolicy>,
     lease: Lease,
     relay_addr: SocketAddr,
+    bandwidth: Option<Bandwidth>,
+}
+
+impl FilteredRelayConn {
+    fn within_bandwidth(&self, n: usize) -> bool {
+        self.bandwidth.as_ref().is_none_or(|b| b.take(n))
+    }
 }
 
 #[async_trait]
@@ -242,11 +287,15 @@ impl Conn for FilteredRelayConn {
                 }
                 r = self.socket.recv_from(buf) => {
                     let (n, from) = r?;
-                    if self.policy.allows(from.ip()) {
+                    if !self.policy.allows(from.ip()) {
+                        tracing::debug!(relay = %self.relay_addr, peer = %from,
+                            "dropped a packet from a forbidden peer");
+                        continue;
+                    }
+                    if self.within_bandwidth(n) {
                         return Ok((n, from));
                     }
-                    tracing::debug!(relay = %self.relay_addr, peer = %from,
-                        "dropped a packet from a forbidden peer");
+                    // over the cap: dropped, as a congested path would
                 }
             }
         }
@@ -264,6 +313,9 @@ impl Conn for FilteredRelayConn {
             tracing::debug!(relay = %self.relay_addr, peer = %target, reason = %why,
                 "refused to relay to a forbidden peer");
             return Err(other(format!("peer {target} refused: {why}")));
+        }
+        if !self.within_bandwidth(buf.len()) {
+            return Ok(buf.len()); // over the cap: dropped, as a congested path would
         }
         Ok(self.socket.send_to(buf, target).await?)
     }
@@ -298,6 +350,9 @@ pub(crate) struct FilteredRelayGenerator {
     pub(crate) policy: Arc<PeerPolicy>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) ctx: CtxSlot,
+    /// Bytes per second one allocation may relay (both directions).
+    pub(crate) bandwidth: Option<u64>,
+    pub(crate) counters: Arc<crate::stats::Counters>,
 }
 
 /// Receive buffer asked for on relay sockets (the kernel caps it at
@@ -368,6 +423,7 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
         let lease = match self.registry.reserve(&ctx) {
             Ok(l) => l,
             Err(why) => {
+                crate::stats::Counters::add(&self.counters.refused_quota, 1);
                 tracing::warn!(client = %ctx.client, username = %ctx.username, quota = %why,
                     "TURN allocation refused: quota reached");
                 if let Some(c) = lock(&self.ctx).as_mut() {
@@ -392,12 +448,14 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
             .map_err(|e| turn::Error::Other(e.to_string()))?
             .port();
         let relay_addr = SocketAddr::new(relay_ip, port);
+        crate::stats::Counters::add(&self.counters.allocations_made, 1);
         tracing::debug!(client = %ctx.client, %relay_addr, "TURN allocation made");
         let conn = FilteredRelayConn {
             socket,
             policy: Arc::clone(&self.policy),
             lease,
             relay_addr,
+            bandwidth: self.bandwidth.map(Bandwidth::new),
         };
         Ok((Arc::new(conn), relay_addr))
     }
@@ -445,6 +503,17 @@ mod tests {
         let _a3 = r
             .reserve(&ctx("1:a", "5.5.5.5:1"))
             .expect("a3 after release");
+    }
+
+    #[test]
+    fn bandwidth_bucket() {
+        let b = Bandwidth::new(1000);
+        // 16 KiB burst at least, then about nothing.
+        assert!(b.take(16 * 1024));
+        assert!(!b.take(100));
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert!(b.take(100)); // ~120 bytes refilled
+        assert!(!b.take(100));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::gate::{Gate, NonceCache};
 use crate::peer::PeerPolicy;
 use crate::relay::{CtxSlot, FilteredRelayGenerator, Limits, Registry};
+use crate::stats::{Counters, TurnStats};
 use crate::stream::{StreamListenerConfig, StreamMux};
 
 /// How often departed sessions' relays are looked for.
@@ -43,6 +44,7 @@ pub struct TurnServer {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     registry: Arc<Registry>,
+    counters: Arc<Counters>,
     udp_socket: std::sync::Weak<UdpSocket>,
 }
 
@@ -179,10 +181,12 @@ impl TurnServer {
             own: own.clone(),
         });
         let (relay_v4, relay_v6) = relay_addrs(&cfg, &own)?;
+        let counters = Arc::new(Counters::default());
         let auth = Arc::new(Authenticator {
             secret: cfg.secret.clone(),
             realm: cfg.realm.clone(),
             directory: Arc::clone(&directory),
+            counters: Arc::clone(&counters),
         });
         let registry = Registry::new(Limits {
             per_credential: cfg.max_allocations_per_credential,
@@ -190,6 +194,8 @@ impl TurnServer {
             total: cfg.max_allocations_total,
         });
         let shutdown = CancellationToken::new();
+        // Stops the tasks started so far if a later step fails.
+        let started = shutdown.clone().drop_guard();
         let mut tasks = Vec::new();
         let mut addrs = Vec::new();
         let mut listeners: Vec<Arc<dyn Conn + Send + Sync>> = Vec::new();
@@ -256,6 +262,7 @@ impl TurnServer {
                     auth: Arc::clone(&auth),
                     max_lifetime: cfg.effective_max_lifetime(),
                     nonces: Arc::clone(&nonces),
+                    counters: Arc::clone(&counters),
                 };
                 ConnConfig {
                     conn: Arc::new(gate),
@@ -266,6 +273,8 @@ impl TurnServer {
                         policy: Arc::clone(&policy),
                         registry: Arc::clone(&registry),
                         ctx,
+                        bandwidth: cfg.max_bandwidth_per_allocation,
+                        counters: Arc::clone(&counters),
                     }),
                 }
             })
@@ -282,6 +291,7 @@ impl TurnServer {
 
         tasks.push(tokio::spawn({
             let registry = Arc::clone(&registry);
+            let counters = Arc::clone(&counters);
             let shutdown = shutdown.clone();
             async move {
                 let mut tick = tokio::time::interval(REAP_INTERVAL);
@@ -290,13 +300,15 @@ impl TurnServer {
                         _ = shutdown.cancelled() => break,
                         _ = tick.tick() => {
                             directory.prune();
-                            registry.close_unhonoured(|s| directory.is_honoured(s));
+                            let n = registry.close_unhonoured(|s| directory.is_honoured(s));
+                            Counters::add(&counters.closed_session_gone, n as u64);
                         }
                     }
                 }
             }
         }));
 
+        started.disarm();
         tracing::info!(?addrs, relay_ipv4 = ?relay_v4.map(|a| a.1),
             relay_ipv6 = ?relay_v6.map(|a| a.1), realm = %cfg.realm, "TURN server listening");
         Ok(TurnServer {
@@ -305,6 +317,7 @@ impl TurnServer {
             shutdown,
             tasks,
             registry,
+            counters,
             udp_socket,
         })
     }
@@ -325,6 +338,11 @@ impl TurnServer {
     /// Number of live allocations.
     pub fn allocation_count(&self) -> usize {
         self.registry.len()
+    }
+
+    /// The server's counters, for metrics.
+    pub fn stats(&self) -> TurnStats {
+        self.counters.snapshot(self.registry.len())
     }
 
     /// Stops serving: closes every allocation and listener; the ports are

@@ -66,6 +66,9 @@ async fn forged_and_unknown_credentials_are_refused() {
     assert!(within("expired", expired.allocate()).await.is_err());
 
     assert_eq!(server.allocation_count(), 0);
+    let stats = server.stats();
+    assert_eq!(stats.allocations_made, 0);
+    assert!(stats.refused_credentials >= 2, "{stats:?}"); // unknown, expired
     server.close().await;
 }
 
@@ -111,6 +114,7 @@ async fn ended_session_loses_its_relay_after_the_grace() {
             .await
             .is_err()
     );
+    assert_eq!(server.stats().closed_session_gone, 2);
     server.close().await;
 }
 
@@ -154,6 +158,7 @@ async fn loopback_peer_refused_by_default() {
     let mapped = "[::ffff:127.0.0.1]:9".parse().expect("addr");
     let r = within("send to mapped loopback", relay.send_to(b"x", mapped)).await;
     assert!(r.is_err(), "{mapped} must be refused");
+    assert!(server.stats().refused_peers >= 2);
     server.close().await;
 }
 
@@ -212,26 +217,31 @@ async fn tls_relays_both_ways() {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     let mut cfg = loopback_config();
-    cfg.tls = Some(
-        chat_turn::TlsSettings::from_pem(
-            0,
-            cert.cert.pem().as_bytes(),
-            cert.signing_key.serialize_pem().as_bytes(),
-            Arc::clone(&provider),
-        )
-        .expect("tls settings"),
-    );
+    let mut tls = chat_turn::TlsSettings::from_pem(
+        0,
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+        Arc::clone(&provider),
+    )
+    .expect("tls settings");
+    // As if shared with the HTTPS server: its ALPN list must not refuse a
+    // TURN client that offers "stun.turn".
+    let mut shared = (*tls.config).clone();
+    shared.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tls.config = Arc::new(shared);
+    cfg.tls = Some(tls);
     let (server, dir) = start(cfg).await;
     dir.session_started("frank");
     let tls_addr = server.addr(Transport::Tls).expect("tls");
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).expect("root");
-    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let mut client_cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    client_cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
     let tcp = tokio::net::TcpStream::connect(tls_addr)
         .await
         .expect("connect");
@@ -283,6 +293,9 @@ async fn quota_per_credential_and_total() {
     let d = udp_client(udp, &u3, &p3).await;
     assert!(within("total", d.allocate()).await.is_err());
     assert_eq!(server.allocation_count(), 2);
+    let stats = server.stats();
+    assert_eq!((stats.allocations, stats.allocations_made), (2, 2));
+    assert!(stats.refused_quota >= 2, "{stats:?}");
     server.close().await;
 }
 
@@ -343,4 +356,59 @@ async fn close_frees_the_port_for_a_restart() {
         .await
         .expect("restart on the same port right after close");
     again.close().await;
+}
+
+#[tokio::test]
+async fn busy_tls_port_names_its_flag() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let mut cfg = loopback_config();
+    cfg.tls = Some(
+        chat_turn::TlsSettings::from_pem(
+            busy.local_addr().expect("addr").port(),
+            cert.cert.pem().as_bytes(),
+            cert.signing_key.serialize_pem().as_bytes(),
+            provider,
+        )
+        .expect("tls settings"),
+    );
+    let dir = Arc::new(chat_turn::SessionDirectory::default());
+    let err = chat_turn::TurnServer::start(cfg, dir)
+        .await
+        .expect_err("the TLS port is taken");
+    assert!(err.to_string().contains("--turn-tls-port"), "{err}");
+}
+
+#[tokio::test]
+async fn bandwidth_cap_drops_the_excess() {
+    let mut cfg = loopback_config();
+    cfg.max_bandwidth_per_allocation = Some(1000); // 1 kB/s, 16 KiB burst
+    let (server, dir) = start(cfg).await;
+    dir.session_started("kim");
+    let (user, pass) = credentials(SECRET, "kim", Duration::from_secs(600));
+    let client = udp_client(server.addr(Transport::Udp).expect("udp"), &user, &pass).await;
+    let relay = within("allocate", client.allocate())
+        .await
+        .expect("allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    let peer_addr = peer.local_addr().expect("addr");
+    let payload = [7u8; 1000];
+    for _ in 0..40 {
+        within("send", relay.send_to(&payload, peer_addr))
+            .await
+            .expect("send");
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 1500];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf)).await
+    {
+        got += 1;
+    }
+    assert!(
+        (10..=20).contains(&got),
+        "{got} of 40 packets passed a 16 KiB burst"
+    );
+    server.close().await;
 }

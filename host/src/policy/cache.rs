@@ -50,7 +50,8 @@ impl ComponentCache {
         match component.serialize() {
             Ok(compiled) => {
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                let written = std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, &path));
+                let written =
+                    std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, &path));
                 if let Err(e) = written {
                     let _ = std::fs::remove_file(&tmp);
                     tracing::debug!("could not cache {}: {e}", path.display());

@@ -23,6 +23,10 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "policy",
+        // Async, so a policy waiting on a host future (a WASI sleep, say)
+        // never blocks a thread, and a call can be cancelled at its deadline.
+        imports: { default: async },
+        exports: { default: async },
     });
 }
 
@@ -74,11 +78,11 @@ impl WasiView for StoreData {
 impl types::Host for StoreData {}
 
 impl state::Host for StoreData {
-    fn room_of(&mut self, s: String) -> Option<String> {
+    async fn room_of(&mut self, s: String) -> Option<String> {
         self.ctx.registry.room_of(&s).map(|r| r.to_string())
     }
 
-    fn members(&mut self, r: String) -> Vec<String> {
+    async fn members(&mut self, r: String) -> Vec<String> {
         self.ctx
             .registry
             .members(&r)
@@ -87,23 +91,23 @@ impl state::Host for StoreData {
             .collect()
     }
 
-    fn room_exists(&mut self, r: String) -> bool {
+    async fn room_exists(&mut self, r: String) -> bool {
         self.ctx.registry.room_exists(&r)
     }
 
-    fn username_of(&mut self, s: String) -> Option<String> {
+    async fn username_of(&mut self, s: String) -> Option<String> {
         self.ctx.registry.username_of(&s).map(|u| u.to_string())
     }
 
-    fn config(&mut self, key: String) -> Option<String> {
+    async fn config(&mut self, key: String) -> Option<String> {
         self.ctx.config.get(&key).cloned()
     }
 
-    fn kv_get(&mut self, s: types::Scope, key: String) -> Option<String> {
+    async fn kv_get(&mut self, s: types::Scope, key: String) -> Option<String> {
         self.ctx.kv.get(&self.name, &scope(s), &key)
     }
 
-    fn kv_set(
+    async fn kv_set(
         &mut self,
         s: types::Scope,
         key: String,
@@ -112,7 +116,7 @@ impl state::Host for StoreData {
         self.ctx.kv.set(&self.name, scope(s), &key, value)
     }
 
-    fn log(&mut self, level: types::LogLevel, msg: String) {
+    async fn log(&mut self, level: types::LogLevel, msg: String) {
         let msg: String = msg.chars().take(1024).collect();
         let policy = &*self.name;
         match level {
@@ -178,7 +182,7 @@ impl PolicyEngine {
         config.concurrency_support(false);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Policy::add_to_linker::<_, HasSelf<StoreData>>(&mut linker, |d| d)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -206,9 +210,10 @@ impl PolicyEngine {
         })
     }
 
-    /// Compiles, links and canary-tests a policy. Runs for tens of
-    /// milliseconds: call it off the async runtime.
-    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<LoadedPolicy>, LoadError> {
+    /// Compiles, links and canary-tests a policy. Compiling takes tens of
+    /// milliseconds of CPU: run it off the async workers (`spawn_blocking`
+    /// or a thread of its own with `Handle::block_on`).
+    pub async fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<LoadedPolicy>, LoadError> {
         let component = match &self.cache {
             Some(cache) => cache.component(&self.engine, bytes),
             None => Component::new(&self.engine, bytes),
@@ -238,18 +243,29 @@ impl PolicyEngine {
             data: None,
         };
         policy
-            .call(|p, store| p.call_on_message(store, &canary))
+            .on_message(&canary)
+            .await
             .map_err(|e| LoadError::Canary(e.to_string()))?;
         Ok(policy)
     }
 }
 
+/// The error and its first cause, on one line (log lines stay one line).
 fn root_cause(e: &wasmtime::Error) -> String {
     let mut msg = e.to_string();
     if let Some(cause) = e.chain().nth(1) {
         msg = format!("{msg}: {cause}");
     }
-    msg.chars().take(300).collect()
+    one_line(&msg)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(300)
+        .collect()
 }
 
 struct PolicyInstance {
@@ -297,7 +313,7 @@ impl LoadedPolicy {
         self.quarantined.load(Ordering::Relaxed)
     }
 
-    fn instantiate(&self) -> wasmtime::Result<PolicyInstance> {
+    async fn instantiate(&self) -> wasmtime::Result<PolicyInstance> {
         let data = StoreData {
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
@@ -316,17 +332,19 @@ impl LoadedPolicy {
         store.limiter(|d| &mut d.limits);
         // WASI start-up code runs during instantiation, under the deadline too.
         store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = self.pre.instantiate(&mut store)?;
+        let bindings = self.pre.instantiate_async(&mut store).await?;
         Ok(PolicyInstance { store, bindings })
     }
 
-    /// Runs one export on a pooled instance under the deadline. A trap,
-    /// timeout or out-of-memory discards the instance (a trapped instance
-    /// cannot be entered again) and counts towards quarantine.
-    fn call<R>(
-        &self,
-        f: impl FnOnce(&Policy, &mut Store<StoreData>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
+    /// Runs one export on a pooled instance under the deadline: the epoch
+    /// stops a guest that computes too long, the timeout one that waits too
+    /// long on the host. A trap, timeout or out-of-memory discards the
+    /// instance (a trapped instance cannot be entered again) and counts
+    /// towards quarantine.
+    async fn call<R, F>(&self, f: F) -> Result<R, CallError>
+    where
+        F: AsyncFnOnce(&Policy, &mut Store<StoreData>) -> wasmtime::Result<R>,
+    {
         if self.is_quarantined() {
             return Err(CallError::Quarantined {
                 policy: self.name.clone(),
@@ -334,14 +352,21 @@ impl LoadedPolicy {
         }
         let start = Instant::now();
         let pooled = self.pool.lock().pop();
-        let result = match pooled {
-            Some(inst) => Ok(inst),
-            None => self.instantiate(),
-        }
-        .and_then(|mut inst| {
+        let attempt = async {
+            let mut inst = match pooled {
+                Some(inst) => inst,
+                None => self.instantiate().await?,
+            };
             inst.store.set_epoch_deadline(self.deadline_ticks);
-            f(&inst.bindings, &mut inst.store).map(|r| (r, inst))
-        });
+            let r = f(&inst.bindings, &mut inst.store).await?;
+            Ok::<_, wasmtime::Error>((r, inst))
+        };
+        // The epoch deadline plus a margin for the ticker's granularity.
+        let wall_limit = self.limits.deadline * 2 + Duration::from_millis(5);
+        let result = match tokio::time::timeout(wall_limit, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+        };
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats
             .nanos
@@ -374,36 +399,39 @@ impl LoadedPolicy {
         }
     }
 
-    pub fn on_message(&self, e: &Envelope) -> Result<Verdict, CallError> {
-        self.call(|p, store| p.call_on_message(store, e))
+    pub async fn on_message(&self, e: &Envelope) -> Result<Verdict, CallError> {
+        self.call(async |p, store| p.call_on_message(store, e).await)
+            .await
     }
 
-    pub fn on_connect(&self, session: &str, peer: &str) -> Result<Verdict, CallError> {
-        self.call(|p, store| p.call_on_connect(store, &session.to_owned(), peer))
+    pub async fn on_connect(&self, session: &str, peer: &str) -> Result<Verdict, CallError> {
+        let session = session.to_owned();
+        self.call(async |p, store| p.call_on_connect(store, &session, peer).await)
+            .await
     }
 
-    pub fn on_disconnect(&self, session: &str) -> Result<Vec<Action>, CallError> {
-        self.call(|p, store| p.call_on_disconnect(store, &session.to_owned()))
+    pub async fn on_disconnect(&self, session: &str) -> Result<Vec<Action>, CallError> {
+        let session = session.to_owned();
+        self.call(async |p, store| p.call_on_disconnect(store, &session).await)
+            .await
     }
 }
 
 fn describe_trap(e: &wasmtime::Error, limits: SandboxLimits) -> String {
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        return match trap {
-            wasmtime::Trap::Interrupt => {
-                format!("ran past its {} ms deadline", limits.deadline.as_millis())
-            }
-            other => format!("trapped: {other}"),
-        };
+    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+        return format!("ran past its {} ms deadline", limits.deadline.as_millis());
     }
-    let text = format!("{e:#}");
-    if text.contains("memory") && text.contains("limit") {
+    let root = e.root_cause().to_string();
+    if root.contains("growing memory") {
         return format!(
             "exceeded its memory cap of {} MiB",
             limits.memory_bytes >> 20
         );
     }
-    text.chars().take(300).collect()
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("trapped: {trap}"),
+        None => one_line(&root),
+    }
 }
 
 /// The result of asking the chain about one message.
@@ -438,11 +466,11 @@ impl PolicyChain {
         &self.policies
     }
 
-    pub fn on_message(&self, mut envelope: Envelope) -> Decision {
+    pub async fn on_message(&self, mut envelope: Envelope) -> Decision {
         let from = envelope.from.clone();
         let mut rewritten = false;
         for policy in &self.policies {
-            match policy.on_message(&envelope) {
+            match policy.on_message(&envelope).await {
                 Err(e) => return Decision::Failed(e),
                 Ok(Verdict::Next) => {}
                 Ok(Verdict::NextWith(mut e)) => {
@@ -464,9 +492,9 @@ impl PolicyChain {
     }
 
     /// Admits a socket unless a policy denies it (or fails: closed).
-    pub fn on_connect(&self, session: &str, peer: &str) -> Result<Vec<Action>, String> {
+    pub async fn on_connect(&self, session: &str, peer: &str) -> Result<Vec<Action>, String> {
         for policy in &self.policies {
-            match policy.on_connect(session, peer) {
+            match policy.on_connect(session, peer).await {
                 Err(e) => return Err(e.to_string()),
                 Ok(Verdict::Deny(reason)) => return Err(reason),
                 Ok(Verdict::Done(actions)) => return Ok(actions),
@@ -477,10 +505,10 @@ impl PolicyChain {
     }
 
     /// Every policy is told; their actions are returned in chain order.
-    pub fn on_disconnect(&self, session: &str) -> Vec<Action> {
+    pub async fn on_disconnect(&self, session: &str) -> Vec<Action> {
         let mut all = Vec::new();
         for policy in &self.policies {
-            match policy.on_disconnect(session) {
+            match policy.on_disconnect(session).await {
                 Ok(actions) => all.extend(actions),
                 Err(e) => tracing::warn!("{e} (on-disconnect; the session is removed anyway)"),
             }

@@ -32,6 +32,8 @@ struct Slot {
 
 pub struct PolicyDirectory {
     engine: PolicyEngine,
+    /// Runs the async part of loading (the canary call) from the watcher thread.
+    runtime: tokio::runtime::Handle,
     dir: PathBuf,
     default: Arc<LoadedPolicy>,
     hub: Arc<Hub>,
@@ -47,6 +49,7 @@ impl PolicyDirectory {
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
+            runtime: tokio::runtime::Handle::current(),
             dir,
             default,
             hub,
@@ -55,8 +58,10 @@ impl PolicyDirectory {
     }
 
     /// Reads the directory and swaps in a new chain if anything changed.
-    /// Blocking (compiles): call it from a plain thread or `spawn_blocking`.
-    pub fn scan(&self) {
+    /// Blocking (compiles): call it from a plain thread, never from an
+    /// async worker.
+    /// Returns whether the chain changed.
+    pub fn scan(&self) -> bool {
         let files = self.wasm_files();
         let mut slots = self.slots.lock();
         let mut changed = false;
@@ -82,7 +87,10 @@ impl PolicyDirectory {
                 continue;
             }
             let started = Instant::now();
-            match self.engine.load(policy_name(name), &bytes) {
+            match self
+                .runtime
+                .block_on(self.engine.load(policy_name(name), &bytes))
+            {
                 Ok(policy) => {
                     tracing::info!(
                         "policy {name} loaded ({} KiB in {} ms)",
@@ -109,10 +117,12 @@ impl PolicyDirectory {
                 .values()
                 .filter_map(|s| s.loaded.as_ref().map(|(_, p)| p.clone()))
                 .collect();
-            let chain = PolicyChain::new(drop_ins, self.default.clone());
+            let chain = Arc::new(PolicyChain::new(drop_ins, self.default.clone()));
+            self.hub.chain.store(chain.clone());
+            // Logged once in force: the line means "serving with this chain".
             log_chain(&chain);
-            self.hub.chain.store(Arc::new(chain));
         }
+        changed
     }
 
     fn wasm_files(&self) -> BTreeMap<String, PathBuf> {
@@ -128,7 +138,7 @@ impl PolicyDirectory {
     }
 
     /// Scans now, then watches the directory from a thread of its own.
-    /// Returns the watcher, which must be kept alive.
+    /// Returns the watcher, which must be kept alive. Blocking.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<notify::RecommendedWatcher> {
         std::fs::create_dir_all(&self.dir).map_err(|e| {
             anyhow::anyhow!(
@@ -136,7 +146,9 @@ impl PolicyDirectory {
                 self.dir.display()
             )
         })?;
-        self.scan();
+        if !self.scan() {
+            log_chain(&self.hub.chain.load());
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |event| {
             let _ = tx.send(event);

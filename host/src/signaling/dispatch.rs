@@ -35,7 +35,7 @@ impl Sender<'_> {
 }
 
 /// Handles one text frame from `sender`.
-pub fn handle_text(hub: &Hub, sender: &Sender, text: &str) {
+pub async fn handle_text(hub: &Hub, sender: &Sender<'_>, text: &str) {
     let inbound = match frame::parse(text) {
         Ok(f) => f,
         Err(e) => return sender.error("badRequest", &e.to_string()),
@@ -46,8 +46,8 @@ pub fn handle_text(hub: &Hub, sender: &Sender, text: &str) {
         to: inbound.to.clone(),
         data: inbound.data.map(|d| d.get().to_owned()),
     };
-    let chain = hub.chain.load();
-    match chain.on_message(envelope) {
+    let chain = hub.chain.load_full();
+    match chain.on_message(envelope).await {
         Decision::Act {
             actions,
             envelope,
@@ -84,9 +84,9 @@ pub fn handle_text(hub: &Hub, sender: &Sender, text: &str) {
 
 /// Tells the chain a session is gone, applies what the policies ask, then
 /// removes the session and sends `logout` to its room.
-pub fn handle_disconnect(hub: &Hub, sender: &Sender) {
-    let chain = hub.chain.load();
-    let actions = chain.on_disconnect(sender.id);
+pub async fn handle_disconnect(hub: &Hub, sender: &Sender<'_>) {
+    let chain = hub.chain.load_full();
+    let actions = chain.on_disconnect(sender.id).await;
     if !actions.is_empty() {
         let inbound = Inbound {
             kind: "disconnect".into(),

@@ -39,7 +39,11 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
         host: &host,
     };
 
-    let admitted = hub.chain.load().on_connect(&id, &peer.to_string());
+    let admitted = hub
+        .chain
+        .load_full()
+        .on_connect(&id, &peer.to_string())
+        .await;
     if let Err(reason) = admitted {
         tracing::info!(session = %id, %peer, "connection refused by policy: {reason}");
         handle.deliver(Outbound::Close(
@@ -54,7 +58,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
                 next = stream.next() => next,
             };
             match next {
-                Some(Ok(Message::Text(text))) => dispatch::handle_text(&hub, &sender, &text),
+                Some(Ok(Message::Text(text))) => dispatch::handle_text(&hub, &sender, &text).await,
                 Some(Ok(Message::Binary(_))) => {
                     handle.deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
                         "badRequest",
@@ -79,7 +83,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
         }
     }
 
-    dispatch::handle_disconnect(&hub, &sender);
+    dispatch::handle_disconnect(&hub, &sender).await;
     tracing::debug!(session = %id, "session closed");
     // The writer flushes what is queued, then closes.
     handle.deliver(Outbound::Close(CLOSE_NORMAL, Utf8Bytes::default()));

@@ -22,10 +22,16 @@ fn the_owner_kicks_and_the_kicked_leave() {
 
     owner.send(json!({"type":"kick","to":c.id()}));
     assert_eq!(c.recv()["type"], "kicked");
-    assert_eq!(c.next(), Some(Received::Close(4001, "removed by the room owner".into())));
+    assert_eq!(
+        c.next(),
+        Some(Received::Close(4001, "removed by the room owner".into()))
+    );
     for m in [&mut owner, &mut b] {
         let f = m.recv();
-        assert_eq!((f["type"].as_str(), f["from"].as_str()), (Some("logout"), Some(c.id())));
+        assert_eq!(
+            (f["type"].as_str(), f["from"].as_str()),
+            (Some("logout"), Some(c.id()))
+        );
     }
     // A bad target is a clear error.
     owner.send(json!({"type":"kick","to":"nobody"}));
@@ -48,7 +54,12 @@ fn ownership_passes_to_the_next_oldest() {
     b.drain();
     c.drain();
     b.send(json!({"type":"kick","to":c.id()}));
-    assert_eq!(c.drain().first(), Some(&Received::Frame(json!({"type":"kicked","from":"","data":{"room":"r","by":"b"}}))));
+    assert_eq!(
+        c.drain().first(),
+        Some(&Received::Frame(
+            json!({"type":"kicked","from":"","data":{"room":"r","by":"b"}})
+        ))
+    );
 }
 
 #[test]

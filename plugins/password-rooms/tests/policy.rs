@@ -11,7 +11,8 @@ fn harness() -> PolicyHarness {
 fn first_member_sets_the_password_and_others_must_match() {
     let h = harness();
     let mut owner = h.connect();
-    let joined = owner.login_with(json!({"roomrequest":"vault","username":"o","password":"s3cret"}));
+    let joined =
+        owner.login_with(json!({"roomrequest":"vault","username":"o","password":"s3cret"}));
     assert_eq!(joined["type"], "joined");
 
     let mut wrong = h.connect();
@@ -28,7 +29,10 @@ fn first_member_sets_the_password_and_others_must_match() {
     // The owner's login notice carries no password.
     let notice = owner.recv();
     assert_eq!(notice["type"], "login");
-    assert_eq!(notice["data"], json!({"roomrequest":"vault","username":"r"}));
+    assert_eq!(
+        notice["data"],
+        json!({"roomrequest":"vault","username":"r"})
+    );
 }
 
 #[test]

@@ -11,6 +11,26 @@ pub struct ProcSample {
     pub rss_kb: u64,
     /// Peak resident set size over the process's life (VmHWM), KiB.
     pub hwm_kb: u64,
+    /// Time its live threads spent runnable but waiting for a CPU, seconds
+    /// (/proc/PID/task/*/schedstat): high when other processes compete.
+    pub runq_wait_s: f64,
+}
+
+/// Runqueue wait in ns from the text of a schedstat file ("oncpu wait slices").
+pub fn parse_schedstat_wait_ns(text: &str) -> Option<u64> {
+    text.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+fn runq_wait_s(dir: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("{dir}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|t| parse_schedstat_wait_ns(&t))
+        .sum();
+    ns as f64 / 1e9
 }
 
 pub fn clock_ticks() -> f64 {
@@ -66,6 +86,7 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
         cpu_s: parse_stat_cpu_ticks(&stat)? as f64 / clock_ticks(),
         rss_kb: parse_status_kb(&status, "VmRSS").unwrap_or(0),
         hwm_kb: parse_status_kb(&status, "VmHWM").unwrap_or(0),
+        runq_wait_s: runq_wait_s(&dir),
     })
 }
 
@@ -126,6 +147,15 @@ mod tests {
         assert_eq!(parse_status_kb(status, "VmRSS"), Some(10240));
         assert_eq!(parse_status_kb(status, "VmHWM"), Some(20480));
         assert_eq!(parse_status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn schedstat() {
+        assert_eq!(
+            parse_schedstat_wait_ns("3860097920 8944560997 4743\n"),
+            Some(8_944_560_997)
+        );
+        assert_eq!(parse_schedstat_wait_ns("1"), None);
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct ServerReport {
     /// cpu_s / wall time × 100 (100 = one core busy).
     pub cpu_pct: f64,
     pub cores_allowed: Option<usize>,
+    /// Time its threads waited for a CPU over the same phase (other processes competing).
+    pub runq_wait_s: f64,
     pub cpu_us_per_delivered: Option<f64>,
     pub rss_start_kb: u64,
     /// Highest VmRSS sampled (every 100 ms) during this run.
@@ -107,6 +109,8 @@ pub struct ToolReport {
     pub cpu_s: f64,
     pub cpu_pct: f64,
     pub cores_allowed: usize,
+    /// Time its threads waited for a CPU over the measured phase.
+    pub runq_wait_s: f64,
     pub threads: usize,
     pub rss_peak_kb: u64,
     pub nofile_limit: u64,
@@ -257,10 +261,11 @@ impl Report {
             row(
                 "server CPU",
                 format!(
-                    "{} s = {}% (of {} cores allowed)",
+                    "{} s = {}% (of {} cores allowed); waited {} s for a CPU",
                     f(sv.cpu_s),
                     f(sv.cpu_pct),
-                    sv.cores_allowed.map_or("?".into(), |c| c.to_string())
+                    sv.cores_allowed.map_or("?".into(), |c| c.to_string()),
+                    f(sv.runq_wait_s)
                 ),
             );
             if let Some(c) = sv.cpu_us_per_delivered {
@@ -281,11 +286,12 @@ impl Report {
         row(
             "tool CPU",
             format!(
-                "{} s = {}% (of {} cores, {} threads)",
+                "{} s = {}% (of {} cores, {} threads); waited {} s for a CPU",
                 f(t.cpu_s),
                 f(t.cpu_pct),
                 t.cores_allowed,
-                t.threads
+                t.threads,
+                f(t.runq_wait_s)
             ),
         );
         row(

@@ -785,6 +785,7 @@ pub async fn run(
             cpu_s: round2(cpu),
             cpu_pct: round2(cpu / wall.max(1e-9) * 100.0),
             cores_allowed: proc::allowed_cpus(Some(pid)),
+            runq_wait_s: round2((b.runq_wait_s - a.runq_wait_s).max(0.0)),
             cpu_us_per_delivered: (delivered_for_cpu > 0)
                 .then(|| round2(cpu * 1e6 / delivered_for_cpu as f64)),
             rss_start_kb: server_before.map_or(a.rss_kb, |s| s.rss_kb),
@@ -799,6 +800,7 @@ pub async fn run(
         cpu_s: round2(tool_cpu),
         cpu_pct: round2(tool_cpu / wall.max(1e-9) * 100.0),
         cores_allowed: cores,
+        runq_wait_s: round2((tool_after.runq_wait_s - tool_before.runq_wait_s).max(0.0)),
         threads,
         rss_peak_kb: peaks.tool.load(Relaxed).max(tool_after.rss_kb),
         nofile_limit: nofile,
@@ -835,6 +837,18 @@ fn add_notes(r: &mut Report) {
             "the server used {:.0}% of its {c} CPU(s): it is CPU-bound",
             s.cpu_pct
         ));
+    }
+    let wall = r.load.as_ref().map_or(0.0, |l| l.duration_s).max(1.0);
+    let waits = [
+        ("server", r.server.as_ref().map_or(0.0, |s| s.runq_wait_s)),
+        ("tool", r.tool.runq_wait_s),
+    ];
+    for (who, w) in waits {
+        if r.mode == "load" && w > 0.1 * wall {
+            r.notes.push(format!(
+                "the {who}'s threads waited {w:.1} s for a CPU: other processes competed for it, so throughput and latency are pessimistic"
+            ));
+        }
     }
     if let Some(l) = &r.load {
         if l.tally.lost > 0 {

@@ -1,13 +1,14 @@
 //! A policy that misbehaves on request, for the host's sandbox tests: a
 //! message of type `loop` spins forever, `trap` panics, `oom` allocates
-//! until it is stopped. Anything else passes to the next policy.
+//! until it is stopped, `sleep` waits an hour on a WASI clock. Anything else passes to the next policy.
+
+// The generated bindings' import shims take one argument per flattened value.
+#![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "policy",
 });
-
-
 
 struct Hostile;
 
@@ -25,6 +26,11 @@ impl Guest for Hostile {
                 }
             }
             "trap" => panic!("hostile policy traps on purpose"),
+            // Waits on the host (a WASI clock), where the epoch cannot reach.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Verdict::Next
+            }
             "oom" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {

@@ -1,0 +1,259 @@
+//! Drop-in policies against the real binary: hot reload with real files,
+//! no loss across swaps, and hostile policies that must not hurt anyone else.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Host, assert_error};
+use host::harness::build_policy;
+use serde_json::json;
+
+const RELOAD: Duration = Duration::from_secs(15);
+
+/// Copies atomically (write, then rename), as an operator should.
+fn drop_in(src: &Path, dir: &Path, name: &str) {
+    let part = dir.join(format!("{name}.part"));
+    std::fs::copy(src, &part).unwrap();
+    std::fs::rename(&part, dir.join(name)).unwrap();
+}
+
+fn start() -> Host {
+    let cache = tempfile::tempdir().unwrap().keep();
+    Host::start(&["--cache-dir", cache.to_str().unwrap()])
+}
+
+#[tokio::test]
+async fn dropping_and_removing_password_rooms_while_sessions_talk() {
+    let wasm = build_policy("password-rooms").unwrap();
+    let host = start();
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.login("talk", "a").await;
+    b.login("talk", "b").await;
+    a.recv().await;
+
+    drop_in(&wasm, &host.plugins_dir(), "50-password-rooms.wasm");
+    host.wait_log("policy chain: 50-password-rooms → default", RELOAD);
+
+    // Existing sessions keep exchanging messages.
+    a.send(json!({"type":"candidate","to":b.id,"data":"after drop"}))
+        .await;
+    assert_eq!(b.recv().await["data"], "after drop");
+    // New logins obey the policy.
+    let mut owner = host.client().await;
+    owner
+        .send(json!({"type":"login","data":{"roomrequest":"vault","username":"o","password":"pw"}}))
+        .await;
+    assert_eq!(owner.recv().await["type"], "joined");
+    let mut intruder = host.client().await;
+    intruder
+        .send(json!({"type":"login","data":{"roomrequest":"vault","username":"i"}}))
+        .await;
+    assert_error(&intruder.recv().await, "forbidden");
+
+    std::fs::remove_file(host.plugins_dir().join("50-password-rooms.wasm")).unwrap();
+    host.wait_log("policy chain: default", RELOAD);
+    intruder
+        .send(json!({"type":"login","data":{"roomrequest":"vault","username":"i"}}))
+        .await;
+    assert_eq!(
+        intruder.recv().await["type"],
+        "joined",
+        "default behaviour is back"
+    );
+    a.send(json!({"type":"candidate","to":b.id,"data":"after removal"}))
+        .await;
+    assert_eq!(b.recv().await["data"], "after removal");
+}
+
+#[tokio::test]
+async fn twenty_swaps_lose_and_duplicate_nothing() {
+    let wasm = build_policy("moderation").unwrap();
+    let host = start();
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.login("seq", "a").await;
+    b.login("seq", "b").await;
+    a.recv().await;
+    let to = b.id.clone();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_sender = stop.clone();
+    let sender = tokio::spawn(async move {
+        let mut seq = 0u64;
+        while !stop_sender.load(std::sync::atomic::Ordering::Relaxed) {
+            a.send(json!({"type":"candidate","to":to,"data":{"seq":seq}}))
+                .await;
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        a.send(json!({"type":"candidate","to":to,"data":{"end":seq}}))
+            .await;
+        seq
+    });
+    let receiver = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let f = b.recv().await;
+            if let Some(end) = f["data"]["end"].as_u64() {
+                return (got, end);
+            }
+            got.push(f["data"]["seq"].as_u64().unwrap());
+        }
+    });
+
+    let dir = host.plugins_dir();
+    for i in 0..20 {
+        if i % 2 == 0 {
+            drop_in(&wasm, &dir, "40-moderation.wasm");
+            host.wait_log("policy chain: 40-moderation → default", RELOAD);
+        } else {
+            std::fs::remove_file(dir.join("40-moderation.wasm")).unwrap();
+            host.wait_log("policy chain: default", RELOAD);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.await.unwrap();
+    let (got, end) = receiver.await.unwrap();
+    assert_eq!(end, sent);
+    let expected: Vec<u64> = (0..sent).collect();
+    assert_eq!(got.len() as u64, sent, "lost or duplicated messages");
+    assert_eq!(got, expected, "out of order, lost or duplicated");
+    eprintln!("{sent} messages across 20 swaps: 0 lost, 0 duplicated");
+}
+
+fn hostile() -> PathBuf {
+    build_policy("hostile-policy").unwrap()
+}
+
+#[tokio::test]
+async fn hostile_policies_fail_closed_and_others_keep_talking() {
+    // A deadline generous enough that, even on a loaded machine, the memory
+    // bomb hits its memory cap before its deadline.
+    let cache = tempfile::tempdir().unwrap().keep();
+    let host = Host::start(&[
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--policy-deadline-ms",
+        "300",
+    ]);
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+
+    let (mut a, mut b, mut x) = (
+        host.client().await,
+        host.client().await,
+        host.client().await,
+    );
+    a.login("calm", "a").await;
+    b.login("calm", "b").await;
+    x.login("calm", "x").await;
+    a.recv().await;
+    a.recv().await;
+    b.recv().await;
+
+    for kind in ["loop", "trap", "oom", "sleep"] {
+        let started = Instant::now();
+        x.send(json!({"type":kind,"to":a.id,"data":"boom"})).await;
+        assert_error(&x.recv().await, "internal");
+        eprintln!("{kind}: error internal after {:?}", started.elapsed());
+        // Nothing was delivered, and the others keep talking.
+        a.send(json!({"type":"candidate","to":b.id,"data":kind}))
+            .await;
+        assert_eq!(b.recv().await["data"], kind);
+    }
+    a.expect_silence(Duration::from_millis(200)).await;
+    host.wait_log("ran past its 300 ms deadline", RELOAD);
+    host.wait_log("exceeded its memory cap of 32 MiB", RELOAD);
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_stopped_at_the_default_deadline() {
+    let host = start();
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let mut a = host.client().await;
+    let started = Instant::now();
+    a.send(json!({"type":"loop"})).await;
+    assert_error(&a.recv().await, "internal");
+    eprintln!("endless loop answered after {:?}", started.elapsed());
+    host.wait_log("ran past its 20 ms deadline", RELOAD);
+    // The worker is free again at once.
+    a.send(json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
+        .await;
+    assert_eq!(a.recv().await["type"], "randomCheckResult");
+}
+
+#[tokio::test]
+async fn a_policy_that_keeps_failing_is_quarantined_until_removed() {
+    let host = start();
+    let dir = host.plugins_dir();
+    drop_in(&hostile(), &dir, "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.login("q", "a").await;
+    b.login("q", "b").await;
+    a.recv().await;
+
+    for _ in 0..5 {
+        a.send(json!({"type":"trap"})).await;
+        assert_error(&a.recv().await, "internal");
+    }
+    host.wait_log("quarantined", RELOAD);
+    // Quarantined still denies: a crafted frame cannot switch a policy off.
+    b.send(json!({"type":"candidate","to":a.id,"data":"x"}))
+        .await;
+    assert_error(&b.recv().await, "internal");
+    a.expect_silence(Duration::from_millis(200)).await;
+
+    std::fs::remove_file(dir.join("10-hostile.wasm")).unwrap();
+    host.wait_log("policy chain: default", RELOAD);
+    b.send(json!({"type":"candidate","to":a.id,"data":"back"}))
+        .await;
+    assert_eq!(a.recv().await["data"], "back");
+}
+
+#[tokio::test]
+async fn broken_files_leave_the_running_chain_untouched() {
+    let host = start();
+    let dir = host.plugins_dir();
+    let mut a = host.client().await;
+    a.login("r", "a").await;
+
+    std::fs::write(dir.join("20-garbage.wasm"), b"\0asm garbage \xff\xfe bytes").unwrap();
+    let line = host.wait_log("20-garbage.wasm not loaded", RELOAD);
+    assert!(line.contains("the running chain is unchanged"), "{line}");
+
+    // A core module, not a component.
+    std::fs::write(dir.join("21-module.wasm"), "(module)").unwrap();
+    host.wait_log("21-module.wasm not loaded", RELOAD);
+
+    // A component of another world: no policy exports.
+    std::fs::write(dir.join("22-wrong-world.wasm"), "(component)").unwrap();
+    let line = host.wait_log("22-wrong-world.wasm not loaded", RELOAD);
+    assert!(line.contains("world"), "{line}");
+
+    // Replacing a good policy with garbage keeps the good version.
+    drop_in(
+        &build_policy("one-to-one").unwrap(),
+        &dir,
+        "30-one-to-one.wasm",
+    );
+    host.wait_log("policy chain: 30-one-to-one → default", RELOAD);
+    std::fs::write(dir.join("30-one-to-one.wasm"), b"truncated").unwrap();
+    let line = host.wait_log("30-one-to-one.wasm not loaded", RELOAD);
+    assert!(line.contains("previous version keeps running"), "{line}");
+
+    // Still serving, still one-to-one.
+    let (mut b, mut c) = (host.client().await, host.client().await);
+    b.login("pair", "b").await;
+    c.login("pair", "c").await;
+    let mut third = host.client().await;
+    third
+        .send(json!({"type":"login","data":{"roomrequest":"pair","username":"t"}}))
+        .await;
+    assert_error(&third.recv().await, "full");
+    a.send(json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
+        .await;
+    assert_eq!(a.recv().await["data"]["result"], "ok");
+}

@@ -1,0 +1,51 @@
+//! Owns the server's counters ([`TurnStats`]), for the host's /metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of the TURN server's counters (totals since start, except
+/// `allocations`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TurnStats {
+    /// Live allocations now.
+    pub allocations: usize,
+    /// Allocations made.
+    pub allocations_made: u64,
+    /// Requests whose credential was refused (malformed, expired, wrong
+    /// realm, session gone). Wrong passwords are refused by the `turn`
+    /// crate's integrity check and are not counted here.
+    pub refused_credentials: u64,
+    /// CreatePermission/ChannelBind requests refused for a forbidden peer.
+    pub refused_peers: u64,
+    /// Allocations refused by a quota.
+    pub refused_quota: u64,
+    /// Relays closed because their signaling session was gone.
+    pub closed_session_gone: u64,
+}
+
+/// The live counters behind [`TurnStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) allocations_made: AtomicU64,
+    pub(crate) refused_credentials: AtomicU64,
+    pub(crate) refused_peers: AtomicU64,
+    pub(crate) refused_quota: AtomicU64,
+    pub(crate) closed_session_gone: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, allocations: usize) -> TurnStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TurnStats {
+            allocations,
+            allocations_made: get(&self.allocations_made),
+            refused_credentials: get(&self.refused_credentials),
+            refused_peers: get(&self.refused_peers),
+            refused_quota: get(&self.refused_quota),
+            closed_session_gone: get(&self.closed_session_gone),
+        }
+    }
+}
