@@ -157,7 +157,7 @@ impl TestSession {
     }
 
     /// The next thing queued for this session, if any.
-    pub fn next(&mut self) -> Option<Received> {
+    pub fn next_received(&mut self) -> Option<Received> {
         match self.rx.try_recv().ok()? {
             Outbound::Frame(t) => Some(Received::Frame(
                 serde_json::from_str(&t).expect("the host sends JSON"),
@@ -168,7 +168,7 @@ impl TestSession {
 
     /// The next queued frame; panics when there is none or a close is next.
     pub fn recv(&mut self) -> Value {
-        match self.next() {
+        match self.next_received() {
             Some(Received::Frame(v)) => v,
             other => panic!("expected a frame for {}, got {other:?}", self.id),
         }
@@ -176,7 +176,7 @@ impl TestSession {
 
     /// Everything queued so far.
     pub fn drain(&mut self) -> Vec<Received> {
-        std::iter::from_fn(|| self.next()).collect()
+        std::iter::from_fn(|| self.next_received()).collect()
     }
 
     /// Sends the original client's `login` and returns the answer

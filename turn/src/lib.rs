@@ -47,11 +47,15 @@
 //! - Peers: see [`peer`]; refused peers get 403 on CreatePermission and
 //!   ChannelBind, and the relay socket itself drops traffic to and from them.
 //! - Quotas per credential, per client IP and in total (486 Allocation
-//!   Quota Reached); lifetimes capped at `max_lifetime`.
+//!   Quota Reached); lifetimes capped at `max_lifetime`; an optional
+//!   bandwidth cap per allocation.
+//! - Nonces: turn 0.17 never forgets a nonce it issued, so the gate reuses
+//!   a few of them instead of letting every challenge reach the crate.
 //! - TCP/TLS: STUN and ChannelData framed on the stream ([`stream`]); an
 //!   allocation made over TCP ends with its connection.
 //!
 //! The `turn` crate logs through `log`; this crate through `tracing`.
+//! See docs/turn.md for the design, the tests and the benchmark.
 
 pub mod config;
 pub mod creds;

@@ -23,7 +23,7 @@ fn the_owner_kicks_and_the_kicked_leave() {
     owner.send(json!({"type":"kick","to":c.id()}));
     assert_eq!(c.recv()["type"], "kicked");
     assert_eq!(
-        c.next(),
+        c.next_received(),
         Some(Received::Close(4001, "removed by the room owner".into()))
     );
     for m in [&mut owner, &mut b] {
