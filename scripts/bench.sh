@@ -138,11 +138,13 @@ echo "reports: $OUT"
 if ! command -v jq >/dev/null 2>&1; then
   echo "(install jq for the summary table)"; exit 0
 fi
-printf '%-14s %9s %9s %9s %9s %9s %9s %6s %6s %7s %7s %8s %8s\n' \
-  scenario sessions deliv/s p50_ms p90_ms p99_ms max_ms lost dup srv_cpu% tool_cpu% us/msg srv_MiB
+# srv/tool_cpu%: CPU time over the measured phase (100 = one core busy);
+# srv/tool_wait: seconds their threads waited for a CPU (other processes).
+FMT='%-12s %8s %8s %7s %7s %7s %8s %5s %4s %8s %8s %7s %7s %7s %7s\n'
+printf "$FMT" scenario sessions deliv/s p50_ms p90_ms p99_ms max_ms lost dup srv_cpu% tool_cpu% us/msg srv_MiB srv_wait tool_wait
 for n in "${NAMES[@]}"; do
   f=$OUT/$n.json
-  [ -s "$f" ] || { printf '%-14s (no report)\n' "$n"; continue; }
+  [ -s "$f" ] || { printf '%-12s (no report)\n' "$n"; continue; }
   jq -r --arg n "$n" '
     def ms: if . == null then "-" else (. / 1000 * 100 | round / 100 | tostring) end;
     [ $n,
@@ -153,8 +155,12 @@ for n in "${NAMES[@]}"; do
       (if .load then (.load.tally.duplicated|tostring) else "-" end),
       ((.server.cpu_pct // "-")|tostring), (.tool.cpu_pct|tostring),
       ((.server.cpu_us_per_delivered // "-")|tostring),
-      ((.server.rss_peak_kb // 0) / 1024 | round | tostring)
-    ] | @tsv' "$f" | awk -F'\t' '{printf "%-14s %9s %9s %9s %9s %9s %9s %6s %6s %7s %7s %8s %8s\n",$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13}'
+      ((.server.rss_peak_kb // 0) / 1024 | round | tostring),
+      ((.server.runq_wait_s // "-")|tostring), (.tool.runq_wait_s|tostring)
+    ] | @tsv' "$f" | while IFS=$'\t' read -r -a c; do
+      # shellcheck disable=SC2059
+      printf "$FMT" "${c[@]}"
+    done
 done
 for n in "${NAMES[@]}"; do
   f=$OUT/$n.json

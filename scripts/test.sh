@@ -21,7 +21,7 @@ if ((${#missing[@]})); then
 fi
 
 echo "== cargo test (workspace: host, turn, policy examples)"
-cargo test --workspace --all-targets
+cargo test --workspace
 
 echo "== web: unit tests (vitest)"
 (cd web && npm ci --no-audit --no-fund --prefer-offline >/dev/null && npm test)

@@ -1,0 +1,106 @@
+//! Policy overhead, measured (not asserted): one `on-message` through the
+//! chain as the host makes it, p50/p99 over many calls, and how long a
+//! policy takes to load (compile + link + canary) cold and from the cache.
+//!
+//!     cargo bench -p host --bench policy
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use host::policy::kv::KvStore;
+use host::policy::{PolicyChain, PolicyContext, PolicyEngine, SandboxLimits};
+use host::signaling::rooms::{RoomRegistry, SessionHandle};
+use host::web::DEFAULT_POLICY;
+use tokio_util::sync::CancellationToken;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = Arc::new(RoomRegistry::default());
+    let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
+    for id in ["a", "b"] {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        std::mem::forget(_rx);
+        registry.register(Arc::from(id), SessionHandle { tx, kill: CancellationToken::new() }, peer);
+        registry.join(id, "room", id, 10).unwrap();
+    }
+    let ctx = Arc::new(PolicyContext {
+        registry,
+        kv: Arc::new(KvStore::new(1 << 20)),
+        config: HashMap::from([("room-max".to_string(), "10".to_string())]),
+    });
+    let limits = SandboxLimits { deadline: Duration::from_millis(20), memory_bytes: 32 << 20 };
+    let engine = PolicyEngine::new(ctx.clone(), limits, None).unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cached_engine = PolicyEngine::new(ctx, limits, Some(cache_dir.path().to_path_buf())).unwrap();
+
+    // Load times.
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        rt.block_on(engine.load("default", DEFAULT_POLICY)).unwrap();
+        cold.push(t.elapsed());
+    }
+    rt.block_on(cached_engine.load("default", DEFAULT_POLICY)).unwrap();
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        rt.block_on(cached_engine.load("default", DEFAULT_POLICY)).unwrap();
+        warm.push(t.elapsed());
+    }
+    cold.sort();
+    warm.sort();
+
+    // One candidate-sized unicast through the chain.
+    let default = rt.block_on(engine.load("default", DEFAULT_POLICY)).unwrap();
+    let chain = PolicyChain::new(Vec::new(), default);
+    let candidate = format!(
+        r#"{{"candidate":"candidate:1 1 udp 2122260223 192.0.2.1 54321 typ host generation 0 ufrag abcd network-id 1 {}","sdpMid":"0","sdpMLineIndex":0}}"#,
+        "x".repeat(120)
+    );
+    let envelope = host::policy::Envelope {
+        kind: "candidate".into(),
+        from: "a".into(),
+        to: Some("b".into()),
+        data: Some(candidate),
+    };
+    const N: usize = 200_000;
+    let mut samples = Vec::with_capacity(N);
+    rt.block_on(async {
+        for _ in 0..10_000 {
+            std::hint::black_box(chain.on_message(envelope.clone()).await);
+        }
+        for _ in 0..N {
+            let e = envelope.clone();
+            let t = Instant::now();
+            std::hint::black_box(chain.on_message(e).await);
+            samples.push(t.elapsed());
+        }
+    });
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / N as u32;
+    println!("policy call (default policy, candidate unicast, {N} calls):");
+    println!(
+        "  p50 {:.2} µs   p99 {:.2} µs   mean {:.2} µs",
+        percentile(&samples, 0.50).as_secs_f64() * 1e6,
+        percentile(&samples, 0.99).as_secs_f64() * 1e6,
+        mean.as_secs_f64() * 1e6
+    );
+    println!(
+        "policy load (compile + link + canary), {} KiB component:",
+        DEFAULT_POLICY.len() / 1024
+    );
+    println!(
+        "  cold median {:.1} ms   from cache median {:.1} ms",
+        percentile(&cold, 0.5).as_secs_f64() * 1e3,
+        percentile(&warm, 0.5).as_secs_f64() * 1e3
+    );
+}
