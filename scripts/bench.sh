@@ -12,7 +12,8 @@
 #   rooms       1 / 10 / 100 / 1000 rooms x $ROOMS_CLIENTS clients, as throughput
 #   idle        10 000 sessions (1000 rooms x 10) joined and held: server RSS per session
 # Each scenario gets a fresh host. With taskset and >= 2 CPUs the host runs
-# on CPU 0 and sigload on the others, so one can tell who saturates.
+# on CPU 0 and sigload on the others, so one can tell who saturates
+# (PIN=0: no pinning, both share every CPU).
 # Needs: cargo, jq (for the summary table).
 set -euo pipefail
 
@@ -63,7 +64,7 @@ HOST_FLAGS+=("${EXTRA[@]}")
 
 HOST_CPUS= TOOL_CPUS=
 NCPU=$(nproc 2>/dev/null || echo 1)
-if command -v taskset >/dev/null 2>&1 && [ "$NCPU" -ge 2 ]; then
+if [ "${PIN:-1}" != 0 ] && command -v taskset >/dev/null 2>&1 && [ "$NCPU" -ge 2 ]; then
   HOST_CPUS=0
   if [ "$NCPU" -eq 2 ]; then TOOL_CPUS=1; else TOOL_CPUS=1-$((NCPU - 1)); fi
 fi
@@ -139,9 +140,10 @@ if ! command -v jq >/dev/null 2>&1; then
   echo "(install jq for the summary table)"; exit 0
 fi
 # srv/tool_cpu%: CPU time over the measured phase (100 = one core busy);
-# srv/tool_wait: seconds their threads waited for a CPU (other processes).
+# srv/tool_oth: CPU seconds OTHER processes used on the CPUs the host / the
+# tool runs on during that phase (high = a busy machine, numbers pessimistic).
 FMT='%-12s %8s %8s %7s %7s %7s %8s %5s %4s %8s %8s %7s %7s %7s %7s\n'
-printf "$FMT" scenario sessions deliv/s p50_ms p90_ms p99_ms max_ms lost dup srv_cpu% tool_cpu% us/msg srv_MiB srv_wait tool_wait
+printf "$FMT" scenario sessions deliv/s p50_ms p90_ms p99_ms max_ms lost dup srv_cpu% tool_cpu% us/msg srv_MiB srv_oth tool_oth
 for n in "${NAMES[@]}"; do
   f=$OUT/$n.json
   [ -s "$f" ] || { printf '%-12s (no report)\n' "$n"; continue; }
@@ -156,7 +158,7 @@ for n in "${NAMES[@]}"; do
       ((.server.cpu_pct // "-")|tostring), (.tool.cpu_pct|tostring),
       ((.server.cpu_us_per_delivered // "-")|tostring),
       ((.server.rss_peak_kb // 0) / 1024 | round | tostring),
-      ((.server.runq_wait_s // "-")|tostring), (.tool.runq_wait_s|tostring)
+      ((.server.others_cpu_s // "-")|tostring), (.tool.others_cpu_s|tostring)
     ] | @tsv' "$f" | while IFS=$'\t' read -r -a c; do
       # shellcheck disable=SC2059
       printf "$FMT" "${c[@]}"

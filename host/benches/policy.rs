@@ -29,7 +29,14 @@ fn main() {
     for id in ["a", "b"] {
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         std::mem::forget(_rx);
-        registry.register(Arc::from(id), SessionHandle { tx, kill: CancellationToken::new() }, peer);
+        registry.register(
+            Arc::from(id),
+            SessionHandle {
+                tx,
+                kill: CancellationToken::new(),
+            },
+            peer,
+        );
         registry.join(id, "room", id, 10).unwrap();
     }
     let ctx = Arc::new(PolicyContext {
@@ -37,10 +44,14 @@ fn main() {
         kv: Arc::new(KvStore::new(1 << 20)),
         config: HashMap::from([("room-max".to_string(), "10".to_string())]),
     });
-    let limits = SandboxLimits { deadline: Duration::from_millis(20), memory_bytes: 32 << 20 };
+    let limits = SandboxLimits {
+        deadline: Duration::from_millis(20),
+        memory_bytes: 32 << 20,
+    };
     let engine = PolicyEngine::new(ctx.clone(), limits, None).unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
-    let cached_engine = PolicyEngine::new(ctx, limits, Some(cache_dir.path().to_path_buf())).unwrap();
+    let cached_engine =
+        PolicyEngine::new(ctx, limits, Some(cache_dir.path().to_path_buf())).unwrap();
 
     // Load times.
     let mut cold = Vec::new();
@@ -49,11 +60,13 @@ fn main() {
         rt.block_on(engine.load("default", DEFAULT_POLICY)).unwrap();
         cold.push(t.elapsed());
     }
-    rt.block_on(cached_engine.load("default", DEFAULT_POLICY)).unwrap();
+    rt.block_on(cached_engine.load("default", DEFAULT_POLICY))
+        .unwrap();
     let mut warm = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        rt.block_on(cached_engine.load("default", DEFAULT_POLICY)).unwrap();
+        rt.block_on(cached_engine.load("default", DEFAULT_POLICY))
+            .unwrap();
         warm.push(t.elapsed());
     }
     cold.sort();

@@ -13,9 +13,11 @@ use crate::config::Config;
 use crate::policy::kv::KvStore;
 use crate::policy::reload::PolicyDirectory;
 use crate::policy::{PolicyChain, PolicyContext, PolicyEngine, SandboxLimits};
+use crate::signaling::rooms::Outbound;
 use crate::signaling::rooms::RoomRegistry;
 use crate::signaling::{Hub, SessionLimits};
-use crate::{https, tls, web};
+use crate::{https, metrics, tls, web};
+use axum::extract::ws::Utf8Bytes;
 
 /// Bytes of key-value state each policy may keep.
 pub const KV_CAP_BYTES: usize = 4 * 1024 * 1024;
@@ -30,7 +32,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let tls_config = cert.server_config(&config.ssl_dir)?;
 
-    let registry = Arc::new(RoomRegistry::default());
+    let registry = Arc::new(RoomRegistry::with_max_rooms(config.max_rooms as usize));
     let kv = Arc::new(KvStore::new(KV_CAP_BYTES));
     let ctx = Arc::new(PolicyContext {
         registry: registry.clone(),
@@ -56,8 +58,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         limits: SessionLimits {
             max_frame_bytes: config.max_frame_bytes as usize,
             send_queue: config.send_queue as usize,
+            rate_per_sec: config.rate_limit,
+            rate_burst: config.rate_burst,
         },
         ice: Box::new(crate::signaling::NoIceServers),
+        metrics: Default::default(),
     });
 
     let policies = PolicyDirectory::new(engine, config.plugins_dir.clone(), default, hub.clone());
@@ -77,15 +82,116 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     let port = listener.local_addr()?.port();
 
-    let app = https::router(https::AppState { hub }, &config.well_known_dir);
+    let metrics_listener = bind_metrics(&config.metrics_addr).await;
+
+    let state = https::AppState {
+        hub: hub.clone(),
+        max_sessions: config.max_sessions as usize,
+        origins: Arc::new(https::AllowedOrigins::from_flags(&config.allowed_origins)),
+        hsts: !cert.self_signed,
+    };
+    let app = https::router(state, &config.well_known_dir);
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(https::serve(listener, tls_config, app, shutdown.clone()));
+    let per_ip = https::ConnLimiter::new(config.max_conns_per_ip);
+    let server = tokio::spawn(https::serve(
+        listener,
+        tls_config,
+        app,
+        per_ip,
+        shutdown.clone(),
+    ));
+    if let Some(listener) = metrics_listener {
+        let router = metrics::router(hub.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
     tracing::info!("WebRTC Chat is serving: open https://localhost:{port}/");
 
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = shutdown_signal() => {}
         _ = server => {}
     }
-    shutdown.cancel();
+    drain(&hub, shutdown).await;
     Ok(())
+}
+
+/// How long shutdown waits for clients to take their close frames.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stops accepting, tells every client the server is going away (close
+/// 1001, after the frames already queued for it), and waits a bounded time
+/// for the sessions to end.
+async fn drain(hub: &Hub, shutdown: CancellationToken) {
+    shutdown.cancel();
+    let handles = hub.registry.all_handles();
+    tracing::info!("shutting down: closing {} sessions", handles.len());
+    for h in handles {
+        h.deliver(Outbound::Close(
+            1001,
+            Utf8Bytes::from_static("server shutting down"),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while hub.registry.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("stopped");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// The metrics listener is an operator's aid, not the service: if it
+/// cannot bind, say so and serve anyway.
+async fn bind_metrics(addr: &str) -> Option<tokio::net::TcpListener> {
+    if addr.eq_ignore_ascii_case("off") {
+        return None;
+    }
+    let parsed: std::net::SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            tracing::warn!(
+                "--metrics-addr {addr:?} is not an address like 127.0.0.1:9090 (or \"off\"): /metrics is off"
+            );
+            return None;
+        }
+    };
+    match tokio::net::TcpListener::bind(parsed).await {
+        Ok(l) => {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!("metrics on http://{a}/metrics");
+            }
+            Some(l)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot listen for metrics on {addr} ({e}): /metrics is off; pick another --metrics-addr"
+            );
+            None
+        }
+    }
 }

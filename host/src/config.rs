@@ -53,6 +53,40 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
     pub send_queue: u32,
 
+    /// Messages per second one session may send (token bucket); 0 turns the limit off.
+    #[arg(long, env = "WEBRTC_CHAT_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+
+    /// Burst of the per-session rate limit: messages a session may send at once.
+    #[arg(long, env = "WEBRTC_CHAT_RATE_BURST", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: u32,
+
+    /// Simultaneous connections from one IP address; 0 turns the limit off.
+    #[arg(long, env = "WEBRTC_CHAT_MAX_CONNS_PER_IP", default_value_t = 50)]
+    pub max_conns_per_ip: u32,
+
+    /// Signaling sessions in total; 0 turns the limit off.
+    #[arg(long, env = "WEBRTC_CHAT_MAX_SESSIONS", default_value_t = 50_000)]
+    pub max_sessions: u32,
+
+    /// Rooms in total; 0 turns the limit off.
+    #[arg(long, env = "WEBRTC_CHAT_MAX_ROOMS", default_value_t = 20_000)]
+    pub max_rooms: u32,
+
+    /// Origins allowed to open the signaling socket, comma-separated
+    /// (e.g. https://chat.example.com), or * for any. Default: the page's own origin only.
+    #[arg(long, env = "WEBRTC_CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Address for /metrics (Prometheus text) and /healthz over plain HTTP; "off" disables it.
+    #[arg(
+        long,
+        env = "WEBRTC_CHAT_METRICS_ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub metrics_addr: String,
+
     /// Deadline of one policy call in milliseconds; a policy that runs longer is stopped and fails closed.
     #[arg(long, env = "WEBRTC_CHAT_POLICY_DEADLINE_MS", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]

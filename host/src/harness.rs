@@ -91,8 +91,11 @@ impl PolicyHarness {
             limits: SessionLimits {
                 max_frame_bytes: 64 * 1024,
                 send_queue: 4096,
+                rate_per_sec: 0,
+                rate_burst: 1,
             },
             ice: Box::new(NoIceServers),
+            metrics: Default::default(),
         });
         Ok(Self {
             hub,
@@ -163,6 +166,8 @@ impl TestSession {
                 serde_json::from_str(&t).expect("the host sends JSON"),
             )),
             Outbound::Close(code, reason) => Some(Received::Close(code, reason.to_string())),
+            // The harness has no socket to keep alive.
+            Outbound::Ping => self.next_received(),
         }
     }
 

@@ -1,19 +1,22 @@
 //! The HTTPS surface: the router (web app, /.well-known, /healthz and the
 //! WebSocket upgrade at `/` and `/ws`) and the TLS accept loop that serves it.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -31,16 +34,97 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    /// Sessions in total; 0 = no limit.
+    pub max_sessions: usize,
+    pub origins: Arc<AllowedOrigins>,
+    /// Send HSTS (only with a real certificate: a self-signed one would
+    /// lock browsers out of the name).
+    pub hsts: bool,
+}
+
+/// Who may open the signaling socket, by the `Origin` header browsers send.
+#[derive(Debug, Clone)]
+pub enum AllowedOrigins {
+    /// The page's own origin (`https://` + the Host header) only.
+    SameOrigin,
+    /// The own origin and these.
+    List(Vec<String>),
+    Any,
+}
+
+impl AllowedOrigins {
+    pub fn from_flags(list: &[String]) -> Self {
+        let list: Vec<String> = list
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if list.iter().any(|o| o == "*") {
+            Self::Any
+        } else if list.is_empty() {
+            Self::SameOrigin
+        } else {
+            Self::List(list)
+        }
+    }
+
+    /// Clients without an `Origin` (not browsers) are not subject to it.
+    fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        let same = host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("https://{h}")));
+        match self {
+            Self::Any => true,
+            Self::SameOrigin => same,
+            Self::List(list) => same || list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
 }
 
 pub fn router(state: AppState, well_known_dir: &std::path::Path) -> Router {
+    let hsts = state.hsts;
     Router::new()
         .route("/", get(root))
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .nest_service("/.well-known", ServeDir::new(well_known_dir))
         .fallback(get(|uri: Uri| async move { web::serve(uri.path()) }))
+        .layer(axum::middleware::map_response(
+            move |r: Response| async move { security_headers(r, hsts) },
+        ))
         .with_state(state)
+}
+
+/// The app needs its own origin, WebSockets to it, camera/microphone
+/// streams and blob/data images; nothing else.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data: blob:; media-src 'self' blob: mediastream:; connect-src 'self' wss:; \
+worker-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'";
+
+fn security_headers(mut r: Response, hsts: bool) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(self), microphone=(self), display-capture=(self)"),
+    );
+    if hsts {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    r
 }
 
 /// `/` is both the app's page and, for the original client, the socket.
@@ -58,9 +142,10 @@ async fn root(State(state): State<AppState>, req: Request) -> Response {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    let slot = parts.extensions.get::<Arc<ConnSlot>>().cloned();
     let headers = parts.headers.clone();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(ws) => upgrade(state, ws, peer, &headers, &parts.uri),
+        Ok(ws) => upgrade(state, ws, peer, slot, &headers, &parts.uri),
         Err(rejection) => rejection.into_response(),
     }
 }
@@ -68,26 +153,59 @@ async fn root(State(state): State<AppState>, req: Request) -> Response {
 async fn ws_upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<axum::Extension<Arc<ConnSlot>>>,
     headers: HeaderMap,
     uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(state, ws, Some(peer), &headers, &uri)
+    upgrade(state, ws, Some(peer), slot.map(|s| s.0), &headers, &uri)
 }
 
 fn upgrade(
     state: AppState,
     ws: WebSocketUpgrade,
     peer: Option<SocketAddr>,
+    slot: Option<Arc<ConnSlot>>,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Response {
     let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let host_header = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if !state.origins.allows(origin, host_header) {
+        tracing::info!(%peer, origin, "signaling refused: origin not allowed");
+        state
+            .hub
+            .metrics
+            .sessions_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::FORBIDDEN,
+            "This origin may not use this signaling server (see --allowed-origins).",
+        )
+            .into_response();
+    }
+    if state.max_sessions > 0 && state.hub.registry.session_count() >= state.max_sessions {
+        tracing::warn!(%peer, "signaling refused: {} sessions, the maximum", state.max_sessions);
+        state
+            .hub
+            .metrics
+            .sessions_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server is full; try again later.",
+        )
+            .into_response();
+    }
     let host = request_host(headers, uri);
     let limit = state.hub.limits.max_frame_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session::run(socket, state.hub, peer, host))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            session::run(socket, state.hub, peer, host).await;
+        })
 }
 
 /// The host name the client used, without the port: ICE server URLs use it
@@ -120,6 +238,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    per_ip: Arc<ConnLimiter>,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -136,10 +255,15 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = per_ip.acquire(peer.ip()).map(Arc::new) else {
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
+            let _slot = slot.clone();
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -151,8 +275,12 @@ pub async fn serve(
                     return;
                 }
             };
+            // A WebSocket outlives this connection task (hyper hands the
+            // socket over on upgrade), so the session keeps the slot too.
+            let conn_slot = slot.clone();
             let svc = app.map_request(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(conn_slot.clone());
                 req
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -170,6 +298,54 @@ pub async fn serve(
     }
 }
 
+/// Counts open connections per client address (TCP, so HTTP and
+/// WebSocket alike); a connection over the limit is closed at once.
+pub struct ConnLimiter {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One counted connection; dropping it frees the slot.
+pub struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnLimiter {
+    /// `max` = 0: no limit.
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        let mut open = self.open.lock();
+        let n = open.entry(ip).or_insert(0);
+        if self.max > 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut open = self.limiter.open.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +354,32 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, h.parse().unwrap());
         request_host(&headers, &Uri::from_static("/"))
+    }
+
+    #[test]
+    fn origins() {
+        let same = AllowedOrigins::from_flags(&[]);
+        assert!(same.allows(None, Some("h:1")));
+        assert!(same.allows(Some("https://h:1"), Some("h:1")));
+        assert!(!same.allows(Some("https://evil.example"), Some("h:1")));
+        let list = AllowedOrigins::from_flags(&["https://app.example/".into()]);
+        assert!(list.allows(Some("https://app.example"), Some("h:1")));
+        assert!(list.allows(Some("https://h:1"), Some("h:1")));
+        assert!(!list.allows(Some("https://evil.example"), Some("h:1")));
+        assert!(AllowedOrigins::from_flags(&["*".into()]).allows(Some("https://x"), None));
+    }
+
+    #[test]
+    fn conn_limiter_frees_slots() {
+        let l = ConnLimiter::new(2);
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let a = l.acquire(ip).unwrap();
+        let _b = l.acquire(ip).unwrap();
+        assert!(l.acquire(ip).is_none());
+        assert!(l.acquire([127, 0, 0, 2].into()).is_some());
+        drop(a);
+        assert!(l.acquire(ip).is_some());
+        assert!(ConnLimiter::new(0).acquire(ip).is_some());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod harness;
 pub mod https;
+pub mod metrics;
 pub mod policy;
 pub mod signaling;
 pub mod tls;

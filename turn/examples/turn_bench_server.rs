@@ -7,6 +7,8 @@
 //! With `--bare` it runs the `turn` crate alone (UDP only, static relay
 //! generator, REST auth without session checks), to measure what this
 //! crate's gate, filtered relays and quotas cost on top of it.
+//! With TURN_TLS_CERT and TURN_TLS_KEY (PEM files) in the environment it
+//! also serves TLS on TURN_TLS_PORT (default 5349).
 //! Stop it with SIGINT (Ctrl-C).
 
 use std::net::SocketAddr;
@@ -77,15 +79,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_allocations_per_ip: 1000,
         ..TurnConfig::default()
     };
-    let server = TurnServer::start(cfg, dir).await?;
+    let tls = match (
+        std::env::var_os("TURN_TLS_CERT"),
+        std::env::var_os("TURN_TLS_KEY"),
+    ) {
+        (Some(cert), Some(key)) => {
+            let port = std::env::var("TURN_TLS_PORT")
+                .unwrap_or_else(|_| "5349".into())
+                .parse()?;
+            Some(chat_turn::TlsSettings::from_pem(
+                port,
+                &std::fs::read(cert)?,
+                &std::fs::read(key)?,
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )?)
+        }
+        _ => None,
+    };
+    let server = TurnServer::start(TurnConfig { tls, ..cfg }, dir).await?;
     println!(
-        "listening udp={} tcp={}",
+        "listening udp={} tcp={} tls={}",
         server
             .addr(Transport::Udp)
             .map(|a| a.to_string())
             .unwrap_or_default(),
         server
             .addr(Transport::Tcp)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        server
+            .addr(Transport::Tls)
             .map(|a| a.to_string())
             .unwrap_or_default()
     );

@@ -72,8 +72,9 @@ impl TlsSettings {
     }
 }
 
-/// Everything the TURN server needs to know.
-#[derive(Clone, Debug)]
+/// Everything the TURN server needs to know. Its `Debug` output hides the
+/// secret.
+#[derive(Clone)]
 pub struct TurnConfig {
     /// Address to listen on (UDP, TCP, TLS) and to open relay sockets on.
     pub listen: IpAddr,
@@ -83,8 +84,9 @@ pub struct TurnConfig {
     pub tls: Option<TlsSettings>,
     /// Realm sent to clients (default "webrtc-chat").
     pub realm: String,
-    /// Address advertised as the relayed address (default: `listen`, or the
-    /// first non-loopback interface address when `listen` is unspecified).
+    /// Address advertised as the relayed address (default: `listen`, or when
+    /// `listen` is unspecified the first public interface address, else the
+    /// first non-loopback one). Set it behind NAT.
     pub public_ip: Option<IpAddr>,
     /// Relay port range, inclusive; (0, 0) lets the OS pick any port.
     pub relay_ports: (u16, u16),
@@ -112,6 +114,36 @@ pub struct TurnConfig {
     /// (None = no cap). Packets over it are dropped, with one second's
     /// worth (at least 16 KiB) of burst.
     pub max_bandwidth_per_allocation: Option<u64>,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("listen", &self.listen)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("realm", &self.realm)
+            .field("public_ip", &self.public_ip)
+            .field("relay_ports", &self.relay_ports)
+            .field("secret", &format_args!("<{} bytes>", self.secret.len()))
+            .field("allow_loopback", &self.allow_loopback)
+            .field("allow_peers", &self.allow_peers)
+            .field(
+                "max_allocations_per_credential",
+                &self.max_allocations_per_credential,
+            )
+            .field("max_allocations_per_ip", &self.max_allocations_per_ip)
+            .field("max_allocations_total", &self.max_allocations_total)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("credential_grace", &self.credential_grace)
+            .field("credential_ttl", &self.credential_ttl)
+            .field("max_tcp_connections", &self.max_tcp_connections)
+            .field(
+                "max_bandwidth_per_allocation",
+                &self.max_bandwidth_per_allocation,
+            )
+            .finish()
+    }
 }
 
 impl Default for TurnConfig {
@@ -182,5 +214,57 @@ impl TurnConfig {
     /// The lifetime the server grants, capped by what the `turn` crate allows.
     pub(crate) fn effective_max_lifetime(&self) -> Duration {
         self.max_lifetime.min(MAX_CRATE_LIFETIME)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_secret_and_validate_checks_fields() {
+        let cfg = TurnConfig {
+            secret: b"hunter2-secret".to_vec(),
+            ..TurnConfig::default()
+        };
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("<14 bytes>"));
+        assert!(cfg.validate().is_ok());
+        assert!(TurnConfig::default().validate().is_err()); // empty secret
+        for bad in [
+            TurnConfig {
+                relay_ports: (0, 10),
+                ..cfg.clone()
+            },
+            TurnConfig {
+                relay_ports: (20, 10),
+                ..cfg.clone()
+            },
+            TurnConfig {
+                max_lifetime: Duration::from_secs(5),
+                ..cfg.clone()
+            },
+            TurnConfig {
+                max_allocations_total: 0,
+                ..cfg.clone()
+            },
+            TurnConfig {
+                max_bandwidth_per_allocation: Some(0),
+                ..cfg.clone()
+            },
+            TurnConfig {
+                realm: String::new(),
+                ..cfg.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert_eq!(cfg.effective_max_lifetime(), Duration::from_secs(600));
+        let long = TurnConfig {
+            max_lifetime: Duration::from_secs(7200),
+            ..cfg
+        };
+        assert_eq!(long.effective_max_lifetime(), MAX_CRATE_LIFETIME);
     }
 }

@@ -251,8 +251,12 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     const b = await open()
     await join(a, host.base, room, 'RelayA', '&relay=1')
     await join(b, host.base, room, 'RelayB', '&relay=1')
+    const urls = await a.evaluate(() => window.__webrtcChat.session.iceServers.flatMap((s) => [].concat(s.urls)))
+    assert.ok(urls.some((u) => /^turns?:/.test(u)), `joined.iceServers has a TURN server: ${JSON.stringify(urls)}`)
     for (const p of [a, b]) {
-      const v = await expectRemoteVideos(p, 1, 60_000)
+      const v = await expectRemoteVideos(p, 1, 45_000).catch((e) => {
+        throw new Error(`no relayed video with iceServers ${JSON.stringify(urls)}: ${e.message}`)
+      })
       assert.ok(v[0].width > 0 && v[0].advanced, 'relayed video plays')
     }
     const pairs = await a.evaluate(async () => {

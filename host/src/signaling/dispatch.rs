@@ -26,7 +26,8 @@ pub struct Sender<'a> {
 }
 
 impl Sender<'_> {
-    fn error(&self, error_type: &str, error_text: &str) {
+    fn error(&self, hub: &Hub, error_type: &str, error_text: &str) {
+        hub.metrics.error(error_type);
         self.handle
             .deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
                 error_type, error_text,
@@ -34,12 +35,32 @@ impl Sender<'_> {
     }
 }
 
+/// Answers a frame that cannot be handled (a binary frame) with `badRequest`.
+pub fn reject(hub: &Hub, sender: &Sender<'_>, why: &str) {
+    hub.metrics.frame_in("other");
+    sender.error(hub, "badRequest", why);
+}
+
+/// Answers a frame refused by the session's rate limit.
+pub fn rate_limited(hub: &Hub, sender: &Sender<'_>) {
+    hub.metrics.frame_in("other");
+    sender.error(
+        hub,
+        "rateLimited",
+        "Too many messages: slow down; this one was not delivered.",
+    );
+}
+
 /// Handles one text frame from `sender`.
 pub async fn handle_text(hub: &Hub, sender: &Sender<'_>, text: &str) {
     let inbound = match frame::parse(text) {
         Ok(f) => f,
-        Err(e) => return sender.error("badRequest", &e.to_string()),
+        Err(e) => {
+            hub.metrics.frame_in("other");
+            return sender.error(hub, "badRequest", &e.to_string());
+        }
     };
+    hub.metrics.frame_in(&inbound.kind);
     let envelope = Envelope {
         kind: inbound.kind.clone(),
         from: sender.id.to_string(),
@@ -67,15 +88,17 @@ pub async fn handle_text(hub: &Hub, sender: &Sender<'_>, text: &str) {
                 }
             }
         }
-        Decision::Deny { reason } => sender.error("forbidden", &reason),
+        Decision::Deny { reason } => sender.error(hub, "forbidden", &reason),
         Decision::Failed(e) => {
             sender.error(
+                hub,
                 "internal",
                 "A server policy failed on this message; nothing was delivered.",
             );
             tracing::debug!(session = %sender.id, "{e}");
         }
         Decision::Unhandled => sender.error(
+            hub,
             "badRequest",
             &format!("Unknown message type \"{}\".", inbound.kind),
         ),
@@ -154,6 +177,7 @@ impl Applying<'_> {
                 let Some(frame) = self.stamped() else {
                     return false;
                 };
+                self.hub.metrics.frames_out(handles.len() as u64);
                 for h in handles {
                     h.deliver(Outbound::Frame(frame.clone()));
                 }
@@ -185,6 +209,7 @@ impl Applying<'_> {
                     return true;
                 }
                 if let Some(h) = self.hub.registry.reachable(from, &to) {
+                    self.hub.metrics.error(&error_type);
                     let text: String = error_text.chars().take(512).collect();
                     h.deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
                         &error_type,
@@ -233,14 +258,14 @@ impl Applying<'_> {
         let room = match names::check("room id", &req.room, MAX_ROOM_CHARS) {
             Ok(r) => r,
             Err(why) => {
-                self.sender.error("badRequest", &why);
+                self.sender.error(self.hub, "badRequest", &why);
                 return false;
             }
         };
         let username = match names::check("user name", &req.username, MAX_NAME_CHARS) {
             Ok(n) => n,
             Err(why) => {
-                self.sender.error("badRequest", &why);
+                self.sender.error(self.hub, "badRequest", &why);
                 return false;
             }
         };
@@ -248,8 +273,17 @@ impl Applying<'_> {
             Ok(j) => j,
             Err(JoinError::Full) => {
                 self.sender.error(
+                    self.hub,
                     "full",
                     &format!("The room is full ({} people).", req.capacity),
+                );
+                return false;
+            }
+            Err(JoinError::TooManyRooms) => {
+                self.sender.error(
+                    self.hub,
+                    "full",
+                    "The server holds as many rooms as it can; join an existing room or try later.",
                 );
                 return false;
             }
@@ -277,6 +311,9 @@ impl Applying<'_> {
         } else {
             Utf8Bytes::from(frame::login_notice(from, username, room))
         };
+        self.hub
+            .metrics
+            .frames_out(joined.other_handles.len() as u64 + 1);
         for h in &joined.other_handles {
             h.deliver(Outbound::Frame(notice.clone()));
         }
@@ -294,6 +331,7 @@ impl Applying<'_> {
             (Some(d), true) if serde_json::from_str::<&RawValue>(d).is_err() => {
                 tracing::warn!(session = %from, "policy rewrote data into invalid JSON; nothing delivered");
                 self.sender.error(
+                    self.hub,
                     "internal",
                     "A server policy failed on this message; nothing was delivered.",
                 );

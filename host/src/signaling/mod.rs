@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::metrics::Metrics;
 use crate::policy::PolicyChain;
 use crate::policy::kv::KvStore;
 use rooms::RoomRegistry;
@@ -21,6 +22,9 @@ use rooms::RoomRegistry;
 pub struct SessionLimits {
     pub max_frame_bytes: usize,
     pub send_queue: usize,
+    /// Messages per second (token bucket refill); 0 = no limit.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
 }
 
 /// Makes the `iceServers` list of a `joined` frame: per session, because
@@ -47,4 +51,5 @@ pub struct Hub {
     pub chain: ArcSwap<PolicyChain>,
     pub limits: SessionLimits,
     pub ice: Box<dyn IceServers>,
+    pub metrics: Metrics,
 }

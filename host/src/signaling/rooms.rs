@@ -19,6 +19,8 @@ pub type RoomId = Arc<str>;
 pub enum Outbound {
     Frame(Utf8Bytes),
     Close(u16, Utf8Bytes),
+    /// A WebSocket ping, to learn whether the peer is still there.
+    Ping,
 }
 
 /// The sending side of one session: its queue, and a token that ends it at
@@ -62,6 +64,8 @@ struct Inner {
 #[derive(Default)]
 pub struct RoomRegistry {
     inner: Mutex<Inner>,
+    /// Rooms in total; 0 = no limit.
+    max_rooms: usize,
 }
 
 /// A member as others see it.
@@ -92,10 +96,37 @@ pub struct Joined {
 #[derive(Debug, PartialEq, Eq)]
 pub enum JoinError {
     Full,
+    /// The server holds its maximum number of rooms.
+    TooManyRooms,
     UnknownSession,
 }
 
 impl RoomRegistry {
+    pub fn with_max_rooms(max_rooms: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            max_rooms,
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.inner.lock().sessions.len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.inner.lock().rooms.len()
+    }
+
+    /// Every connected session's handle (shutdown tells them all).
+    pub fn all_handles(&self) -> Vec<SessionHandle> {
+        self.inner
+            .lock()
+            .sessions
+            .values()
+            .map(|e| e.handle.clone())
+            .collect()
+    }
+
     pub fn register(&self, id: SessionId, handle: SessionHandle, peer: SocketAddr) {
         self.inner.lock().sessions.insert(
             id,
@@ -136,6 +167,9 @@ impl RoomRegistry {
         let occupied_by_others = if same_room { occupied - 1 } else { occupied };
         if occupied_by_others >= capacity as usize {
             return Err(JoinError::Full);
+        }
+        if occupied == 0 && self.max_rooms > 0 && inner.rooms.len() >= self.max_rooms {
+            return Err(JoinError::TooManyRooms);
         }
 
         let left = if same_room {
@@ -304,6 +338,27 @@ mod tests {
         assert_eq!(left.remaining.len(), 1);
         assert!(!left.room_deleted);
         assert_eq!(reg.members("old").len(), 1);
+    }
+
+    #[test]
+    fn room_count_is_bounded() {
+        let reg = RoomRegistry::with_max_rooms(1);
+        for id in ["a", "b"] {
+            let (h, rx) = handle();
+            std::mem::forget(rx);
+            reg.register(Arc::from(id), h, "127.0.0.1:1".parse().unwrap());
+        }
+        reg.join("a", "one", "A", 5).unwrap();
+        assert_eq!(
+            reg.join("b", "two", "B", 5).err(),
+            Some(JoinError::TooManyRooms)
+        );
+        assert!(
+            reg.join("b", "one", "B", 5).is_ok(),
+            "existing rooms stay open"
+        );
+        assert_eq!(reg.room_count(), 1);
+        assert_eq!(reg.session_count(), 2);
     }
 
     #[test]

@@ -3,15 +3,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Hub;
 use super::dispatch::{self, Sender};
 use super::rooms::{Outbound, SessionHandle};
-use super::{Hub, frame};
 
 /// Close codes the host itself uses.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -32,6 +35,9 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
     let writer = tokio::spawn(write_loop(sink, rx, handle.kill.clone()));
 
     hub.registry.register(id.clone(), handle.clone(), peer);
+    hub.metrics
+        .sessions_opened
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(session = %id, %peer, "session opened");
     let sender = Sender {
         id: &id,
@@ -51,36 +57,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
             Utf8Bytes::from(reason.chars().take(100).collect::<String>()),
         ));
     } else {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = handle.kill.cancelled() => break,
-                next = stream.next() => next,
-            };
-            match next {
-                Some(Ok(Message::Text(text))) => dispatch::handle_text(&hub, &sender, &text).await,
-                Some(Ok(Message::Binary(_))) => {
-                    handle.deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
-                        "badRequest",
-                        "Binary frames are not accepted; send JSON text.",
-                    ))))
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => {
-                    if is_too_big(e) {
-                        handle.deliver(Outbound::Close(
-                            CLOSE_TOO_BIG,
-                            Utf8Bytes::from(format!(
-                                "frame larger than {} bytes",
-                                hub.limits.max_frame_bytes
-                            )),
-                        ));
-                    }
-                    break;
-                }
-            }
-        }
+        read_loop(&hub, &sender, &mut stream).await;
     }
 
     dispatch::handle_disconnect(&hub, &sender).await;
@@ -89,6 +66,122 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
     handle.deliver(Outbound::Close(CLOSE_NORMAL, Utf8Bytes::default()));
     drop(handle);
     let _ = writer.await;
+}
+
+/// Pings go out this often; a socket silent for `IDLE_LIMIT` (no frame, no
+/// pong) is dead and is reaped, which frees its room slot within 30 s.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const IDLE_LIMIT: Duration = Duration::from_secs(25);
+
+/// Reads the client's frames one at a time, in order, until the socket
+/// ends, dies, floods or is killed.
+async fn read_loop(hub: &Hub, sender: &Sender<'_>, stream: &mut SplitStream<WebSocket>) {
+    let handle = sender.handle;
+    let mut bucket = TokenBucket::new(hub.limits.rate_per_sec, hub.limits.rate_burst);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut last_heard = Instant::now();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = handle.kill.cancelled() => return,
+            next = stream.next() => next,
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= IDLE_LIMIT {
+                    tracing::debug!(session = %sender.id, "no sign of life for {IDLE_LIMIT:?}: reaped");
+                    return;
+                }
+                handle.deliver(Outbound::Ping);
+                continue;
+            }
+        };
+        last_heard = Instant::now();
+        let text = match next {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                dispatch::reject(
+                    hub,
+                    sender,
+                    "Binary frames are not accepted; send JSON text.",
+                );
+                continue;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => return,
+            Some(Err(e)) => {
+                if is_too_big(e) {
+                    handle.deliver(Outbound::Close(
+                        CLOSE_TOO_BIG,
+                        Utf8Bytes::from(format!(
+                            "frame larger than {} bytes",
+                            hub.limits.max_frame_bytes
+                        )),
+                    ));
+                }
+                return;
+            }
+        };
+        match bucket.take() {
+            Ok(()) => dispatch::handle_text(hub, sender, &text).await,
+            Err(Flooding::Warn) => dispatch::rate_limited(hub, sender),
+            Err(Flooding::Persisting) => {
+                tracing::info!(session = %sender.id, "closed: kept sending past its rate limit");
+                handle.deliver(Outbound::Close(
+                    CLOSE_POLICY,
+                    Utf8Bytes::from_static("rate limit exceeded"),
+                ));
+                return;
+            }
+        }
+    }
+}
+
+enum Flooding {
+    /// Over the limit: this frame is refused with `error rateLimited`.
+    Warn,
+    /// Still sending after a burst's worth of refusals: close with 1008.
+    Persisting,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    refused_in_a_row: u32,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+            refused_in_a_row: 0,
+        }
+    }
+
+    fn take(&mut self) -> Result<(), Flooding> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused_in_a_row = 0;
+            return Ok(());
+        }
+        self.refused_in_a_row += 1;
+        if self.refused_in_a_row as f64 > self.burst {
+            Err(Flooding::Persisting)
+        } else {
+            Err(Flooding::Warn)
+        }
+    }
 }
 
 fn is_too_big(e: axum::Error) -> bool {
@@ -125,6 +218,11 @@ async fn write_loop(
                         break 'outer;
                     }
                 }
+                Some(Outbound::Ping) => {
+                    if sink.feed(Message::Ping(Default::default())).await.is_err() {
+                        break 'outer;
+                    }
+                }
                 Some(Outbound::Close(code, reason)) => {
                     let _ = sink.send(close(code, reason)).await;
                     break 'outer;
@@ -149,4 +247,34 @@ async fn write_loop(
     }
     // Tell the reader, if it is still reading, that this socket is done.
     kill.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10, 3);
+        assert!((0..3).all(|_| b.take().is_ok()));
+        assert!(matches!(b.take(), Err(Flooding::Warn)));
+        b.last -= Duration::from_millis(150); // 1.5 tokens back
+        assert!(b.take().is_ok());
+        assert!(matches!(b.take(), Err(Flooding::Warn)));
+    }
+
+    #[test]
+    fn persisting_floods_are_told_apart() {
+        let mut b = TokenBucket::new(1, 2);
+        let _ = (b.take(), b.take());
+        assert!(matches!(b.take(), Err(Flooding::Warn)));
+        assert!(matches!(b.take(), Err(Flooding::Warn)));
+        assert!(matches!(b.take(), Err(Flooding::Persisting)));
+    }
+
+    #[test]
+    fn zero_rate_is_no_limit() {
+        let mut b = TokenBucket::new(0, 1);
+        assert!((0..10_000).all(|_| b.take().is_ok()));
+    }
 }

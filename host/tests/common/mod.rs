@@ -26,6 +26,8 @@ pub struct Host {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// Lines the host logged up to its start line.
+    pub startup: Vec<String>,
     /// Lines the host logged after its start line.
     pub log: std_mpsc::Receiver<String>,
 }
@@ -53,6 +55,7 @@ impl Host {
         std::fs::create_dir_all(&plugins).unwrap();
         let mut cmd = Command::new(host_bin());
         cmd.args(["--bind", "127.0.0.1", "--https-port", "0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .arg("--ssl-dir")
             .arg(dir.path().join("ssl"))
             .arg("--plugins-dir")
@@ -73,13 +76,19 @@ impl Host {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut startup = Vec::new();
         let port = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 break None;
             };
-            if let Some(rest) = line.split("https://localhost:").nth(1) {
-                break rest.trim_end_matches('/').parse::<u16>().ok();
+            let port = line
+                .split("https://localhost:")
+                .nth(1)
+                .and_then(|rest| rest.trim_end_matches('/').parse::<u16>().ok());
+            startup.push(line);
+            if port.is_some() {
+                break port;
             }
         };
         let Some(port) = port else {
@@ -91,8 +100,28 @@ impl Host {
             child,
             port,
             dir,
+            startup,
             log: rx,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn plugins_dir(&self) -> PathBuf {
@@ -176,6 +205,36 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects with extra request headers (e.g. Origin); the error on refusal.
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_tls_with_config(
+                req,
+                None,
+                true,
+                Some(tls_connector()),
+            ),
+        )
+        .await
+        .expect("connect timed out")?;
+        Ok(Client {
+            ws,
+            id: String::new(),
+        })
+    }
+
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio::time::timeout(
             WAIT,
@@ -219,6 +278,17 @@ impl Client {
                 Some(Message::Text(t)) => return serde_json::from_str(&t).expect("JSON frame"),
                 Some(Message::Ping(_) | Message::Pong(_)) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next text frame, waiting as long as the caller's timeout allows.
+    pub async fn ws_next_text(&mut self) -> Value {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("JSON"),
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended: {other:?}"),
             }
         }
     }
@@ -294,4 +364,15 @@ pub async fn https_get(port: u16, path: &str) -> (u16, String, Vec<u8>) {
     let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
     let status = head[9..12].parse().unwrap();
     (status, head, raw[split + 4..].to_vec())
+}
+
+/// A plain-HTTP GET of the metrics listener's `path`.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    raw
 }

@@ -26,8 +26,12 @@ fn main() -> Result<()> {
         .build()?;
     let report = rt.block_on(async {
         let addr = run::resolve_loopback(&cfg.url).await?;
-        let tls = tls::client_config(args.insecure, args.ca_file.as_deref())?;
-        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let connector = if cfg.url.starts_with("ws://") {
+            tokio_tungstenite::Connector::Plain
+        } else {
+            let tls = tls::client_config(args.insecure, args.ca_file.as_deref())?;
+            tokio_tungstenite::Connector::Rustls(tls)
+        };
         if !args.json {
             eprintln!(
                 "sigload: {} sessions ({} rooms x {}) -> {} ({addr}), {}",

@@ -14,6 +14,60 @@ pub struct ProcSample {
     /// Time its live threads spent runnable but waiting for a CPU, seconds
     /// (/proc/PID/task/*/schedstat): high when other processes compete.
     pub runq_wait_s: f64,
+    /// Busy time (all processes) of the CPUs it may run on, seconds since boot.
+    pub cpus_busy_s: f64,
+}
+
+/// CPU numbers in a "Cpus_allowed_list" value such as "0-1,3".
+pub fn parse_cpu_set(list: &str) -> Vec<usize> {
+    let mut v = Vec::new();
+    for p in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match p.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                    v.extend(a..=b.min(a + 4096));
+                }
+            }
+            None => v.extend(p.trim().parse::<usize>().ok()),
+        }
+    }
+    v
+}
+
+/// Busy ticks (user+nice+system+irq+softirq+steal) of each CPU from /proc/stat text.
+pub fn parse_proc_stat_busy(text: &str) -> Vec<(usize, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("cpu")?;
+            let (num, fields) = rest.split_once(' ')?;
+            let cpu: usize = num.parse().ok()?;
+            let f: Vec<u64> = fields
+                .split_ascii_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            let busy = f
+                .iter()
+                .take(8)
+                .enumerate()
+                .filter(|&(i, _)| i != 3 && i != 4)
+                .map(|(_, v)| v)
+                .sum();
+            Some((cpu, busy))
+        })
+        .collect()
+}
+
+fn cpus_busy_s(allowed: &[usize]) -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let ticks: u64 = parse_proc_stat_busy(&text)
+        .into_iter()
+        .filter(|(c, _)| allowed.contains(c))
+        .map(|(_, b)| b)
+        .sum();
+    ticks as f64 / clock_ticks()
 }
 
 /// Runqueue wait in ns from the text of a schedstat file ("oncpu wait slices").
@@ -87,6 +141,10 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
         rss_kb: parse_status_kb(&status, "VmRSS").unwrap_or(0),
         hwm_kb: parse_status_kb(&status, "VmHWM").unwrap_or(0),
         runq_wait_s: runq_wait_s(&dir),
+        cpus_busy_s: status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map_or(0.0, |l| cpus_busy_s(&parse_cpu_set(l))),
     })
 }
 
@@ -147,6 +205,14 @@ mod tests {
         assert_eq!(parse_status_kb(status, "VmRSS"), Some(10240));
         assert_eq!(parse_status_kb(status, "VmHWM"), Some(20480));
         assert_eq!(parse_status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn cpu_sets_and_proc_stat() {
+        assert_eq!(parse_cpu_set("0-2,5\n"), vec![0, 1, 2, 5]);
+        assert_eq!(parse_cpu_set(""), Vec::<usize>::new());
+        let stat = "cpu  10 0 10 100 5 0 0 0 0 0\ncpu0 4 1 3 50 2 1 1 1 0 0\ncpu1 6 0 7 50 3 0 0 0 0 0\nintr 1 2\n";
+        assert_eq!(parse_proc_stat_busy(stat), vec![(0, 11), (1, 13)]);
     }
 
     #[test]

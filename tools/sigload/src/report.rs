@@ -95,6 +95,9 @@ pub struct ServerReport {
     pub cores_allowed: Option<usize>,
     /// Time its threads waited for a CPU over the same phase (other processes competing).
     pub runq_wait_s: f64,
+    /// CPU time other processes used on the CPUs it may run on, same phase
+    /// (includes the tool when both share CPUs).
+    pub others_cpu_s: f64,
     pub cpu_us_per_delivered: Option<f64>,
     pub rss_start_kb: u64,
     /// Highest VmRSS sampled (every 100 ms) during this run.
@@ -111,6 +114,8 @@ pub struct ToolReport {
     pub cores_allowed: usize,
     /// Time its threads waited for a CPU over the measured phase.
     pub runq_wait_s: f64,
+    /// CPU time other processes used on the CPUs it may run on.
+    pub others_cpu_s: f64,
     pub threads: usize,
     pub rss_peak_kb: u64,
     pub nofile_limit: u64,
@@ -261,11 +266,11 @@ impl Report {
             row(
                 "server CPU",
                 format!(
-                    "{} s = {}% (of {} cores allowed); waited {} s for a CPU",
+                    "{} s = {}% (of {} cores allowed); others on them {} s",
                     f(sv.cpu_s),
                     f(sv.cpu_pct),
                     sv.cores_allowed.map_or("?".into(), |c| c.to_string()),
-                    f(sv.runq_wait_s)
+                    f(sv.others_cpu_s)
                 ),
             );
             if let Some(c) = sv.cpu_us_per_delivered {
@@ -286,12 +291,12 @@ impl Report {
         row(
             "tool CPU",
             format!(
-                "{} s = {}% (of {} cores, {} threads); waited {} s for a CPU",
+                "{} s = {}% (of {} cores, {} threads); others on them {} s",
                 f(t.cpu_s),
                 f(t.cpu_pct),
                 t.cores_allowed,
                 t.threads,
-                f(t.runq_wait_s)
+                f(t.others_cpu_s)
             ),
         );
         row(

@@ -786,6 +786,7 @@ pub async fn run(
             cpu_pct: round2(cpu / wall.max(1e-9) * 100.0),
             cores_allowed: proc::allowed_cpus(Some(pid)),
             runq_wait_s: round2((b.runq_wait_s - a.runq_wait_s).max(0.0)),
+            others_cpu_s: round2(((b.cpus_busy_s - a.cpus_busy_s) - cpu).max(0.0)),
             cpu_us_per_delivered: (delivered_for_cpu > 0)
                 .then(|| round2(cpu * 1e6 / delivered_for_cpu as f64)),
             rss_start_kb: server_before.map_or(a.rss_kb, |s| s.rss_kb),
@@ -801,6 +802,9 @@ pub async fn run(
         cpu_pct: round2(tool_cpu / wall.max(1e-9) * 100.0),
         cores_allowed: cores,
         runq_wait_s: round2((tool_after.runq_wait_s - tool_before.runq_wait_s).max(0.0)),
+        others_cpu_s: round2(
+            ((tool_after.cpus_busy_s - tool_before.cpus_busy_s) - tool_cpu).max(0.0),
+        ),
         threads,
         rss_peak_kb: peaks.tool.load(Relaxed).max(tool_after.rss_kb),
         nofile_limit: nofile,
@@ -839,14 +843,20 @@ fn add_notes(r: &mut Report) {
         ));
     }
     let wall = r.load.as_ref().map_or(0.0, |l| l.duration_s).max(1.0);
-    let waits = [
-        ("server", r.server.as_ref().map_or(0.0, |s| s.runq_wait_s)),
-        ("tool", r.tool.runq_wait_s),
+    let others = [
+        (
+            "server",
+            r.server.as_ref().map_or(0.0, |s| s.others_cpu_s),
+            r.server.as_ref().and_then(|s| s.cores_allowed).unwrap_or(1),
+        ),
+        ("tool", r.tool.others_cpu_s, r.tool.cores_allowed),
     ];
-    for (who, w) in waits {
-        if r.mode == "load" && w > 0.1 * wall {
+    for (who, o, cores) in others {
+        let share = o / (wall * cores.max(1) as f64) * 100.0;
+        if r.mode == "load" && share >= 10.0 {
             r.notes.push(format!(
-                "the {who}'s threads waited {w:.1} s for a CPU: other processes competed for it, so throughput and latency are pessimistic"
+                "other processes used {o:.1} s (~{share:.0}%) of the CPU(s) the {who} runs on (including the {} if they share CPUs): its numbers are pessimistic",
+                if who == "tool" { "server" } else { "tool" }
             ));
         }
     }

@@ -1,0 +1,234 @@
+//! `Metrics`: counters the host keeps for operators, rendered in the
+//! Prometheus text format on `--metrics-addr` (loopback by default, so it is
+//! not public). Label sets are fixed, so a client cannot grow them.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::signaling::Hub;
+
+/// Message types counted by name; anything else is `other`.
+const KINDS: &[&str] = &[
+    "login",
+    "offer",
+    "answer",
+    "candidate",
+    "randomCheck",
+    "leave",
+    "other",
+];
+/// `error` frames by `errorType`; anything a policy invents is `other`.
+const ERRORS: &[&str] = &[
+    "full",
+    "badRequest",
+    "notInRoom",
+    "rateLimited",
+    "forbidden",
+    "internal",
+    "other",
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub sessions_opened: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub frames_out: AtomicU64,
+    frames_in: [AtomicU64; 7],
+    errors: [AtomicU64; 7],
+}
+
+fn index(table: &[&str], name: &str) -> usize {
+    table
+        .iter()
+        .position(|k| *k == name)
+        .unwrap_or(table.len() - 1)
+}
+
+impl Metrics {
+    pub fn frame_in(&self, kind: &str) {
+        self.frames_in[index(KINDS, kind)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn error(&self, error_type: &str) {
+        self.errors[index(ERRORS, error_type)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn frames_out(&self, n: u64) {
+        self.frames_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Appends this host's counters to a Prometheus text exposition.
+    pub fn render(&self, out: &mut String, sessions: usize, rooms: usize) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP webrtc_chat_sessions Connected signaling sessions."
+        );
+        let _ = writeln!(out, "# TYPE webrtc_chat_sessions gauge");
+        let _ = writeln!(out, "webrtc_chat_sessions {sessions}");
+        let _ = writeln!(
+            out,
+            "# HELP webrtc_chat_rooms Rooms with at least one member."
+        );
+        let _ = writeln!(out, "# TYPE webrtc_chat_rooms gauge");
+        let _ = writeln!(out, "webrtc_chat_rooms {rooms}");
+        let _ = writeln!(out, "# TYPE webrtc_chat_sessions_opened_total counter");
+        let _ = writeln!(
+            out,
+            "webrtc_chat_sessions_opened_total {}",
+            get(&self.sessions_opened)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP webrtc_chat_sessions_refused_total Connections refused by a limit."
+        );
+        let _ = writeln!(out, "# TYPE webrtc_chat_sessions_refused_total counter");
+        let _ = writeln!(
+            out,
+            "webrtc_chat_sessions_refused_total {}",
+            get(&self.sessions_refused)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP webrtc_chat_messages_in_total Client frames by type."
+        );
+        let _ = writeln!(out, "# TYPE webrtc_chat_messages_in_total counter");
+        for (kind, n) in KINDS.iter().zip(&self.frames_in) {
+            let _ = writeln!(
+                out,
+                "webrtc_chat_messages_in_total{{type=\"{kind}\"}} {}",
+                get(n)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP webrtc_chat_messages_out_total Frames queued to clients."
+        );
+        let _ = writeln!(out, "# TYPE webrtc_chat_messages_out_total counter");
+        let _ = writeln!(
+            out,
+            "webrtc_chat_messages_out_total {}",
+            get(&self.frames_out)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP webrtc_chat_errors_total Error frames sent, by errorType."
+        );
+        let _ = writeln!(out, "# TYPE webrtc_chat_errors_total counter");
+        for (kind, n) in ERRORS.iter().zip(&self.errors) {
+            let _ = writeln!(
+                out,
+                "webrtc_chat_errors_total{{kind=\"{kind}\"}} {}",
+                get(n)
+            );
+        }
+    }
+}
+
+/// `/metrics` and `/healthz` for the metrics listener.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let hub = hub.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        exposition(&hub),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+/// Everything the host counts, in the Prometheus text format.
+pub fn exposition(hub: &Hub) -> String {
+    let mut out = String::with_capacity(4096);
+    hub.metrics.render(
+        &mut out,
+        hub.registry.session_count(),
+        hub.registry.room_count(),
+    );
+    let chain = hub.chain.load_full();
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_policy_calls_total Policy calls, by policy."
+    );
+    let _ = writeln!(out, "# TYPE webrtc_chat_policy_calls_total counter");
+    for p in chain.policies() {
+        let _ = writeln!(
+            out,
+            "webrtc_chat_policy_calls_total{{policy=\"{}\"}} {}",
+            p.name(),
+            p.stats.calls.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_policy_failures_total Failed policy calls (trap, deadline, memory)."
+    );
+    let _ = writeln!(out, "# TYPE webrtc_chat_policy_failures_total counter");
+    for p in chain.policies() {
+        let _ = writeln!(
+            out,
+            "webrtc_chat_policy_failures_total{{policy=\"{}\"}} {}",
+            p.name(),
+            p.stats.failures.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_policy_seconds_total Time spent in policy calls."
+    );
+    let _ = writeln!(out, "# TYPE webrtc_chat_policy_seconds_total counter");
+    for p in chain.policies() {
+        let _ = writeln!(
+            out,
+            "webrtc_chat_policy_seconds_total{{policy=\"{}\"}} {:.6}",
+            p.name(),
+            p.stats.nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_policy_quarantined Whether a policy is quarantined."
+    );
+    let _ = writeln!(out, "# TYPE webrtc_chat_policy_quarantined gauge");
+    for p in chain.policies() {
+        let _ = writeln!(
+            out,
+            "webrtc_chat_policy_quarantined{{policy=\"{}\"}} {}",
+            p.name(),
+            u8::from(p.is_quarantined())
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_fall_into_other() {
+        let m = Metrics::default();
+        m.frame_in("offer");
+        m.frame_in("x".repeat(50).as_str());
+        m.error("weird");
+        let mut out = String::new();
+        m.render(&mut out, 3, 1);
+        assert!(out.contains("webrtc_chat_messages_in_total{type=\"offer\"} 1"));
+        assert!(out.contains("webrtc_chat_messages_in_total{type=\"other\"} 1"));
+        assert!(out.contains("webrtc_chat_errors_total{kind=\"other\"} 1"));
+        assert!(out.contains("webrtc_chat_sessions 3"));
+    }
+}

@@ -1,0 +1,258 @@
+//! Every bound hit on purpose: the server's answer is asserted and the
+//! other sessions are unaffected.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Host, assert_error};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn pair(host: &Host, room: &str) -> (Client, Client) {
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.login(room, "a").await;
+    b.login(room, "b").await;
+    a.recv().await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_then_closed() {
+    let host = Host::start(&["--rate-limit", "5", "--rate-burst", "5"]);
+    let (mut a, mut b) = pair(&host, "r").await;
+    let mut flooder = host.client().await;
+    flooder.login("r", "f").await;
+    a.recv().await;
+    b.recv().await;
+    for i in 0..40 {
+        flooder
+            .send(json!({"type":"candidate","to":a.id,"data":i}))
+            .await;
+    }
+    let mut limited = 0;
+    let code = loop {
+        match flooder.next_message().await {
+            Some(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "error" {
+                    assert_eq!(v["message"]["errorType"], "rateLimited");
+                    limited += 1;
+                }
+            }
+            Some(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            None => break None,
+            _ => {}
+        }
+    };
+    assert!(limited >= 1, "rateLimited errors before the close");
+    assert_eq!(code, Some(1008));
+    // Only the burst got through; the room keeps working.
+    let mut delivered = 0;
+    loop {
+        let f = a.recv().await;
+        if f["type"] == "logout" {
+            break;
+        }
+        delivered += 1;
+    }
+    assert!(delivered <= 6, "{delivered} of the flood were delivered");
+    b.send(json!({"type":"candidate","to":a.id,"data":"calm"}))
+        .await;
+    assert_eq!(a.recv().await["data"], "calm");
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_capped() {
+    let host = Host::start(&["--max-conns-per-ip", "3"]);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(host.client().await);
+    }
+    assert!(
+        Client::try_connect_with(&host.url("/ws"), &[])
+            .await
+            .is_err()
+    );
+    open[0].login("r", "still works").await;
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Client::try_connect_with(&host.url("/ws"), &[])
+        .await
+        .unwrap();
+    again.login("r", "again").await;
+}
+
+#[tokio::test]
+async fn total_sessions_and_rooms_are_capped() {
+    let host = Host::start(&["--max-sessions", "2", "--max-rooms", "1"]);
+    let mut a = host.client().await;
+    let mut b = host.client().await;
+    let refused = Client::try_connect_with(&host.url("/ws"), &[]).await;
+    assert!(
+        format!("{:?}", refused.err()).contains("503"),
+        "a third session is refused with 503"
+    );
+    a.login("only", "a").await;
+    b.send(json!({"type":"login","data":{"roomrequest":"second","username":"b"}}))
+        .await;
+    assert_error(&b.recv().await, "full");
+    b.login("only", "b").await;
+}
+
+#[tokio::test]
+async fn foreign_origins_are_refused_by_default() {
+    let host = Host::start(&[]);
+    let evil =
+        Client::try_connect_with(&host.url("/ws"), &[("origin", "https://evil.example")]).await;
+    assert!(format!("{:?}", evil.err()).contains("403"));
+    let own = format!("https://localhost:{}", host.port);
+    let mut ok = Client::try_connect_with(&host.url("/ws"), &[("origin", &own)])
+        .await
+        .unwrap();
+    ok.login("r", "a").await;
+
+    let widened = Host::start(&[
+        "--allowed-origins",
+        "https://app.example,https://other.example",
+    ]);
+    let mut c = Client::try_connect_with(&widened.url("/ws"), &[("origin", "https://app.example")])
+        .await
+        .unwrap();
+    c.login("r", "c").await;
+    assert!(
+        Client::try_connect_with(&widened.url("/ws"), &[("origin", "https://evil.example")])
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_cut_off_without_stalling_its_room() {
+    let host = Host::start(&["--send-queue", "16", "--rate-limit", "0"]);
+    let (mut a, mut b) = pair(&host, "r").await;
+    let mut slow = host.client().await;
+    slow.login("r", "slow").await;
+    a.recv().await;
+    b.recv().await;
+    // `slow` never reads. Fill its queue with big offers.
+    let big = "x".repeat(60_000);
+    let mut slow_left = false;
+    for i in 0..400 {
+        a.send(json!({"type":"offer","to":slow.id,"data":big}))
+            .await;
+        if i % 50 == 0 {
+            // The room keeps flowing meanwhile.
+            a.send(json!({"type":"candidate","to":b.id,"data":i})).await;
+            loop {
+                let f = b.recv().await;
+                if f["type"] == "logout" {
+                    assert_eq!(f["from"], slow.id);
+                    slow_left = true;
+                    continue;
+                }
+                assert_eq!(f["data"], i);
+                break;
+            }
+        }
+    }
+    if !slow_left {
+        // The slow reader was disconnected: the room hears its logout.
+        let f = b.recv().await;
+        assert_eq!(
+            (f["type"].as_str(), f["from"].as_str()),
+            (Some("logout"), Some(slow.id.as_str()))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dead_socket_is_reaped_within_30_seconds() {
+    let host = Host::start(&[]);
+    let mut a = host.client().await;
+    a.login("r", "a").await;
+    let mut dead = host.client().await;
+    dead.login("r", "dead").await;
+    a.recv().await;
+    // `dead` stops reading: it answers no pings from here on.
+    let started = std::time::Instant::now();
+    let f = tokio::time::timeout(Duration::from_secs(40), a.ws_next_text())
+        .await
+        .unwrap();
+    assert_eq!(f["type"], "logout");
+    assert_eq!(f["from"], dead.id);
+    assert!(
+        started.elapsed() < Duration::from_secs(31),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(dead);
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients_and_exits() {
+    let mut host = Host::start(&[]);
+    let (mut a, mut b) = pair(&host, "r").await;
+    let status = host
+        .terminate(Duration::from_secs(10))
+        .expect("exits within 10 s");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(a.close_code().await, Some(1001));
+    assert_eq!(b.close_code().await, Some(1001));
+}
+
+#[tokio::test]
+async fn metrics_reflect_a_scripted_session() {
+    let host = Host::start(&[]);
+    let line = host
+        .startup
+        .iter()
+        .find(|l| l.contains("metrics on http://"))
+        .expect("metrics address logged at start")
+        .clone();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string();
+    let (mut a, mut b) = pair(&host, "m").await;
+    a.send(json!({"type":"offer","data":"sdp"})).await;
+    b.recv().await;
+    b.send(json!({"type":"answer","to":a.id,"data":"sdp"}))
+        .await;
+    a.recv().await;
+    a.send(json!({"type":"nope"})).await;
+    a.recv().await;
+    let body = common::http_get(&addr, "/metrics").await;
+    for expected in [
+        "webrtc_chat_sessions 2",
+        "webrtc_chat_rooms 1",
+        "webrtc_chat_messages_in_total{type=\"login\"} 2",
+        "webrtc_chat_messages_in_total{type=\"offer\"} 1",
+        "webrtc_chat_messages_in_total{type=\"answer\"} 1",
+        "webrtc_chat_messages_in_total{type=\"other\"} 1",
+        "webrtc_chat_errors_total{kind=\"badRequest\"} 1",
+        "webrtc_chat_policy_calls_total{policy=\"default\"}",
+    ] {
+        assert!(body.contains(expected), "missing {expected} in\n{body}");
+    }
+    assert!(common::http_get(&addr, "/healthz").await.ends_with("ok"));
+}
+
+#[tokio::test]
+async fn security_headers_are_set() {
+    let host = Host::start(&[]);
+    let (_, head, _) = common::https_get(host.port, "/").await;
+    for h in [
+        "content-security-policy: default-src 'self'",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+    ] {
+        assert!(head.contains(h), "missing {h} in {head}");
+    }
+    assert!(
+        !head.contains("strict-transport-security"),
+        "no HSTS on a self-signed certificate"
+    );
+}

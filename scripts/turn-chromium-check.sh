@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# turn-chromium-check.sh — a real browser through our TURN server: headless
+# Chromium opens two relay-only RTCPeerConnections (iceTransportPolicy
+# "relay") whose only ICE server is chat-turn (the turn-bench-server
+# example) on 127.0.0.1, over turn:?transport=udp, turn:?transport=tcp and
+# turns: (self-signed certificate; Chromium runs with
+# --ignore-certificate-errors), and checks a data channel ping/pong.
+# Everything stays on 127.0.0.1. Not part of `cargo test`; prints PASS/FAIL
+# per transport and exits non-zero on any failure.
+# Needs: chromium, openssl, cargo.
+set -euo pipefail
+
+PORT=${PORT:-34796}
+TLS_PORT=${TLS_PORT:-35349}
+SECRET=check-secret-$$
+for tool in chromium openssl; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "turn-chromium-check: '$tool' not found (apt-get install -y $tool)" >&2; exit 1; }
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WORK=$(mktemp -d)
+SERVER_PID=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill -INT "$SERVER_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet -p chat-turn --example turn-bench-server)
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 1 \
+  -subj "/CN=localhost" -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" 2>/dev/null
+TURN_TLS_CERT="$WORK/cert.pem" TURN_TLS_KEY="$WORK/key.pem" TURN_TLS_PORT="$TLS_PORT" \
+  "$TARGET/debug/examples/turn-bench-server" "$PORT" "$SECRET" chromium >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 50); do grep -q listening "$WORK/server.log" 2>/dev/null && break; sleep 0.1; done
+grep -q listening "$WORK/server.log" || { cat "$WORK/server.log" >&2; exit 1; }
+
+USER_NAME="$(( $(date +%s) + 3600 )):chromium"
+PASSWORD=$(printf '%s' "$USER_NAME" | openssl dgst -sha1 -hmac "$SECRET" -binary | base64)
+
+page() { # NAME URL
+  cat >"$WORK/$1.html" <<EOF
+<!doctype html><html><body><script>
+const log = (m) => console.log("TURNCHECK $1 " + m);
+(async () => {
+  const cfg = { iceTransportPolicy: "relay",
+                iceServers: [{ urls: ["$2"], username: "$USER_NAME", credential: "$PASSWORD" }] };
+  const a = new RTCPeerConnection(cfg), b = new RTCPeerConnection(cfg);
+  a.onicecandidate = e => e.candidate && b.addIceCandidate(e.candidate);
+  b.onicecandidate = e => e.candidate && a.addIceCandidate(e.candidate);
+  a.onicecandidateerror = e => log("candidate-error " + e.errorCode + " " + e.errorText);
+  const ch = a.createDataChannel("t");
+  b.ondatachannel = e => { e.channel.onmessage = m => e.channel.send("pong:" + m.data); };
+  ch.onopen = () => ch.send("ping");
+  ch.onmessage = async m => {
+    let relay = "";
+    (await a.getStats()).forEach(s => { if (s.type === "local-candidate" && s.candidateType === "relay") relay = s.relayProtocol; });
+    log("RESULT " + m.data + " relayProtocol=" + relay);
+  };
+  await a.setLocalDescription(await a.createOffer());
+  await b.setRemoteDescription(a.localDescription);
+  await b.setLocalDescription(await b.createAnswer());
+  await a.setRemoteDescription(b.localDescription);
+})().catch(e => log("error " + e));
+</script></body></html>
+EOF
+}
+
+fail=0
+check() { # NAME URL EXPECTED_RELAY_PROTOCOL
+  page "$1" "$2"
+  local out
+  out=$(timeout 20 chromium --headless=new --no-sandbox --disable-gpu --ignore-certificate-errors \
+        --enable-logging=stderr --v=0 --user-data-dir="$WORK/profile-$1" "file://$WORK/$1.html" 2>&1 \
+        | grep -o "TURNCHECK $1 .*" | sed 's/", source.*//' || true)
+  if echo "$out" | grep -q "RESULT pong:ping relayProtocol=$3"; then
+    echo "PASS $1 ($2)"
+  else
+    echo "FAIL $1 ($2)"; echo "$out" | sed 's/^/  /'; fail=1
+  fi
+}
+check udp "turn:127.0.0.1:$PORT?transport=udp" udp
+check tcp "turn:127.0.0.1:$PORT?transport=tcp" tcp
+check tls "turns:127.0.0.1:$TLS_PORT?transport=tcp" tls
+exit $fail
