@@ -51,13 +51,17 @@ done
 # Many sockets: raise the open-files limit for both processes.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# Limits the host may have: pass only the flags it lists.
+# Limits the host may have: turn them off, passing only the flags it lists.
 HELP=$("$HOST_BIN" --help 2>&1 || true)
 HOST_FLAGS=()
 has_flag() { grep -q -- "$1" <<<"$HELP"; }
 has_flag '--rate-limit ' && HOST_FLAGS+=(--rate-limit 0)
 has_flag '--max-conns-per-ip' && HOST_FLAGS+=(--max-conns-per-ip 0)
 has_flag '--max-sessions' && HOST_FLAGS+=(--max-sessions 0)
+has_flag '--max-rooms' && HOST_FLAGS+=(--max-rooms 0)
+# Nothing else the bench does not need, and no fixed ports to collide on.
+has_flag '--metrics-addr' && HOST_FLAGS+=(--metrics-addr off)
+has_flag '--no-turn' && HOST_FLAGS+=(--no-turn)
 # Extra host flags for experiments, e.g. HOST_EXTRA="--policy-deadline-ms 100".
 read -r -a EXTRA <<<"${HOST_EXTRA:-}"
 HOST_FLAGS+=("${EXTRA[@]}")

@@ -31,6 +31,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let tls_config = cert.server_config(&config.ssl_dir)?;
+    // TURN over TLS only with a real certificate: browsers refuse a
+    // self-signed one for `turns:` without a way to accept it.
+    let turn_tls = (!cert.self_signed).then(|| tls_config.clone());
+    let (ice, turn_server) = crate::turn::start(&config, turn_tls).await?;
 
     let registry = Arc::new(RoomRegistry::with_max_rooms(config.max_rooms as usize));
     let kv = Arc::new(KvStore::new(KV_CAP_BYTES));
@@ -61,7 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             rate_per_sec: config.rate_limit,
             rate_burst: config.rate_burst,
         },
-        ice: Box::new(crate::signaling::NoIceServers),
+        ice: Box::new(ice),
         metrics: Default::default(),
     });
 
@@ -116,6 +120,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = server => {}
     }
     drain(&hub, shutdown).await;
+    if let Some(turn) = turn_server {
+        turn.close().await;
+    }
     Ok(())
 }
 

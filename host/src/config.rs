@@ -87,6 +87,64 @@ pub struct Config {
     )]
     pub metrics_addr: String,
 
+    /// STUN/TURN port, UDP and TCP.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_PORT", default_value_t = 3478)]
+    pub turn_port: u16,
+
+    /// TURN-over-TLS port, used when a real certificate is in --ssl-dir.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_TLS_PORT", default_value_t = 5349)]
+    pub turn_tls_port: u16,
+
+    /// Address TURN listens on and opens relay sockets on (default: --bind).
+    #[arg(long, env = "WEBRTC_CHAT_TURN_LISTEN")]
+    pub turn_listen: Option<IpAddr>,
+
+    /// Shared secret of the short-lived TURN credentials (TURN REST API, as
+    /// coturn's use-auth-secret); a random one is made at start when unset.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// Allow relaying to loopback peers (tests and single-machine setups only).
+    #[arg(long, env = "WEBRTC_CHAT_TURN_ALLOW_LOOPBACK")]
+    pub turn_allow_loopback: bool,
+
+    /// Private networks TURN may relay to, comma-separated CIDRs (e.g. 192.168.1.0/24 for a LAN).
+    #[arg(long, env = "WEBRTC_CHAT_TURN_ALLOW_PEERS", value_delimiter = ',')]
+    pub turn_allow_peers: Vec<ipnet::IpNet>,
+
+    /// TURN realm.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_REALM", default_value = "webrtc-chat")]
+    pub turn_realm: String,
+
+    /// Public address to advertise for relays, for hosts behind NAT.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_PUBLIC_IP")]
+    pub turn_public_ip: Option<IpAddr>,
+
+    /// Relay port range MIN-MAX (open it in the firewall); default any.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_RELAY_PORTS", value_parser = parse_port_range)]
+    pub turn_relay_ports: Option<(u16, u16)>,
+
+    /// Host name put in ICE server URLs (default: the name the browser used to reach the page).
+    #[arg(long, env = "WEBRTC_CHAT_TURN_HOST")]
+    pub turn_host: Option<String>,
+
+    /// Seconds a session's TURN credential stays valid after its signaling socket ends (reconnects).
+    #[arg(long, env = "WEBRTC_CHAT_TURN_GRACE_SECS", default_value_t = 30)]
+    pub turn_grace_secs: u64,
+
+    /// Do not run the built-in STUN/TURN server (e.g. with an external coturn, see --turn-external).
+    #[arg(long, env = "WEBRTC_CHAT_NO_TURN")]
+    pub no_turn: bool,
+
+    /// With --no-turn: an external TURN server HOST:PORT using --turn-secret (coturn use-auth-secret).
+    #[arg(
+        long,
+        env = "WEBRTC_CHAT_TURN_EXTERNAL",
+        requires = "no_turn",
+        requires = "turn_secret"
+    )]
+    pub turn_external: Option<String>,
+
     /// Deadline of one policy call in milliseconds; a policy that runs longer is stopped and fails closed.
     #[arg(long, env = "WEBRTC_CHAT_POLICY_DEADLINE_MS", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -102,7 +160,7 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
 
     /// Log filter (tracing syntax), e.g. "info" or "host=debug".
-    #[arg(long, env = "WEBRTC_CHAT_LOG", default_value = "info")]
+    #[arg(long, env = "WEBRTC_CHAT_LOG", default_value = "info,turn=off")]
     pub log: String,
 }
 
@@ -117,4 +175,16 @@ impl Config {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
         Some(base.join("webrtc-chat"))
     }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| "expected MIN-MAX, e.g. 49152-65535".to_string())?;
+    let lo: u16 = lo.trim().parse().map_err(|e| format!("{e}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|e| format!("{e}"))?;
+    if lo == 0 || lo > hi {
+        return Err("expected 1 <= MIN <= MAX".into());
+    }
+    Ok((lo, hi))
 }

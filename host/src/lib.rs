@@ -9,4 +9,5 @@ pub mod metrics;
 pub mod policy;
 pub mod signaling;
 pub mod tls;
+pub mod turn;
 pub mod web;

@@ -81,6 +81,12 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     assert.match(room, UUID_RE)
     assert.match(await page.locator('.status').innerText(), /비어 있는 방/)
     await shot(page, 'login-mobile.png')
+    // the toggle switches the language (and is remembered)
+    await page.getByRole('button', { name: 'EN (영어로 보기)' }).click()
+    await page.getByRole('button', { name: 'Login' }).waitFor()
+    assert.equal(await page.evaluate(() => document.documentElement.lang), 'en')
+    await page.reload()
+    await page.getByRole('button', { name: 'Login' }).waitFor()
     await closePage(page)
   })
 
@@ -121,7 +127,7 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     assert.equal(await bob.evaluate(() => !!document.pictureInPictureElement), false, 'PIP closed on return')
 
     const carol = await open({ viewport: { width: 1280, height: 800 } })
-    await join(carol, host.base, room, 'Carol')
+    await join(carol, host.base, room, 'Carol', '', { keyboard: true })
     for (const [p, who] of [[alice, 'Alice'], [bob, 'Bob'], [carol, 'Carol']]) {
       const v = await expectRemoteVideos(p, 2)
       assert.equal(v.length, 2, `${who} has two remote tiles`)
@@ -277,6 +283,7 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
       }
       return out
     })
+    console.log('# relay selected pair', JSON.stringify(pairs))
     assert.equal(pairs.length, 1)
     assert.equal(pairs[0].config, 'relay')
     assert.equal(pairs[0].local, 'relay', `selected local candidate is relay: ${JSON.stringify(pairs)}`)

@@ -138,6 +138,7 @@ pub async fn handle_disconnect(hub: &Hub, sender: &Sender<'_>) {
         }
     }
     let departure = hub.registry.unregister(sender.id);
+    hub.ice.session_ended(sender.id);
     hub.kv.drop_scope(&Scope::Session(sender.id.to_string()));
     if let Some(d) = departure {
         announce_departure(hub, &d);

@@ -31,7 +31,11 @@ pub struct SessionLimits {
 /// TURN credentials are per session; `host` is the name the client used to
 /// reach us (its Host header), so the URLs work from where it stands.
 pub trait IceServers: Send + Sync {
+    /// The JSON list for a session that just joined.
     fn for_session(&self, session: &str, host: &str) -> String;
+    /// The session's socket ended: its credentials stop being honoured
+    /// (after a grace for reconnects).
+    fn session_ended(&self, _session: &str) {}
 }
 
 /// No ICE servers from this host: clients use their own defaults.

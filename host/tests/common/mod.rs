@@ -55,7 +55,7 @@ impl Host {
         std::fs::create_dir_all(&plugins).unwrap();
         let mut cmd = Command::new(host_bin());
         cmd.args(["--bind", "127.0.0.1", "--https-port", "0"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--turn-port", "0"])
             .arg("--ssl-dir")
             .arg(dir.path().join("ssl"))
             .arg("--plugins-dir")
@@ -122,6 +122,17 @@ impl Host {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The STUN/TURN UDP address from the start-up log.
+    pub fn turn_addr(&self) -> std::net::SocketAddr {
+        let line = self
+            .startup
+            .iter()
+            .find(|l| l.contains("STUN/TURN on"))
+            .expect("TURN address logged at start");
+        let rest = line.split("Udp ").nth(1).expect("a UDP listener");
+        rest.split([',', ' ']).next().unwrap().parse().unwrap()
     }
 
     pub fn plugins_dir(&self) -> PathBuf {

@@ -14,6 +14,9 @@ pub struct Report {
     pub url: String,
     pub rooms: usize,
     pub clients_per_room: usize,
+    /// Wall time of the measured phase (load + drain, or the hold) that
+    /// the CPU figures cover, seconds.
+    pub measured_phase_s: f64,
     pub sessions: Sessions,
     pub load: Option<LoadReport>,
     pub idle: Option<IdleReport>,

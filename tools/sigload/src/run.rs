@@ -738,6 +738,7 @@ pub async fn run(
         report.load = Some(l);
     }
     let wall = wall0.elapsed().as_secs_f64();
+    report.measured_phase_s = round2(wall);
     let tool_after = proc::sample(None).unwrap_or_default();
     let server_t1 = server_pid.and_then(|p| proc::sample(Some(p)));
 
@@ -842,7 +843,7 @@ fn add_notes(r: &mut Report) {
             s.cpu_pct
         ));
     }
-    let wall = r.load.as_ref().map_or(0.0, |l| l.duration_s).max(1.0);
+    let wall = r.measured_phase_s.max(0.1);
     let others = [
         (
             "server",
@@ -864,6 +865,11 @@ fn add_notes(r: &mut Report) {
         if l.tally.lost > 0 {
             r.notes
                 .push(format!("{} deliveries were lost", l.tally.lost));
+        }
+        if let Some(n) = l.error_frames.get("rateLimited") {
+            r.notes.push(format!(
+                "the server rate-limited {n} messages: turn its limit off for a capacity test (our host: --rate-limit 0) or use --rate"
+            ));
         }
         if !l.drained {
             r.notes

@@ -37,8 +37,28 @@ fn start_host(bin: &PathBuf) -> (Host, u16) {
     let dir = std::env::temp_dir().join(format!("sigload-smoke-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(dir.join("ssl")).unwrap();
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    // Turn off what the host may have of limits and extra listeners (fixed
+    // ports that another host on this machine may hold), by what --help lists.
+    let help = Command::new(bin)
+        .arg("--help")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let help = String::from_utf8_lossy(&help);
+    let mut extra: Vec<&str> = Vec::new();
+    for (flag, args) in [
+        ("--rate-limit ", &["--rate-limit", "0"][..]),
+        ("--max-conns-per-ip", &["--max-conns-per-ip", "0"]),
+        ("--metrics-addr", &["--metrics-addr", "off"]),
+        ("--no-turn", &["--no-turn"]),
+    ] {
+        if help.contains(flag) {
+            extra.extend(args);
+        }
+    }
     let mut child = Command::new(bin)
         .args(["--bind", "127.0.0.1", "--https-port", "0", "--log", "info"])
+        .args(&extra)
         .arg("--ssl-dir")
         .arg(dir.join("ssl"))
         .arg("--plugins-dir")
