@@ -20,8 +20,7 @@ fn drop_in(src: &Path, dir: &Path, name: &str) {
 }
 
 fn start() -> Host {
-    let cache = tempfile::tempdir().unwrap().keep();
-    Host::start(&["--cache-dir", cache.to_str().unwrap()])
+    Host::start(&[])
 }
 
 #[tokio::test]
@@ -130,13 +129,7 @@ fn hostile() -> PathBuf {
 async fn hostile_policies_fail_closed_and_others_keep_talking() {
     // A deadline generous enough that, even on a loaded machine, the memory
     // bomb hits its memory cap before its deadline.
-    let cache = tempfile::tempdir().unwrap().keep();
-    let host = Host::start(&[
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--policy-deadline-ms",
-        "300",
-    ]);
+    let host = Host::start(&["--policy-deadline-ms", "300"]);
     drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
     host.wait_log("policy chain: 10-hostile → default", RELOAD);
 

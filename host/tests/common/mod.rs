@@ -61,7 +61,13 @@ impl Host {
             .arg("--plugins-dir")
             .arg(&plugins)
             .args(["--log", "info,host=debug"])
-            .args(extra)
+            .args(extra);
+        if !extra.contains(&"--cache-dir") {
+            // Shared by the tests' hosts: the default policy compiles once.
+            cmd.arg("--cache-dir")
+                .arg(concat!(env!("CARGO_TARGET_TMPDIR"), "/policy-cache"));
+        }
+        cmd
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -75,7 +81,7 @@ impl Host {
                 }
             }
         });
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
         let mut startup = Vec::new();
         let port = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -94,7 +100,7 @@ impl Host {
         let Some(port) = port else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("host did not print its serving line within 30 s");
+            panic!("host did not print its serving line within 90 s");
         };
         Host {
             child,
