@@ -97,9 +97,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = https::router(state, &config.well_known_dir);
     let shutdown = CancellationToken::new();
     let per_ip = https::ConnLimiter::new(config.max_conns_per_ip);
+    let tls = crate::tls::ReloadingConfig::new(&config.ssl_dir, tls_config);
+    let _cert_watcher = if cert.self_signed { None } else { tls.watch() };
     let server = tokio::spawn(https::serve(
         listener,
-        tls_config,
+        tls,
         app,
         per_ip,
         shutdown.clone(),

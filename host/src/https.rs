@@ -236,12 +236,11 @@ fn request_host(headers: &HeaderMap, uri: &Uri) -> String {
 /// WebSocket upgrades) and HTTP/2.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<crate::tls::ReloadingConfig>,
     app: Router,
     per_ip: Arc<ConnLimiter>,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -260,7 +259,8 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        // The certificate of the moment (it is reloaded when renewed).
+        let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
         tokio::spawn(async move {
             let _slot = slot.clone();

@@ -138,6 +138,82 @@ fn self_signed() -> Result<CertifiedKey, TlsError> {
     })
 }
 
+/// The serving TLS configuration, swapped whole when certbot renews the
+/// files in the ssl directory: new handshakes use the new certificate,
+/// established connections (and calls) carry on.
+pub struct ReloadingConfig {
+    dir: PathBuf,
+    current: arc_swap::ArcSwap<ServerConfig>,
+}
+
+/// Quiet time after the last file event before the files are read: certbot
+/// writes several files in a row.
+const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl ReloadingConfig {
+    pub fn new(dir: &Path, initial: Arc<ServerConfig>) -> Arc<Self> {
+        Arc::new(Self {
+            dir: dir.to_path_buf(),
+            current: arc_swap::ArcSwap::new(initial),
+        })
+    }
+
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Reads the directory again; a broken or half-written set of files
+    /// keeps the running certificate.
+    pub fn reload(&self) {
+        let loaded = CertifiedKey::load_or_self_signed(&self.dir)
+            .and_then(|ck| Ok((ck.server_config(&self.dir)?, ck.self_signed)));
+        match loaded {
+            Ok((_, true)) => {
+                tracing::warn!(
+                    "the certificate files in {} are gone; keeping the current certificate",
+                    self.dir.display()
+                );
+            }
+            Ok((config, false)) => {
+                self.current.store(config);
+                tracing::info!("certificate reloaded from {}", self.dir.display());
+            }
+            Err(e) => tracing::warn!("keeping the current certificate: {e}"),
+        }
+    }
+
+    /// Watches the ssl directory (when it exists) and reloads on change.
+    /// Returns the watcher, which must be kept alive.
+    pub fn watch(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        if !self.dir.is_dir() {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |e| {
+            let _ = tx.send(e);
+        })
+        .ok()?;
+        if let Err(e) = watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!("cannot watch {} for renewed certificates: {e}", self.dir.display());
+            return None;
+        }
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tls-reload".into())
+            .spawn(move || {
+                while let Ok(event) = rx.recv() {
+                    if event.is_err() {
+                        continue;
+                    }
+                    while rx.recv_timeout(RELOAD_DEBOUNCE).is_ok() {}
+                    this.reload();
+                }
+            });
+        spawned.ok().map(|_| watcher)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,3 +106,41 @@ async fn serves_the_web_app_and_well_known() {
     let (status, _, body) = common::https_get(host.port, "/healthz").await;
     assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
 }
+
+fn write_cert(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let cert = rcgen::generate_simple_self_signed(vec![name.into(), "localhost".into()]).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    // Like certbot: write, then rename into place.
+    for (file, body) in [
+        ("cert1.pem", cert.cert.pem()),
+        ("privkey1.pem", cert.signing_key.serialize_pem()),
+    ] {
+        let tmp = dir.join(format!("{file}.tmp"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, dir.join(file)).unwrap();
+    }
+    cert.cert.der().to_vec()
+}
+
+#[tokio::test]
+async fn renewed_certificates_are_served_without_a_restart_or_a_dropped_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssl = dir.path().join("ssl");
+    let first = write_cert(&ssl, "first.example");
+    let host = common::Host::start_in(dir, &[]);
+    assert_eq!(common::server_cert(host.port).await, first);
+    let mut a = host.client().await;
+    a.login("call", "a").await;
+
+    let second = write_cert(&ssl, "second.example");
+    host.wait_log("certificate reloaded", std::time::Duration::from_secs(15));
+    assert_eq!(common::server_cert(host.port).await, second);
+    // The established socket carries on.
+    a.send(serde_json::json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"})).await;
+    assert_eq!(a.recv().await["type"], "randomCheckResult");
+
+    // A broken renewal keeps the running certificate.
+    std::fs::write(host.dir.path().join("ssl/privkey1.pem"), "broken").unwrap();
+    host.wait_log("keeping the current certificate", std::time::Duration::from_secs(15));
+    assert_eq!(common::server_cert(host.port).await, second);
+}

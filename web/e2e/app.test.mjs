@@ -3,7 +3,7 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, join, expectRemoteVideos, remoteNames, shot, sleep, axeViolations, MOCK } from './support/harness.mjs'
+import { startHost, launchBrowser, newPage, join, expectRemoteVideos, remoteNames, shot, sleep, axeViolations } from './support/harness.mjs'
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
 
@@ -251,7 +251,7 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     await closePage(helper)
   })
 
-  it('a relay-only call (?relay=1) connects through the host TURN', { skip: MOCK && 'the mock host has no TURN' }, async () => {
+  it('a relay-only call (?relay=1) connects through the host TURN', async () => {
     const room = `relay-${randomUUID().slice(0, 8)}`
     const a = await open()
     const b = await open()

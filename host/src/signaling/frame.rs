@@ -331,4 +331,78 @@ mod tests {
         let v: Value = serde_json::from_str(&login_notice("id", "n", "room")).unwrap();
         assert_eq!(v["data"]["roomrequest"], "room");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value, nested a few levels.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                ".{0,20}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Arbitrary text never panics the parser; it is a frame or a clear error.
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,200}") {
+                let _ = parse(&text);
+            }
+
+            /// Arbitrary bytes that happen to be UTF-8, JSON-ish prefixes included.
+            #[test]
+            fn jsonish_text_never_panics(text in r#"[{}\[\]":,a-z0-9 \\]{0,120}"#) {
+                let _ = parse(&text);
+            }
+
+            /// A valid envelope survives parse → stamp → render with its data and
+            /// extras intact, and the host's `from`/`username` win.
+            #[test]
+            fn envelopes_round_trip(
+                kind in "[a-zA-Z]{1,20}",
+                to in proptest::option::of("[a-f0-9-]{1,36}"),
+                data in proptest::option::of(json_value()),
+                extra in json_value(),
+                spoof in ".{0,10}",
+            ) {
+                let mut frame = serde_json::Map::new();
+                frame.insert("type".into(), json!(kind));
+                frame.insert("from".into(), json!(spoof));
+                frame.insert("username".into(), json!(spoof));
+                if let Some(t) = &to { frame.insert("to".into(), json!(t)); }
+                if let Some(d) = &data { frame.insert("data".into(), d.clone()); }
+                frame.insert("x-extra".into(), extra.clone());
+                let text = Value::Object(frame).to_string();
+                let f = parse(&text).unwrap();
+                let out = Stamped {
+                    kind: &f.kind,
+                    from: "host-id",
+                    to: f.to.as_deref(),
+                    username: Some("name"),
+                    data: f.data.map(RawValue::get),
+                    extras: &f.extras,
+                }
+                .render();
+                let v: Value = serde_json::from_str(&out).unwrap();
+                prop_assert_eq!(&v["type"], &json!(kind));
+                prop_assert_eq!(&v["from"], &json!("host-id"));
+                prop_assert_eq!(&v["username"], &json!("name"));
+                prop_assert_eq!(v.get("data"), data.as_ref());
+                prop_assert_eq!(&v["x-extra"], &extra);
+            }
+        }
+    }
 }

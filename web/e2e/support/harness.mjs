@@ -1,6 +1,6 @@
-// Shared e2e plumbing: start the real host (or the mock with E2E_MOCK=1),
+// Shared e2e plumbing: start the real host binary,
 // launch Debian's Chromium through playwright-core, and page helpers.
-import { spawn, execFileSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { mkdtempSync, mkdirSync, rmSync, existsSync, readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { createServer } from 'node:net'
@@ -11,7 +11,6 @@ import { chromium } from 'playwright-core'
 
 export const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const ARTIFACTS_DIR = resolve(WEB_DIR, process.env.ARTIFACTS_DIR ?? '../test-artifacts')
-export const MOCK = process.env.E2E_MOCK === '1'
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 
 export const CHROMIUM_ARGS = [
@@ -42,58 +41,59 @@ export function freePort() {
   })
 }
 
-let mockDist = null
-function buildForMock() {
-  if (mockDist) return mockDist
-  mockDist = mkdtempSync(pjoin(tmpdir(), 'webrtc-chat-dist-'))
-  process.once('exit', () => rmSync(mockDist, { recursive: true, force: true }))
-  execFileSync('npm', ['run', 'build', '--', '--outDir', mockDist, '--emptyOutDir'], { cwd: WEB_DIR, stdio: 'ignore' })
-  return mockDist
-}
-
 /** Start a host; resolves with { base, port, stop() } once it logs its https://localhost:PORT/ line. */
 export async function startHost({ roomMax = 10, timeoutMs = 90_000 } = {}) {
   const port = await freePort()
-  const tmp = mkdtempSync(pjoin(tmpdir(), 'webrtc-chat-e2e-'))
-  let cmd, args
-  if (MOCK) {
-    cmd = process.execPath
-    args = [pjoin(WEB_DIR, 'e2e/support/mock-host.mjs'), '--dir', buildForMock(), '--port', String(port), '--room-max', String(roomMax)]
-  } else {
-    cmd = resolve(WEB_DIR, process.env.HOST_BIN ?? '../target/debug/host')
+  const cmd = resolve(WEB_DIR, process.env.HOST_BIN ?? '../target/debug/host')
     if (!existsSync(cmd)) throw new Error(`host binary not found at ${cmd} (set HOST_BIN, or build it: cargo build -p host)`)
-    const turnPort = await freePort()
-    mkdirSync(pjoin(tmp, 'ssl'))
-    mkdirSync(pjoin(tmp, 'plugins'))
-    args = [
-      '--bind', '127.0.0.1',
-      '--https-port', String(port),
-      '--turn-port', String(turnPort),
-      '--turn-allow-loopback',
-      '--ssl-dir', pjoin(tmp, 'ssl'),
-      '--plugins-dir', pjoin(tmp, 'plugins'),
-      '--room-max', String(roomMax),
-    ]
-  }
+  const turnPort = await freePort()
+  const tmp = mkdtempSync(pjoin(tmpdir(), 'webrtc-chat-e2e-'))
+  mkdirSync(pjoin(tmp, 'ssl'))
+  mkdirSync(pjoin(tmp, 'plugins'))
+  const args = [
+    '--bind', '127.0.0.1',
+    '--https-port', String(port),
+    '--turn-port', String(turnPort),
+    '--turn-allow-loopback',
+    '--metrics-addr', 'off',
+    '--ssl-dir', pjoin(tmp, 'ssl'),
+    '--plugins-dir', pjoin(tmp, 'plugins'),
+    '--room-max', String(roomMax),
+  ]
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } })
   let log = ''
   const needle = `https://localhost:${port}/`
-  await new Promise((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`host did not report ${needle} within ${timeoutMs} ms:\n${log.slice(-3000)}`)), timeoutMs)
-    const onData = (d) => {
-      log += d.toString()
-      if (log.includes(needle)) {
-        clearTimeout(timer)
-        res()
+  const cleanup = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    rmSync(tmp, { recursive: true, force: true })
+  }
+  // never leave a host behind, even if the test process dies
+  process.once('exit', cleanup)
+  try {
+    await new Promise((res, rej) => {
+      const timer = setTimeout(() => rej(new Error(`host did not report ${needle} within ${timeoutMs} ms:\n${log.slice(-3000)}`)), timeoutMs)
+      const onData = (d) => {
+        log += d.toString()
+        if (log.includes(needle)) {
+          clearTimeout(timer)
+          res()
+        }
       }
-    }
-    child.stdout.on('data', onData)
-    child.stderr.on('data', onData)
-    child.on('exit', (code) => {
-      clearTimeout(timer)
-      rej(new Error(`host exited (${code}) before it was ready:\n${log.slice(-3000)}`))
+      child.stdout.on('data', onData)
+      child.stderr.on('data', onData)
+      child.on('exit', (code) => {
+        clearTimeout(timer)
+        rej(new Error(`host exited (${code}) before it was ready:\n${log.slice(-3000)}`))
+      })
+      child.on('error', (e) => {
+        clearTimeout(timer)
+        rej(new Error(`host could not be started: ${e.message}`))
+      })
     })
-  })
+  } catch (e) {
+    cleanup()
+    throw e
+  }
   // keep draining output so the pipe never fills
   child.stdout.removeAllListeners('data')
   child.stderr.removeAllListeners('data')
@@ -110,7 +110,8 @@ export async function startHost({ roomMax = 10, timeoutMs = 90_000 } = {}) {
         await Promise.race([new Promise((r) => child.once('exit', r)), sleep(3000)])
         if (child.exitCode === null) child.kill('SIGKILL')
       }
-      rmSync(tmp, { recursive: true, force: true })
+      cleanup()
+      process.removeListener('exit', cleanup)
     },
   }
 }
