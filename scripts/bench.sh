@@ -105,13 +105,21 @@ stop_host() {
 }
 
 # run NAME sigload-args... : fresh host, one sigload run, JSON kept in $OUT/NAME.json
+# (a failed run is shown with the host's log and tried once more)
 run() {
-  local name=$1; shift
-  start_host
-  echo "== $name: sigload $*" >&2
-  pin "$TOOL_CPUS" "$SIGLOAD_BIN" --url "wss://127.0.0.1:$PORT/ws" --insecure \
-    --server-pid "$HOST_PID" --json "$@" >"$OUT/$name.json" || echo "bench: $name failed" >&2
-  stop_host
+  local name=$1 try; shift
+  for try in 1 2; do
+    start_host
+    echo "== $name: sigload $*" >&2
+    if pin "$TOOL_CPUS" "$SIGLOAD_BIN" --url "wss://127.0.0.1:$PORT/ws" --insecure \
+      --server-pid "$HOST_PID" --json "$@" >"$OUT/$name.json"; then
+      stop_host
+      break
+    fi
+    echo "bench: $name failed (try $try); host $(kill -0 "$HOST_PID" 2>/dev/null && echo running || echo exited), its log:" >&2
+    tail -n 20 "$WORK/host.log" >&2
+    stop_host
+  done
   NAMES+=("$name")
 }
 

@@ -37,7 +37,11 @@ fn main() {
             },
             peer,
         );
-        registry.join(id, "room", id, 10).unwrap();
+        registry
+            .join(id, "room", id, 10, |_| {
+                host::signaling::rooms::Outbound::Ping
+            })
+            .unwrap();
     }
     let ctx = Arc::new(PolicyContext {
         registry,

@@ -93,19 +93,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_sessions: config.max_sessions as usize,
         origins: Arc::new(https::AllowedOrigins::from_flags(&config.allowed_origins)),
         hsts: !cert.self_signed,
+        trusted_proxies: Arc::new(config.trusted_proxy.clone()),
+        per_ip: https::ConnLimiter::new(config.max_conns_per_ip),
     };
-    let app = https::router(state, &config.well_known_dir);
+    let app = https::router(state.clone(), &config.well_known_dir);
     let shutdown = CancellationToken::new();
-    let per_ip = https::ConnLimiter::new(config.max_conns_per_ip);
+
     let tls = crate::tls::ReloadingConfig::new(&config.ssl_dir, tls_config);
     let _cert_watcher = if cert.self_signed { None } else { tls.watch() };
-    let server = tokio::spawn(https::serve(
-        listener,
-        tls,
-        app,
-        per_ip,
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(https::serve(listener, tls, app, state, shutdown.clone()));
+    if let Some(http_port) = config.http_port {
+        let addr = std::net::SocketAddr::new(config.bind, http_port);
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for HTTP on {addr} ({e}): free the port or drop --http-port"
+            )
+        })?;
+        let router = https::redirect_router(port, &config.well_known_dir);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        tracing::info!("HTTP on {addr} redirects to HTTPS");
+    }
     if let Some(listener) = metrics_listener {
         let router = metrics::router(hub.clone());
         let stop = shutdown.clone();

@@ -87,6 +87,16 @@ pub struct Config {
     )]
     pub metrics_addr: String,
 
+    /// Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed;
+    /// from anyone else the header is ignored.
+    #[arg(long, env = "WEBRTC_CHAT_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
+    /// Also listen for plain HTTP on this port (e.g. 80): redirects to HTTPS and serves
+    /// /.well-known/ (ACME http-01 challenges). Off by default.
+    #[arg(long, env = "WEBRTC_CHAT_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
     /// STUN/TURN port, UDP and TCP.
     #[arg(long, env = "WEBRTC_CHAT_TURN_PORT", default_value_t = 3478)]
     pub turn_port: u16,

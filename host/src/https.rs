@@ -40,6 +40,47 @@ pub struct AppState {
     /// Send HSTS (only with a real certificate: a self-signed one would
     /// lock browsers out of the name).
     pub hsts: bool,
+    /// Proxies whose X-Forwarded-For names the real client.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// Connections per client address; sessions behind a trusted proxy are
+    /// counted here at the upgrade, by their forwarded address.
+    pub per_ip: Arc<ConnLimiter>,
+}
+
+impl AppState {
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        is_trusted(&self.trusted_proxies, ip)
+    }
+
+    fn client_addr(&self, peer: SocketAddr, headers: &HeaderMap) -> SocketAddr {
+        client_addr(&self.trusted_proxies, peer, headers)
+    }
+}
+
+fn is_trusted(trusted: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// The client's address: the TCP peer, or — when the peer is a trusted
+/// proxy — the nearest X-Forwarded-For hop that is not one.
+fn client_addr(trusted: &[ipnet::IpNet], peer: SocketAddr, headers: &HeaderMap) -> SocketAddr {
+    {
+        if !is_trusted(trusted, peer.ip()) {
+            return peer;
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .collect::<Vec<_>>();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !is_trusted(trusted, *ip))
+            .map_or(peer, |ip| SocketAddr::new(ip, 0))
+    }
 }
 
 /// Who may open the signaling socket, by the `Origin` header browsers send.
@@ -142,7 +183,11 @@ async fn root(State(state): State<AppState>, req: Request) -> Response {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let slot = parts.extensions.get::<Arc<ConnSlot>>().cloned();
+    let slot = parts
+        .extensions
+        .get::<Option<Arc<ConnSlot>>>()
+        .cloned()
+        .flatten();
     let headers = parts.headers.clone();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(ws) => upgrade(state, ws, peer, slot, &headers, &parts.uri),
@@ -153,12 +198,19 @@ async fn root(State(state): State<AppState>, req: Request) -> Response {
 async fn ws_upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    slot: Option<axum::Extension<Arc<ConnSlot>>>,
+    slot: Option<axum::Extension<Option<Arc<ConnSlot>>>>,
     headers: HeaderMap,
     uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(state, ws, Some(peer), slot.map(|s| s.0), &headers, &uri)
+    upgrade(
+        state,
+        ws,
+        Some(peer),
+        slot.and_then(|s| s.0),
+        &headers,
+        &uri,
+    )
 }
 
 fn upgrade(
@@ -170,6 +222,28 @@ fn upgrade(
     uri: &Uri,
 ) -> Response {
     let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let peer = state.client_addr(peer, headers);
+    // Behind a trusted proxy the TCP connection was not counted: count the
+    // session by its forwarded address instead.
+    let slot = match slot {
+        Some(s) => Some(s),
+        None => match state.per_ip.acquire(peer.ip()) {
+            Some(s) => Some(Arc::new(s)),
+            None => {
+                tracing::debug!(%peer, "signaling refused: too many connections from this address");
+                state
+                    .hub
+                    .metrics
+                    .sessions_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many connections from your address.",
+                )
+                    .into_response();
+            }
+        },
+    };
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     let host_header = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if !state.origins.allows(origin, host_header) {
@@ -238,7 +312,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<crate::tls::ReloadingConfig>,
     app: Router,
-    per_ip: Arc<ConnLimiter>,
+    state: AppState,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -254,9 +328,18 @@ pub async fn serve(
                 }
             },
         };
-        let Some(slot) = per_ip.acquire(peer.ip()).map(Arc::new) else {
-            tracing::debug!(%peer, "connection refused: too many from this address");
-            continue;
+        // A trusted proxy carries many clients: they are counted at the
+        // upgrade, by forwarded address.
+        let slot = if state.is_trusted(peer.ip()) {
+            None
+        } else {
+            match state.per_ip.acquire(peer.ip()) {
+                Some(s) => Some(Arc::new(s)),
+                None => {
+                    tracing::debug!(%peer, "connection refused: too many from this address");
+                    continue;
+                }
+            }
         };
         let _ = tcp.set_nodelay(true);
         // The certificate of the moment (it is reloaded when renewed).
@@ -296,6 +379,23 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// The plain-HTTP listener (--http-port): ACME http-01 challenges from
+/// /.well-known/, and a permanent redirect to HTTPS for everything else.
+pub fn redirect_router(https_port: u16, well_known_dir: &std::path::Path) -> Router {
+    Router::new()
+        .nest_service("/.well-known", ServeDir::new(well_known_dir))
+        .fallback(move |headers: HeaderMap, uri: Uri| async move {
+            let host = request_host(&headers, &uri);
+            let port = if https_port == 443 {
+                String::new()
+            } else {
+                format!(":{https_port}")
+            };
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            axum::response::Redirect::permanent(&format!("https://{host}{port}{path}"))
+        })
 }
 
 /// Counts open connections per client address (TCP, so HTTP and
@@ -354,6 +454,24 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, h.parse().unwrap());
         request_host(&headers, &Uri::from_static("/"))
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        assert_eq!(
+            client_addr(&[], proxy, &headers),
+            proxy,
+            "untrusted: header ignored"
+        );
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_addr(&trusted, proxy, &headers).ip(),
+            "203.0.113.9".parse::<IpAddr>().unwrap(),
+            "the nearest hop that is not a proxy"
+        );
     }
 
     #[test]

@@ -195,7 +195,10 @@ impl ReloadingConfig {
         })
         .ok()?;
         if let Err(e) = watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!("cannot watch {} for renewed certificates: {e}", self.dir.display());
+            tracing::warn!(
+                "cannot watch {} for renewed certificates: {e}",
+                self.dir.display()
+            );
             return None;
         }
         let this = self.clone();

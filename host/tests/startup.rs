@@ -136,11 +136,56 @@ async fn renewed_certificates_are_served_without_a_restart_or_a_dropped_call() {
     host.wait_log("certificate reloaded", std::time::Duration::from_secs(15));
     assert_eq!(common::server_cert(host.port).await, second);
     // The established socket carries on.
-    a.send(serde_json::json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"})).await;
+    a.send(serde_json::json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
+        .await;
     assert_eq!(a.recv().await["type"], "randomCheckResult");
 
     // A broken renewal keeps the running certificate.
     std::fs::write(host.dir.path().join("ssl/privkey1.pem"), "broken").unwrap();
-    host.wait_log("keeping the current certificate", std::time::Duration::from_secs(15));
+    host.wait_log(
+        "keeping the current certificate",
+        std::time::Duration::from_secs(15),
+    );
     assert_eq!(common::server_cert(host.port).await, second);
+}
+
+#[tokio::test]
+async fn plain_http_redirects_and_serves_acme_challenges() {
+    let dir = tempfile::tempdir().unwrap();
+    let wk = dir.path().join("wk");
+    std::fs::create_dir_all(wk.join("acme-challenge")).unwrap();
+    std::fs::write(wk.join("acme-challenge/t0k3n"), "challenge").unwrap();
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let host = common::Host::start_in(
+        dir,
+        &[
+            "--http-port",
+            &http_port,
+            "--well-known-dir",
+            wk.to_str().unwrap(),
+        ],
+    );
+    let addr = format!("127.0.0.1:{http_port}");
+    let redirect = common::http_get(&addr, "/?room=abc").await;
+    assert!(
+        redirect.starts_with("HTTP/1.1 308") || redirect.starts_with("HTTP/1.1 301"),
+        "{redirect}"
+    );
+    assert!(
+        redirect.to_lowercase().contains(&format!(
+            "location: https://127.0.0.1:{}/?room=abc",
+            host.port
+        )),
+        "{redirect}"
+    );
+    let challenge = common::http_get(&addr, "/.well-known/acme-challenge/t0k3n").await;
+    assert!(
+        challenge.starts_with("HTTP/1.1 200") && challenge.ends_with("challenge"),
+        "{challenge}"
+    );
 }

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::Hub;
 use super::frame::{self, Inbound, Stamped};
 use super::names::{self, MAX_NAME_CHARS, MAX_ROOM_CHARS};
-use super::rooms::{Departure, JoinError, Outbound, SessionHandle};
+use super::rooms::{Departure, JoinError, Member, Outbound, SessionHandle};
 use crate::policy::kv::Scope;
 use crate::policy::{Action, CloseRequest, Decision, Envelope, ErrorReply, JoinRequest};
 
@@ -175,7 +175,7 @@ impl Applying<'_> {
                 if handles.is_empty() {
                     return true;
                 }
-                let Some(frame) = self.stamped() else {
+                let Some(frame) = self.stamped(None) else {
                     return false;
                 };
                 self.hub.metrics.frames_out(handles.len() as u64);
@@ -270,7 +270,28 @@ impl Applying<'_> {
                 return false;
             }
         };
-        let joined = match self.hub.registry.join(from, room, username, req.capacity) {
+        // Rendered before the join, so a join is never half-announced.
+        let notice = if self.envelope.kind == "login" {
+            match self.stamped(Some(username)) {
+                Some(f) => f,
+                None => return false,
+            }
+        } else {
+            Utf8Bytes::from(frame::login_notice(from, username, room))
+        };
+        let ice = self.hub.ice.for_session(from, self.sender.host);
+        let welcome = |others: &[Member]| {
+            let members: Vec<(String, String)> = others
+                .iter()
+                .map(|m| (m.id.to_string(), m.username.to_string()))
+                .collect();
+            Outbound::Frame(Utf8Bytes::from(frame::joined(from, room, &members, &ice)))
+        };
+        let joined = match self
+            .hub
+            .registry
+            .join(from, room, username, req.capacity, welcome)
+        {
             Ok(j) => j,
             Err(JoinError::Full) => {
                 self.sender.error(
@@ -293,25 +314,7 @@ impl Applying<'_> {
         if let Some(left) = &joined.left {
             announce_departure(self.hub, left);
         }
-        let members: Vec<(String, String)> = joined
-            .others
-            .iter()
-            .map(|m| (m.id.to_string(), m.username.to_string()))
-            .collect();
-        let ice = self.hub.ice.for_session(from, self.sender.host);
-        self.sender
-            .handle
-            .deliver(Outbound::Frame(Utf8Bytes::from(frame::joined(
-                from, room, &members, &ice,
-            ))));
-        let notice = if self.envelope.kind == "login" {
-            match self.stamped() {
-                Some(f) => f,
-                None => return false,
-            }
-        } else {
-            Utf8Bytes::from(frame::login_notice(from, username, room))
-        };
+
         self.hub
             .metrics
             .frames_out(joined.other_handles.len() as u64 + 1);
@@ -323,7 +326,8 @@ impl Applying<'_> {
 
     /// The envelope as forwarded: `from` and `username` set by the host,
     /// the client's other members kept. Rendered once per message.
-    fn stamped(&mut self) -> Option<Utf8Bytes> {
+    /// `username` names the sender when it is joining (not yet registered).
+    fn stamped(&mut self, username: Option<&str>) -> Option<Utf8Bytes> {
         if let Some(f) = &self.rendered {
             return Some(f.clone());
         }
@@ -340,13 +344,17 @@ impl Applying<'_> {
             }
             (d, _) => d.as_deref(),
         };
-        let username = self.hub.registry.username_of(from);
+        let registered = match username {
+            Some(_) => None,
+            None => self.hub.registry.username_of(from),
+        };
+        let username = username.or(registered.as_deref());
         let rendered = Utf8Bytes::from(
             Stamped {
                 kind: &self.envelope.kind,
                 from,
                 to: self.envelope.to.as_deref(),
-                username: username.as_deref(),
+                username,
                 data,
                 extras: &self.inbound.extras,
             }

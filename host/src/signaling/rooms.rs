@@ -149,12 +149,16 @@ impl RoomRegistry {
 
     /// Puts `id` into `room` unless it holds `capacity` members already.
     /// A session in another room leaves it only once the join succeeded.
+    /// `welcome` makes the joiner's `joined` frame from the members already
+    /// there; it is queued under the lock, so the joiner hears of its own
+    /// join before any later joiner's `login` notice.
     pub fn join(
         &self,
         id: &str,
         room: &str,
         username: &str,
         capacity: u32,
+        welcome: impl FnOnce(&[Member]) -> Outbound,
     ) -> Result<Joined, JoinError> {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
@@ -199,6 +203,7 @@ impl RoomRegistry {
         if let Some(entry) = inner.sessions.get_mut(id) {
             entry.room = Some(room_key);
             entry.username = Some(Arc::from(username));
+            entry.handle.deliver(welcome(&others));
         }
         Ok(Joined {
             others,
@@ -289,6 +294,10 @@ impl RoomRegistry {
 mod tests {
     use super::*;
 
+    fn welcome(_: &[Member]) -> Outbound {
+        Outbound::Ping
+    }
+
     fn handle() -> (SessionHandle, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(4);
         (
@@ -314,25 +323,31 @@ mod tests {
     #[test]
     fn capacity_is_enforced() {
         let (reg, _rx) = registry_with(&["a", "b", "c"]);
-        reg.join("a", "r", "A", 2).unwrap();
-        let j = reg.join("b", "r", "B", 2).unwrap();
+        reg.join("a", "r", "A", 2, welcome).unwrap();
+        let j = reg.join("b", "r", "B", 2, welcome).unwrap();
         assert_eq!(j.others.len(), 1);
-        assert_eq!(reg.join("c", "r", "C", 2).err(), Some(JoinError::Full));
+        assert_eq!(
+            reg.join("c", "r", "C", 2, welcome).err(),
+            Some(JoinError::Full)
+        );
         assert_eq!(reg.room_of("c"), None);
         // Re-joining one's own room never counts oneself twice.
-        assert!(reg.join("b", "r", "B2", 2).is_ok());
+        assert!(reg.join("b", "r", "B2", 2, welcome).is_ok());
         assert_eq!(reg.members("r").len(), 2);
     }
 
     #[test]
     fn moving_leaves_the_old_room_only_after_success() {
         let (reg, _rx) = registry_with(&["a", "b", "c"]);
-        reg.join("a", "full", "A", 1).unwrap();
-        reg.join("b", "old", "B", 5).unwrap();
-        reg.join("c", "old", "C", 5).unwrap();
-        assert_eq!(reg.join("b", "full", "B", 1).err(), Some(JoinError::Full));
+        reg.join("a", "full", "A", 1, welcome).unwrap();
+        reg.join("b", "old", "B", 5, welcome).unwrap();
+        reg.join("c", "old", "C", 5, welcome).unwrap();
+        assert_eq!(
+            reg.join("b", "full", "B", 1, welcome).err(),
+            Some(JoinError::Full)
+        );
         assert_eq!(reg.room_of("b").as_deref(), Some("old"));
-        let j = reg.join("b", "new", "B", 5).unwrap();
+        let j = reg.join("b", "new", "B", 5, welcome).unwrap();
         let left = j.left.unwrap();
         assert_eq!(&*left.room, "old");
         assert_eq!(left.remaining.len(), 1);
@@ -348,13 +363,13 @@ mod tests {
             std::mem::forget(rx);
             reg.register(Arc::from(id), h, "127.0.0.1:1".parse().unwrap());
         }
-        reg.join("a", "one", "A", 5).unwrap();
+        reg.join("a", "one", "A", 5, welcome).unwrap();
         assert_eq!(
-            reg.join("b", "two", "B", 5).err(),
+            reg.join("b", "two", "B", 5, welcome).err(),
             Some(JoinError::TooManyRooms)
         );
         assert!(
-            reg.join("b", "one", "B", 5).is_ok(),
+            reg.join("b", "one", "B", 5, welcome).is_ok(),
             "existing rooms stay open"
         );
         assert_eq!(reg.room_count(), 1);
@@ -364,7 +379,7 @@ mod tests {
     #[test]
     fn last_member_deletes_the_room() {
         let (reg, _rx) = registry_with(&["a"]);
-        reg.join("a", "r", "A", 5).unwrap();
+        reg.join("a", "r", "A", 5, welcome).unwrap();
         let d = reg.unregister("a").unwrap();
         assert!(d.room_deleted);
         assert!(!reg.room_exists("r"));
@@ -374,9 +389,9 @@ mod tests {
     #[test]
     fn forwarding_stays_inside_the_room() {
         let (reg, _rx) = registry_with(&["a", "b", "x"]);
-        reg.join("a", "r", "A", 5).unwrap();
-        reg.join("b", "r", "B", 5).unwrap();
-        reg.join("x", "other", "X", 5).unwrap();
+        reg.join("a", "r", "A", 5, welcome).unwrap();
+        reg.join("b", "r", "B", 5, welcome).unwrap();
+        reg.join("x", "other", "X", 5, welcome).unwrap();
         let targets = vec!["b".to_string(), "x".to_string(), "ghost".to_string()];
         assert_eq!(reg.room_handles("a", &targets).len(), 1);
         assert!(reg.reachable("a", "x").is_none());

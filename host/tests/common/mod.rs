@@ -67,8 +67,7 @@ impl Host {
             cmd.arg("--cache-dir")
                 .arg(concat!(env!("CARGO_TARGET_TMPDIR"), "/policy-cache"));
         }
-        cmd
-            .env("NO_COLOR", "1")
+        cmd.env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start host");

@@ -474,13 +474,18 @@ pub async fn resolve_loopback(url: &str) -> Result<SocketAddr> {
             "sigload only loads servers on this machine: {host} must resolve to loopback addresses only ({addrs:?})"
         );
     }
+    // A server that was just started may not listen yet: retry for 5 s.
     let mut last = None;
-    for a in &addrs {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(a)).await {
-            Ok(Ok(_)) => return Ok(*a),
-            Ok(Err(e)) => last = Some(e.to_string()),
-            Err(_) => last = Some("timed out".into()),
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        for a in &addrs {
+            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(a)).await {
+                Ok(Ok(_)) => return Ok(*a),
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => last = Some("timed out".into()),
+            }
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!(
         "cannot connect to {host}:{port} ({addrs:?}): {}",
