@@ -50,7 +50,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = PolicyEngine::new(ctx, limits, config.policy_cache_dir())
         .context("cannot start the policy engine")?;
     let default = engine
-        .load("default", web::DEFAULT_POLICY)
+        .load(crate::policy::BUILT_IN_DEFAULT, web::DEFAULT_POLICY)
         .await
         .context("the built-in default policy does not load; rebuild the host")?;
     let chain = PolicyChain::new(Vec::new(), default.clone());

@@ -69,7 +69,8 @@ impl PolicyHarness {
                 .build()?,
         );
         let engine = PolicyEngine::new(ctx, limits, None)?;
-        let default = runtime.block_on(engine.load("default", DEFAULT_POLICY))?;
+        let default =
+            runtime.block_on(engine.load(crate::policy::BUILT_IN_DEFAULT, DEFAULT_POLICY))?;
         let mut drop_ins = Vec::new();
         for path in policies {
             let bytes =

@@ -30,6 +30,8 @@ use crate::web;
 /// request headers: slow clients must not hold sockets open forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read and write buffer of one WebSocket.
+const SOCKET_BUFFER: usize = 8 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -274,8 +276,12 @@ fn upgrade(
     }
     let host = request_host(headers, uri);
     let limit = state.hub.limits.max_frame_bytes;
+    // tungstenite's default 128 KiB read buffer, zero-filled per socket,
+    // was most of an idle session's memory; frames are small.
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
             session::run(socket, state.hub, peer, host).await;

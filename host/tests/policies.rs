@@ -170,7 +170,7 @@ async fn an_endless_loop_is_stopped_at_the_default_deadline() {
     a.send(json!({"type":"loop"})).await;
     assert_error(&a.recv().await, "internal");
     eprintln!("endless loop answered after {:?}", started.elapsed());
-    host.wait_log("ran past its 20 ms deadline", RELOAD);
+    host.wait_log("ran past its 50 ms deadline", RELOAD);
     // The worker is free again at once.
     a.send(json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
         .await;
@@ -212,6 +212,11 @@ async fn broken_files_leave_the_running_chain_untouched() {
     let dir = host.plugins_dir();
     let mut a = host.client().await;
     a.login("r", "a").await;
+
+    // The built-in's name is taken.
+    drop_in(&build_policy("one-to-one").unwrap(), &dir, "default.wasm");
+    let line = host.wait_log("default.wasm not loaded", RELOAD);
+    assert!(line.contains("belongs to the built-in policy"), "{line}");
 
     std::fs::write(dir.join("20-garbage.wasm"), b"\0asm garbage \xff\xfe bytes").unwrap();
     let line = host.wait_log("20-garbage.wasm not loaded", RELOAD);

@@ -4,6 +4,8 @@
 
 pub mod cache;
 pub mod kv;
+#[cfg(feature = "native-routing")]
+mod native;
 pub mod reload;
 
 use std::collections::HashMap;
@@ -31,10 +33,15 @@ mod bindings {
 }
 
 pub use bindings::webrtc_chat::policy::types::{
-    Action, CloseRequest, Envelope, ErrorReply, JoinRequest, Verdict,
+    Action, CloseRequest, Envelope, ErrorReply, JoinRequest, Outbound, Verdict,
 };
 use bindings::webrtc_chat::policy::{state, types};
 use bindings::{Policy, PolicyPre};
+
+/// The name of the built-in default policy (no file can take it: drop-in
+/// names are file stems, and `default.wasm` would be named `default` — so
+/// it is refused at load).
+pub const BUILT_IN_DEFAULT: &str = "default";
 
 /// Consecutive failed calls after which a policy is quarantined.
 const QUARANTINE_AFTER: u32 = 5;
@@ -235,6 +242,7 @@ impl PolicyEngine {
             stats: PolicyStats::default(),
             consecutive_failures: AtomicU32::new(0),
             quarantined: AtomicBool::new(false),
+            quarantinable: name != BUILT_IN_DEFAULT,
         });
         let canary = Envelope {
             kind: "webrtc-chat.canary".into(),
@@ -302,6 +310,11 @@ pub struct LoadedPolicy {
     pub stats: PolicyStats,
     consecutive_failures: AtomicU32,
     quarantined: AtomicBool,
+    /// False for the built-in default: it is the host's own code, and
+    /// quarantining it (say, after deadlines missed on an overloaded
+    /// machine) would deny everything until a restart. Its failures still
+    /// fail closed, call by call.
+    quarantinable: bool,
 }
 
 impl LoadedPolicy {
@@ -384,7 +397,10 @@ impl LoadedPolicy {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 let reason = describe_trap(&e, self.limits);
                 let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= QUARANTINE_AFTER && !self.quarantined.swap(true, Ordering::Relaxed) {
+                if self.quarantinable
+                    && n >= QUARANTINE_AFTER
+                    && !self.quarantined.swap(true, Ordering::Relaxed)
+                {
                     tracing::error!(
                         policy = %self.name,
                         "policy quarantined after {n} consecutive failures; it denies everything until its file is replaced or removed"
@@ -469,7 +485,18 @@ impl PolicyChain {
     pub async fn on_message(&self, mut envelope: Envelope) -> Decision {
         let from = envelope.from.clone();
         let mut rewritten = false;
-        for policy in &self.policies {
+        for (i, policy) in self.policies.iter().enumerate() {
+            // Bench-only: the default's decisions made in Rust, to measure
+            // what WebAssembly routing costs (docs/benchmarks.md).
+            #[cfg(feature = "native-routing")]
+            if i + 1 == self.policies.len() {
+                return Decision::Act {
+                    actions: native::decide(&policy.ctx, &envelope),
+                    envelope,
+                    rewritten,
+                };
+            }
+            let _ = i;
             match policy.on_message(&envelope).await {
                 Err(e) => return Decision::Failed(e),
                 Ok(Verdict::Next) => {}

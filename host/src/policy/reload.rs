@@ -86,6 +86,14 @@ impl PolicyDirectory {
             if slot.loaded.as_ref().is_some_and(|(h, _)| *h == hash) || slot.failed == Some(hash) {
                 continue;
             }
+            if policy_name(name) == super::BUILT_IN_DEFAULT {
+                tracing::warn!(
+                    "policy file {} not loaded: the name \"default\" belongs to the built-in policy; rename the file (e.g. 50-{name})",
+                    path.display()
+                );
+                slot.failed = Some(hash);
+                continue;
+            }
             let started = Instant::now();
             match self
                 .runtime
