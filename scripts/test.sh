@@ -20,7 +20,10 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-echo "== cargo test (workspace: host, turn, policy examples)"
+echo "== cargo test (workspace: host, turn, policy examples, sigload)"
+# sigload's smoke test runs against the host binary cargo builds here; in
+# this script a missing host is a failure, not a skip.
+export SIGLOAD_REQUIRE_HOST=1
 cargo test --workspace
 
 echo "== web: unit tests (vitest)"
