@@ -29,37 +29,7 @@ fn fail(message: &str) -> ! {
     std::process::exit(0);
 }
 
-/// The outer cargo's variables must not leak into the nested build: they
-/// would point it at the outer target, profile, flags and jobserver.
-fn clean_cargo_command(cargo: &str) -> Command {
-    let mut cmd = Command::new(cargo);
-    for (key, _) in env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let leaks = (key.starts_with("CARGO_") && key != "CARGO_HOME")
-            || matches!(
-                key,
-                "RUSTFLAGS"
-                    | "RUSTC"
-                    | "RUSTC_WRAPPER"
-                    | "RUSTC_WORKSPACE_WRAPPER"
-                    | "RUSTDOC"
-                    | "TARGET"
-                    | "HOST"
-                    | "OUT_DIR"
-                    | "PROFILE"
-                    | "OPT_LEVEL"
-                    | "DEBUG"
-                    | "NUM_JOBS"
-                    | "RUSTC_LINKER"
-                    | "MAKEFLAGS"
-                    | "MFLAGS"
-            );
-        if leaks {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
+include!("src/policy_build.rs");
 
 fn build_default_policy(root: &Path, out_dir: &Path) -> Result<(), String> {
     println!("cargo::rerun-if-changed={}", root.join("wit").display());
@@ -73,33 +43,13 @@ fn build_default_policy(root: &Path, out_dir: &Path) -> Result<(), String> {
     );
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = root.join("target/policy-build");
-    let status = clean_cargo_command(&cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "default-policy",
-        ])
-        // Small components compile faster in the host: no debug info, LTO.
-        .args([
-            "--config",
-            "profile.release.debug=false",
-            "--config",
-            "profile.release.strip=true",
-        ])
-        .args(["--config", "profile.release.lto=true"])
-        .arg("--target-dir")
-        .arg(&target_dir)
+    let (mut cmd, wasm) = policy_build_command(&cargo, root, "default-policy");
+    let status = cmd
         .status()
         .map_err(|e| format!("could not run cargo to build the default policy: {e}"))?;
     if !status.success() {
         return Err("building plugins/default for wasm32-wasip2 failed (see the cargo output above; `rustup target add wasm32-wasip2` if the target is missing)".into());
     }
-    let wasm = target_dir.join("wasm32-wasip2/release/default_policy.wasm");
     fs::copy(&wasm, out_dir.join("default-policy.wasm"))
         .map_err(|e| format!("could not copy {}: {e}", wasm.display()))?;
     Ok(())

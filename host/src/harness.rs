@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -215,41 +214,9 @@ pub fn build_policy(package: &str) -> anyhow::Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("host/ lives in the workspace")?;
-    let target_dir = root.join("target/policy-build");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    for (key, _) in std::env::vars_os() {
-        if let Some(k) = key.to_str()
-            && ((k.starts_with("CARGO_") && k != "CARGO_HOME")
-                || matches!(k, "RUSTFLAGS" | "RUSTC" | "RUSTC_WRAPPER" | "RUSTDOC"))
-        {
-            cmd.env_remove(k);
-        }
-    }
-    let status = cmd
-        .current_dir(root)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            package,
-        ])
-        // The same flags as host/build.rs, so both share one build.
-        .args([
-            "--config",
-            "profile.release.debug=false",
-            "--config",
-            "profile.release.strip=true",
-        ])
-        .args(["--config", "profile.release.lto=true"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .status()
-        .context("running cargo")?;
+    let (mut cmd, wasm) = crate::policy_build::policy_build_command(&cargo, root, package);
+    let status = cmd.arg("--quiet").status().context("running cargo")?;
     anyhow::ensure!(status.success(), "building policy {package} failed");
-    let file = format!("{}.wasm", package.replace('-', "_"));
-    Ok(target_dir.join("wasm32-wasip2/release").join(file))
+    Ok(wasm)
 }

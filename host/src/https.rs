@@ -233,16 +233,11 @@ fn upgrade(
             Some(s) => Some(Arc::new(s)),
             None => {
                 tracing::debug!(%peer, "signaling refused: too many connections from this address");
-                state
-                    .hub
-                    .metrics
-                    .sessions_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                return (
+                return refuse(
+                    &state,
                     StatusCode::TOO_MANY_REQUESTS,
                     "Too many connections from your address.",
-                )
-                    .into_response();
+                );
             }
         },
     };
@@ -250,29 +245,19 @@ fn upgrade(
     let host_header = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if !state.origins.allows(origin, host_header) {
         tracing::info!(%peer, origin, "signaling refused: origin not allowed");
-        state
-            .hub
-            .metrics
-            .sessions_refused
-            .fetch_add(1, Ordering::Relaxed);
-        return (
+        return refuse(
+            &state,
             StatusCode::FORBIDDEN,
             "This origin may not use this signaling server (see --allowed-origins).",
-        )
-            .into_response();
+        );
     }
     if state.max_sessions > 0 && state.hub.registry.session_count() >= state.max_sessions {
         tracing::warn!(%peer, "signaling refused: {} sessions, the maximum", state.max_sessions);
-        state
-            .hub
-            .metrics
-            .sessions_refused
-            .fetch_add(1, Ordering::Relaxed);
-        return (
+        return refuse(
+            &state,
             StatusCode::SERVICE_UNAVAILABLE,
             "The server is full; try again later.",
-        )
-            .into_response();
+        );
     }
     let host = request_host(headers, uri);
     let limit = state.hub.limits.max_frame_bytes;
@@ -286,6 +271,16 @@ fn upgrade(
             let _slot = slot;
             session::run(socket, state.hub, peer, host).await;
         })
+}
+
+/// Answers a refused upgrade, counted in the metrics.
+fn refuse(state: &AppState, status: StatusCode, why: &'static str) -> Response {
+    state
+        .hub
+        .metrics
+        .sessions_refused
+        .fetch_add(1, Ordering::Relaxed);
+    (status, why).into_response()
 }
 
 /// The host name the client used, without the port: ICE server URLs use it

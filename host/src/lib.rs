@@ -7,6 +7,8 @@ pub mod harness;
 pub mod https;
 pub mod metrics;
 pub mod policy;
+/// The nested cargo build of policy crates (also used by build.rs).
+mod policy_build;
 pub mod signaling;
 pub mod tls;
 pub mod turn;

@@ -203,7 +203,8 @@ impl ServerCertVerifier for AcceptAnyCert {
     }
 }
 
-pub fn tls_connector() -> Connector {
+/// A TLS client that accepts the host's self-signed certificate.
+pub fn client_config() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -211,7 +212,21 @@ pub fn tls_connector() -> Connector {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCert))
         .with_no_client_auth();
-    Connector::Rustls(Arc::new(config))
+    Arc::new(config)
+}
+
+pub fn tls_connector() -> Connector {
+    Connector::Rustls(client_config())
+}
+
+/// A TLS connection to the host on loopback.
+async fn tls_connect(port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(client_config());
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 pub struct Client {
@@ -356,19 +371,7 @@ pub fn workspace_root() -> &'static Path {
 /// A plain HTTP/1.1 GET over TLS: (status, lower-cased head, body).
 pub async fn https_get(port: u16, path: &str) -> (u16, String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_connect(port).await;
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
@@ -395,18 +398,6 @@ pub async fn http_get(addr: &str, path: &str) -> String {
 
 /// The certificate the server presents in a fresh handshake (DER).
 pub async fn server_cert(port: u16) -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(port).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
