@@ -13,6 +13,10 @@ use clap::Parser;
     about = "WebRTC Chat: HTTPS web app, WSS signaling, STUN/TURN and WebAssembly policies in one binary"
 )]
 pub struct Config {
+    /// TOML file of options (keys are the flag names without "--", e.g.
+    /// https-port = 443); flags and environment variables override it.
+    #[arg(long, env = "WEBRTC_CHAT_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on for HTTPS/WSS.
     #[arg(long, env = "WEBRTC_CHAT_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
@@ -175,6 +179,32 @@ pub struct Config {
 }
 
 impl Config {
+    /// Flags, then environment, then the `--config` file (if any): the file
+    /// fills in what neither of the others set. Errors say which key of
+    /// which file is wrong.
+    pub fn load() -> Result<Self, String> {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let first = Config::try_parse_from(&args).map_err(|e| e.to_string());
+        let Ok(first) = first else {
+            // --help, --version and bad flags: clap's own message and exit.
+            Config::parse_from(&args);
+            unreachable!("clap exits on a parse error");
+        };
+        let Some(path) = first.config.clone() else {
+            return Ok(first);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+        let defaults = file_as_env(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (env, value) in defaults {
+            if std::env::var_os(&env).is_none() {
+                // SAFETY: start-up, before any thread is spawned.
+                unsafe { std::env::set_var(&env, value) };
+            }
+        }
+        Config::try_parse_from(&args).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Where precompiled components are kept, if anywhere.
     pub fn policy_cache_dir(&self) -> Option<PathBuf> {
         if let Some(dir) = &self.cache_dir {
@@ -197,4 +227,82 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         return Err("expected 1 <= MIN <= MAX".into());
     }
     Ok((lo, hi))
+}
+
+/// Maps a TOML config file to the environment variables of the flags it
+/// names, validating the keys (unknown keys are errors, not ignored).
+fn file_as_env(text: &str) -> Result<Vec<(String, String)>, String> {
+    use clap::CommandFactory;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
+    let command = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+            .ok_or_else(|| format!("unknown option \"{key}\" (the keys are the flag names of --help, without \"--\")"))?;
+        let env = arg
+            .get_env()
+            .and_then(|e| e.to_str())
+            .ok_or_else(|| format!("option \"{key}\" cannot be set from a file"))?;
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            _ => Err(format!(
+                "option \"{key}\" needs a string, number or boolean"
+            )),
+        };
+        let value = match &value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            other => scalar(other)?,
+        };
+        out.push((env.to_string(), value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_map_to_flag_envs() {
+        let env = file_as_env(
+            "https-port = 443\nturn-allow-loopback = true\nallowed-origins = [\"https://a\", \"https://b\"]\n",
+        )
+        .unwrap();
+        assert!(env.contains(&("WEBRTC_CHAT_HTTPS_PORT".into(), "443".into())));
+        assert!(env.contains(&("WEBRTC_CHAT_TURN_ALLOW_LOOPBACK".into(), "true".into())));
+        assert!(env.contains(&(
+            "WEBRTC_CHAT_ALLOWED_ORIGINS".into(),
+            "https://a,https://b".into()
+        )));
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        assert!(
+            file_as_env("htps-port = 1")
+                .unwrap_err()
+                .contains("unknown option \"htps-port\"")
+        );
+        assert!(
+            file_as_env("https-port = ")
+                .unwrap_err()
+                .contains("not valid TOML")
+        );
+        assert!(
+            file_as_env("room-max = { a = 1 }")
+                .unwrap_err()
+                .contains("room-max")
+        );
+    }
 }

@@ -189,3 +189,46 @@ async fn plain_http_redirects_and_serves_acme_challenges() {
         "{challenge}"
     );
 }
+
+#[test]
+fn a_config_file_is_read_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "room-max = 3\nhttps-prot = 443\n").unwrap();
+    let (ok, stderr) = run_host(&["--config", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("unknown option \"https-prot\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let wrong_type = dir.path().join("wrong.toml");
+    std::fs::write(&wrong_type, "room-max = \"many\"\n").unwrap();
+    let (ok, stderr) = run_host(&["--config", wrong_type.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("wrong.toml") && stderr.contains("many"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn config_file_values_apply_and_flags_override_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat.toml");
+    std::fs::write(&file, "room-max = 1\nrate-limit = 0\n").unwrap();
+    let host = common::Host::start(&["--config", file.to_str().unwrap()]);
+    let mut a = host.client().await;
+    let mut b = host.client().await;
+    a.login("r", "a").await;
+    b.send(serde_json::json!({"type":"login","data":{"roomrequest":"r","username":"b"}}))
+        .await;
+    common::assert_error(&b.recv().await, "full");
+
+    let host = common::Host::start(&["--config", file.to_str().unwrap(), "--room-max", "2"]);
+    let mut a = host.client().await;
+    let mut b = host.client().await;
+    a.login("r", "a").await;
+    b.login("r", "b").await;
+}
