@@ -35,6 +35,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // self-signed one for `turns:` without a way to accept it.
     let turn_tls = (!cert.self_signed).then(|| tls_config.clone());
     let (ice, turn_server) = crate::turn::start(&config, turn_tls).await?;
+    let turn_server = turn_server.map(Arc::new);
 
     let registry = Arc::new(RoomRegistry::with_max_rooms(config.max_rooms as usize));
     let kv = Arc::new(KvStore::new(KV_CAP_BYTES));
@@ -119,7 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("HTTP on {addr} redirects to HTTPS");
     }
     if let Some(listener) = metrics_listener {
-        let router = metrics::router(hub.clone());
+        let router = metrics::router(hub.clone(), turn_server.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
@@ -134,7 +135,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = server => {}
     }
     drain(&hub, shutdown).await;
-    if let Some(turn) = turn_server {
+    // The metrics listener may still hold a handle; then dropping ours is
+    // enough (the process is ending).
+    if let Some(Ok(turn)) = turn_server.map(Arc::try_unwrap) {
         turn.close().await;
     }
     Ok(())

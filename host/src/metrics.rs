@@ -132,22 +132,67 @@ impl Metrics {
 }
 
 /// `/metrics` and `/healthz` for the metrics listener.
-pub fn router(hub: Arc<Hub>) -> Router {
+pub fn router(hub: Arc<Hub>, turn: Option<Arc<chat_turn::TurnServer>>) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(move || {
                 let hub = hub.clone();
+                let turn = turn.clone();
                 async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        exposition(&hub),
-                    )
-                        .into_response()
+                    let mut body = exposition(&hub);
+                    if let Some(turn) = turn {
+                        render_turn(&mut body, &turn.stats());
+                    }
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
                 }
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
+}
+
+/// The TURN server's counters.
+pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_turn_allocations Live TURN allocations."
+    );
+    let _ = writeln!(out, "# TYPE webrtc_chat_turn_allocations gauge");
+    let _ = writeln!(out, "webrtc_chat_turn_allocations {}", t.allocations);
+    let _ = writeln!(out, "# TYPE webrtc_chat_turn_allocations_total counter");
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_allocations_total {}",
+        t.allocations_made
+    );
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_turn_refused_total TURN requests refused, by reason."
+    );
+    let _ = writeln!(out, "# TYPE webrtc_chat_turn_refused_total counter");
+    for (reason, n) in [
+        ("credential", t.refused_credentials),
+        ("peer", t.refused_peers),
+        ("quota", t.refused_quota),
+    ] {
+        let _ = writeln!(
+            out,
+            "webrtc_chat_turn_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_turn_closed_session_gone_total Relays closed because their session ended."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE webrtc_chat_turn_closed_session_gone_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_closed_session_gone_total {}",
+        t.closed_session_gone
+    );
 }
 
 /// Everything the host counts, in the Prometheus text format.

@@ -234,6 +234,7 @@ async fn metrics_reflect_a_scripted_session() {
         "webrtc_chat_messages_in_total{type=\"other\"} 1",
         "webrtc_chat_errors_total{kind=\"badRequest\"} 1",
         "webrtc_chat_policy_calls_total{policy=\"default\"}",
+        "webrtc_chat_turn_allocations 0",
     ] {
         assert!(body.contains(expected), "missing {expected} in\n{body}");
     }
