@@ -26,7 +26,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cert = tls::CertifiedKey::load_or_self_signed(&config.ssl_dir)?;
     if cert.self_signed {
         tracing::warn!(
-            "no certificate in {}: using a self-signed one (browsers will warn); put cert1.pem, chain1.pem and privkey1.pem there for a real one",
+            "no certificate in {}: using a self-signed one (browsers will warn); point --ssl-dir at certbot's live/ directory (fullchain.pem + privkey.pem) or put cert1.pem, chain1.pem and privkey1.pem there for a real one",
             config.ssl_dir.display()
         );
     }

@@ -34,8 +34,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub room_max: u32,
 
-    /// Directory with cert1.pem, chain1.pem and privkey1.pem (certbot layout);
-    /// a self-signed certificate is used when they are absent.
+    /// Directory with fullchain.pem + privkey.pem (certbot live/), or cert1.pem,
+    /// chain1.pem and privkey1.pem; a self-signed certificate is used when they are absent.
     #[arg(long, env = "WEBRTC_CHAT_SSL_DIR", default_value = "ssl")]
     pub ssl_dir: PathBuf,
 

@@ -1,6 +1,7 @@
-//! TLS for HTTPS/WSS: the operator's certificate in the certbot layout
-//! (`cert1.pem` + `chain1.pem` + `privkey1.pem`, as the original server read
-//! them), or a self-signed one made at start when the directory has none.
+//! TLS for HTTPS/WSS: the operator's certificate — certbot's `live/` layout
+//! (`fullchain.pem` + `privkey.pem`), or its `archive/` layout as the
+//! original server read it (`cert1.pem` + `chain1.pem` + `privkey1.pem`) —
+//! or a self-signed one made at start when the directory has none.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +13,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub const CERT_FILE: &str = "cert1.pem";
 pub const CHAIN_FILE: &str = "chain1.pem";
 pub const KEY_FILE: &str = "privkey1.pem";
+/// certbot's `live/<name>/` layout, preferred when present.
+pub const LIVE_CHAIN_FILE: &str = "fullchain.pem";
+pub const LIVE_KEY_FILE: &str = "privkey.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -45,6 +49,11 @@ impl CertifiedKey {
     /// Reads the certbot-layout files from `dir`; makes a self-signed
     /// certificate when none of them exists.
     pub fn load_or_self_signed(dir: &Path) -> Result<Self, TlsError> {
+        // certbot's live/ directory: symlinks it repoints on every renewal.
+        let (fullchain, live_key) = (dir.join(LIVE_CHAIN_FILE), dir.join(LIVE_KEY_FILE));
+        if fullchain.exists() && live_key.exists() {
+            return Self::from_files(dir, &read_certs(&fullchain)?, &live_key);
+        }
         let files = [CERT_FILE, CHAIN_FILE, KEY_FILE].map(|f| dir.join(f));
         let (present, missing): (Vec<&PathBuf>, Vec<&PathBuf>) =
             files.iter().partition(|p| p.exists());
@@ -74,18 +83,26 @@ impl CertifiedKey {
         if chain.exists() {
             certs.extend(read_certs(&chain)?);
         }
-        let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| TlsError::Unreadable {
+        Self::from_files(dir, &certs, &key)
+    }
+
+    fn from_files(
+        dir: &Path,
+        certs: &[CertificateDer<'static>],
+        key: &Path,
+    ) -> Result<Self, TlsError> {
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Unreadable {
             path: key.display().to_string(),
             reason: e.to_string(),
         })?;
         if certs.is_empty() {
             return Err(TlsError::Invalid {
                 dir: dir.display().to_string(),
-                reason: format!("{CERT_FILE} holds no certificate"),
+                reason: "the certificate file holds no certificate".into(),
             });
         }
         Ok(Self {
-            chain: certs,
+            chain: certs.to_vec(),
             key,
             self_signed: false,
         })
@@ -249,6 +266,22 @@ mod tests {
         let ck = CertifiedKey::load_or_self_signed(dir.path()).unwrap();
         assert!(!ck.self_signed);
         assert_eq!(ck.chain.len(), 1);
+        ck.server_config(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn certbot_live_layout_is_preferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["example.test".into()]).unwrap();
+        std::fs::write(dir.path().join(LIVE_CHAIN_FILE), cert.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join(LIVE_KEY_FILE),
+            cert.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let ck = CertifiedKey::load_or_self_signed(dir.path()).unwrap();
+        assert!(!ck.self_signed);
+        assert_eq!(ck.chain[0].as_ref(), cert.cert.der().as_ref());
         ck.server_config(dir.path()).unwrap();
     }
 

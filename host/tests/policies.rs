@@ -19,14 +19,10 @@ fn drop_in(src: &Path, dir: &Path, name: &str) {
     std::fs::rename(&part, dir.join(name)).unwrap();
 }
 
-fn start() -> Host {
-    Host::start(&[])
-}
-
 #[tokio::test]
 async fn dropping_and_removing_password_rooms_while_sessions_talk() {
     let wasm = build_policy("password-rooms").unwrap();
-    let host = start();
+    let host = Host::start(&[]);
     let (mut a, mut b) = (host.client().await, host.client().await);
     a.login("talk", "a").await;
     b.login("talk", "b").await;
@@ -69,7 +65,7 @@ async fn dropping_and_removing_password_rooms_while_sessions_talk() {
 #[tokio::test]
 async fn twenty_swaps_lose_and_duplicate_nothing() {
     let wasm = build_policy("moderation").unwrap();
-    let host = start();
+    let host = Host::start(&[]);
     let (mut a, mut b) = (host.client().await, host.client().await);
     a.login("seq", "a").await;
     b.login("seq", "b").await;
@@ -162,7 +158,7 @@ async fn hostile_policies_fail_closed_and_others_keep_talking() {
 
 #[tokio::test]
 async fn an_endless_loop_is_stopped_at_the_default_deadline() {
-    let host = start();
+    let host = Host::start(&[]);
     drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
     host.wait_log("policy chain: 10-hostile → default", RELOAD);
     let mut a = host.client().await;
@@ -179,7 +175,7 @@ async fn an_endless_loop_is_stopped_at_the_default_deadline() {
 
 #[tokio::test]
 async fn a_policy_that_keeps_failing_is_quarantined_until_removed() {
-    let host = start();
+    let host = Host::start(&[]);
     let dir = host.plugins_dir();
     drop_in(&hostile(), &dir, "10-hostile.wasm");
     host.wait_log("policy chain: 10-hostile → default", RELOAD);
@@ -208,7 +204,7 @@ async fn a_policy_that_keeps_failing_is_quarantined_until_removed() {
 
 #[tokio::test]
 async fn broken_files_leave_the_running_chain_untouched() {
-    let host = start();
+    let host = Host::start(&[]);
     let dir = host.plugins_dir();
     let mut a = host.client().await;
     a.login("r", "a").await;
