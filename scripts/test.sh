@@ -20,6 +20,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# rust-toolchain.toml names the target; say it explicitly for older rustups.
+if command -v rustup >/dev/null 2>&1; then
+  rustup target add wasm32-wasip2 >/dev/null
+fi
+
 echo "== cargo test (workspace: host, turn, policy examples, sigload)"
 # sigload's smoke test runs against the host binary cargo builds here; in
 # this script a missing host is a failure, not a skip.

@@ -2,11 +2,17 @@
 //! panic, and whatever parses must render to valid JSON.
 #![no_main]
 
-use host::signaling::frame::{Stamped, parse};
+#[allow(dead_code)]
+#[path = "../../host/src/signaling/frame.rs"]
+mod frame;
+
+use frame::{Stamped, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(f) = parse(text) {
         let out = Stamped {
             kind: &f.kind,
