@@ -306,6 +306,25 @@ mod tests {
     }
 
     #[test]
+    fn members_are_forwarded_as_sent() {
+        // Found by the fuzzer: valid JSON that a Value round trip would
+        // reject (out of f64 range) is kept raw, not reinterpreted.
+        let f = parse("{\":0\":5e5050\t,\"type\"\t:\t\"7e\"\n\n}").unwrap();
+        assert_eq!(f.kind, "7e");
+        let out = Stamped {
+            kind: &f.kind,
+            from: "a",
+            to: None,
+            username: None,
+            data: None,
+            extras: &f.extras,
+        }
+        .render();
+        assert_eq!(out, r#"{"type":"7e","from":"a",":0":5e5050}"#);
+        assert_eq!(parse(&out).unwrap().extras[0].1.get(), "5e5050");
+    }
+
+    #[test]
     fn duplicate_keys_last_wins() {
         let f = parse(r#"{"type":"a","type":"b","x":1,"x":2}"#).unwrap();
         assert_eq!(f.kind, "b");
