@@ -65,8 +65,28 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
     // The writer flushes what is queued, then closes.
     handle.deliver(Outbound::Close(CLOSE_NORMAL, Utf8Bytes::default()));
     drop(handle);
-    let _ = writer.await;
+    // Bounded: a peer that stopped reading must not keep this task (and its
+    // socket) alive.
+    let mut writer = writer;
+    if tokio::time::timeout(WRITER_DRAIN, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    // Briefly read (and drop) what the client still sends, until it answers
+    // the close frame: closing a socket with unread data resets the
+    // connection, which can destroy the close frame before the client reads it.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
 }
+
+/// How long a closing session waits for the client's side of the close.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// How long a closing session's queued frames may take to reach the client.
+const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
 /// Pings go out this often; a socket silent for `IDLE_LIMIT` (no frame, no
 /// pong) is dead and is reaped, which frees its room slot within 30 s.
@@ -202,9 +222,9 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             _ = kill.cancelled() => {
-                let _ = sink
-                    .send(close(CLOSE_POLICY, Utf8Bytes::from_static("too slow: send queue full")))
-                    .await;
+                // The peer is not reading: the close frame may never fit.
+                let bye = close(CLOSE_POLICY, Utf8Bytes::from_static("too slow: send queue full"));
+                let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(bye)).await;
                 break;
             }
             first = rx.recv() => first,
@@ -224,11 +244,12 @@ async fn write_loop(
                     }
                 }
                 Some(Outbound::Close(code, reason)) => {
-                    let _ = sink.send(close(code, reason)).await;
+                    let _ =
+                        tokio::time::timeout(CLOSE_LINGER, sink.send(close(code, reason))).await;
                     break 'outer;
                 }
                 None => {
-                    let _ = sink.close().await;
+                    let _ = tokio::time::timeout(CLOSE_LINGER, sink.close()).await;
                     break 'outer;
                 }
             }
