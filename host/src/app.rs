@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         ice: Box::new(ice),
         metrics: Default::default(),
+        draining: Default::default(),
     });
 
     let policies = PolicyDirectory::new(engine, config.plugins_dir.clone(), default, hub.clone());
@@ -99,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let app = https::router(state.clone(), &config.well_known_dir);
     let shutdown = CancellationToken::new();
+    let metrics_stop = CancellationToken::new();
 
     let tls = crate::tls::ReloadingConfig::new(&config.ssl_dir, tls_config);
     let _cert_watcher = if cert.self_signed { None } else { tls.watch() };
@@ -121,7 +123,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(listener) = metrics_listener {
         let router = metrics::router(hub.clone(), turn_server.clone());
-        let stop = shutdown.clone();
+        // Stops after the drain, so /readyz can say "draining" meanwhile.
+        let stop = metrics_stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())
@@ -135,6 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = server => {}
     }
     drain(&hub, shutdown).await;
+    metrics_stop.cancel();
     // The metrics listener may still hold a handle; then dropping ours is
     // enough (the process is ending).
     if let Some(Ok(turn)) = turn_server.map(Arc::try_unwrap) {
@@ -150,6 +154,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// 1001, after the frames already queued for it), and waits a bounded time
 /// for the sessions to end.
 async fn drain(hub: &Hub, shutdown: CancellationToken) {
+    hub.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     shutdown.cancel();
     let handles = hub.registry.all_handles();
     tracing::info!("shutting down: closing {} sessions", handles.len());

@@ -96,6 +96,7 @@ impl PolicyHarness {
             },
             ice: Box::new(NoIceServers),
             metrics: Default::default(),
+            draining: Default::default(),
         });
         Ok(Self {
             hub,

@@ -131,8 +131,10 @@ impl Metrics {
     }
 }
 
-/// `/metrics` and `/healthz` for the metrics listener.
+/// `/metrics`, `/healthz` (live: the process answers) and `/readyz` (ready:
+/// serving, not draining) for the metrics listener.
 pub fn router(hub: Arc<Hub>, turn: Option<Arc<chat_turn::TurnServer>>) -> Router {
+    let ready = hub.clone();
     Router::new()
         .route(
             "/metrics",
@@ -149,6 +151,16 @@ pub fn router(hub: Arc<Hub>, turn: Option<Arc<chat_turn::TurnServer>>) -> Router
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.draining.load(Ordering::Relaxed) {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else {
+                    (axum::http::StatusCode::OK, "ready")
+                }
+            }),
+        )
 }
 
 /// The TURN server's counters.
@@ -180,6 +192,21 @@ pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
             "webrtc_chat_turn_refused_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_turn_relayed_bytes_total Payload bytes relayed, by direction."
+    );
+    let _ = writeln!(out, "# TYPE webrtc_chat_turn_relayed_bytes_total counter");
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_relayed_bytes_total{{direction=\"to_peers\"}} {}",
+        t.bytes_to_peers
+    );
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_relayed_bytes_total{{direction=\"from_peers\"}} {}",
+        t.bytes_from_peers
+    );
     let _ = writeln!(
         out,
         "# HELP webrtc_chat_turn_closed_session_gone_total Relays closed because their session ended."

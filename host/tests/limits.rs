@@ -238,10 +238,16 @@ async fn metrics_reflect_a_scripted_session() {
         "webrtc_chat_errors_total{kind=\"badRequest\"} 1",
         "webrtc_chat_policy_calls_total{policy=\"default\"}",
         "webrtc_chat_turn_allocations 0",
+        "webrtc_chat_turn_relayed_bytes_total{direction=\"to_peers\"} 0",
     ] {
         assert!(body.contains(expected), "missing {expected} in\n{body}");
     }
     assert!(common::http_get(&addr, "/healthz").await.ends_with("ok"));
+    let ready = common::http_get(&addr, "/readyz").await;
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.ends_with("ready"),
+        "{ready}"
+    );
 }
 
 #[tokio::test]

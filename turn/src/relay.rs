@@ -261,6 +261,7 @@ pub(crate) struct FilteredRelayConn {
     lease: Lease,
     relay_addr: SocketAddr,
     bandwidth: Option<Bandwidth>,
+    counters: Arc<crate::stats::Counters>,
 }
 
 impl FilteredRelayConn {
@@ -293,6 +294,7 @@ impl Conn for FilteredRelayConn {
                         continue;
                     }
                     if self.within_bandwidth(n) {
+                        crate::stats::Counters::add(&self.counters.bytes_from_peers, n as u64);
                         return Ok((n, from));
                     }
                     // over the cap: dropped, as a congested path would
@@ -317,7 +319,9 @@ impl Conn for FilteredRelayConn {
         if !self.within_bandwidth(buf.len()) {
             return Ok(buf.len()); // over the cap: dropped, as a congested path would
         }
-        Ok(self.socket.send_to(buf, target).await?)
+        let sent = self.socket.send_to(buf, target).await?;
+        crate::stats::Counters::add(&self.counters.bytes_to_peers, sent as u64);
+        Ok(sent)
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -456,6 +460,7 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
             lease,
             relay_addr,
             bandwidth: self.bandwidth.map(Bandwidth::new),
+            counters: Arc::clone(&self.counters),
         };
         Ok((Arc::new(conn), relay_addr))
     }

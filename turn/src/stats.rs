@@ -20,6 +20,9 @@ pub struct TurnStats {
     pub refused_quota: u64,
     /// Relays closed because their signaling session was gone.
     pub closed_session_gone: u64,
+    /// Payload bytes relayed to peers, and from peers back to clients.
+    pub bytes_to_peers: u64,
+    pub bytes_from_peers: u64,
 }
 
 /// The live counters behind [`TurnStats`].
@@ -30,6 +33,8 @@ pub(crate) struct Counters {
     pub(crate) refused_peers: AtomicU64,
     pub(crate) refused_quota: AtomicU64,
     pub(crate) closed_session_gone: AtomicU64,
+    pub(crate) bytes_to_peers: AtomicU64,
+    pub(crate) bytes_from_peers: AtomicU64,
 }
 
 impl Counters {
@@ -46,6 +51,8 @@ impl Counters {
             refused_peers: get(&self.refused_peers),
             refused_quota: get(&self.refused_quota),
             closed_session_gone: get(&self.closed_session_gone),
+            bytes_to_peers: get(&self.bytes_to_peers),
+            bytes_from_peers: get(&self.bytes_from_peers),
         }
     }
 }

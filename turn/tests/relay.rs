@@ -29,6 +29,9 @@ async fn udp_relays_both_ways_with_fresh_credential() {
     relay_round_trip(&relay, &peer, 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     relay_round_trip(&relay, &peer, 3).await;
+    let stats = server.stats();
+    assert!(stats.bytes_to_peers >= 8 * 14, "{stats:?}");
+    assert!(stats.bytes_from_peers >= 8 * 14, "{stats:?}");
     // STUN binding works too.
     let mapped = within("binding", client.send_binding_request())
         .await

@@ -56,4 +56,6 @@ pub struct Hub {
     pub limits: SessionLimits,
     pub ice: Box<dyn IceServers>,
     pub metrics: Metrics,
+    /// Set when shutdown begins: /readyz answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
