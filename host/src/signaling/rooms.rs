@@ -86,8 +86,8 @@ pub struct Departure {
 }
 
 pub struct Joined {
-    /// Members before the join, without the joiner, in join order.
-    pub others: Vec<Member>,
+    /// The other members (they get the joiner's `login` notice); the joiner
+    /// itself heard who they are through `welcome`.
     pub other_handles: Vec<SessionHandle>,
     /// The room the session moved out of, if it was in another one.
     pub left: Option<Departure>,
@@ -206,7 +206,6 @@ impl RoomRegistry {
             entry.handle.deliver(welcome(&others));
         }
         Ok(Joined {
-            others,
             other_handles,
             left,
         })
@@ -325,7 +324,7 @@ mod tests {
         let (reg, _rx) = registry_with(&["a", "b", "c"]);
         reg.join("a", "r", "A", 2, welcome).unwrap();
         let j = reg.join("b", "r", "B", 2, welcome).unwrap();
-        assert_eq!(j.others.len(), 1);
+        assert_eq!(j.other_handles.len(), 1);
         assert_eq!(
             reg.join("c", "r", "C", 2, welcome).err(),
             Some(JoinError::Full)
