@@ -11,6 +11,7 @@ pub mod reload;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -374,11 +375,24 @@ impl LoadedPolicy {
             let r = f(&inst.bindings, &mut inst.store).await?;
             Ok::<_, wasmtime::Error>((r, inst))
         };
-        // The epoch deadline plus a margin for the ticker's granularity.
-        let wall_limit = self.limits.deadline * 2 + Duration::from_millis(5);
-        let result = match tokio::time::timeout(wall_limit, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+        // A call that never waits on the host finishes in its first poll
+        // (a CPU loop is stopped there by the epoch), so no timer is armed
+        // for it: arming and cancelling one per message costs more than the
+        // rest of the wait machinery. Only a call that waits (a WASI sleep)
+        // gets the wall-clock limit: the epoch deadline plus a margin for
+        // the ticker's granularity.
+        let mut attempt = std::pin::pin!(attempt);
+        let first = std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                let wall_limit = self.limits.deadline * 2 + Duration::from_millis(5);
+                let left = wall_limit.saturating_sub(start.elapsed());
+                match tokio::time::timeout(left, attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+                }
+            }
         };
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats

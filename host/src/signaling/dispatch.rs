@@ -62,9 +62,9 @@ pub async fn handle_text(hub: &Hub, sender: &Sender<'_>, text: &str) {
     };
     hub.metrics.frame_in(&inbound.kind);
     let envelope = Envelope {
-        kind: inbound.kind.clone(),
+        kind: inbound.kind.to_string(),
         from: sender.id.to_string(),
-        to: inbound.to.clone(),
+        to: inbound.to.as_deref().map(str::to_owned),
         data: inbound.data.map(|d| d.get().to_owned()),
     };
     let chain = hub.chain.load_full();

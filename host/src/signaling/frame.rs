@@ -2,6 +2,7 @@
 //! rendering of every frame the host sends. `data` and unknown members stay
 //! raw JSON text, so a forwarded frame is parsed once and serialised once.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -11,15 +12,16 @@ use serde_json::value::RawValue;
 const MAX_TYPE_LEN: usize = 64;
 const MAX_TO_LEN: usize = 128;
 
-/// A client frame, borrowed from the received text.
+/// A client frame, borrowed from the received text (strings are copied
+/// only when they contain escapes).
 #[derive(Debug)]
 pub struct Inbound<'a> {
-    pub kind: String,
-    pub to: Option<String>,
+    pub kind: Cow<'a, str>,
+    pub to: Option<Cow<'a, str>>,
     pub data: Option<&'a RawValue>,
     /// Other top-level members, in order, without `from`/`username` (the
     /// host sets those) and without duplicates.
-    pub extras: Vec<(String, &'a RawValue)>,
+    pub extras: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -40,34 +42,21 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, FrameError> {
         .deserialize_any(MembersVisitor)
         .map_err(classify)?;
     de.end().map_err(|_| FrameError::NotJson)?;
-    let mut members = members.ok_or(FrameError::NotObject)?;
-
-    // Duplicate keys: the last occurrence wins, as in JavaScript.
-    let mut kind = None;
-    let mut to = None;
-    let mut data = None;
-    let mut extras: Vec<(String, &RawValue)> = Vec::new();
-    for (key, value) in members.drain(..) {
-        match key.as_str() {
-            "type" => kind = Some(value),
-            "to" => to = Some(value),
-            "data" => data = Some(value),
-            "from" | "username" => {}
-            _ => {
-                extras.retain(|(k, _)| *k != key);
-                extras.push((key, value));
-            }
-        }
-    }
+    let Members {
+        kind,
+        to,
+        data,
+        extras,
+    } = members.ok_or(FrameError::NotObject)?;
     let kind = kind
-        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        .and_then(json_str)
         .filter(|k| !k.is_empty() && k.len() <= MAX_TYPE_LEN)
         .ok_or(FrameError::BadType)?;
-    let to = match to.map(RawValue::get) {
-        None | Some("null") => None,
+    let to = match to {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
         Some(raw) => Some(
-            serde_json::from_str::<String>(raw)
-                .ok()
+            json_str(raw)
                 .filter(|t| t.len() <= MAX_TO_LEN)
                 .ok_or(FrameError::BadTo)?,
         ),
@@ -80,6 +69,16 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, FrameError> {
     })
 }
 
+/// A JSON string's value: borrowed from the frame unless it has escapes.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(Cow::Owned),
+    }
+}
+
 fn classify(e: serde_json::Error) -> FrameError {
     match e.classify() {
         serde_json::error::Category::Data => FrameError::NotObject,
@@ -87,26 +86,89 @@ fn classify(e: serde_json::Error) -> FrameError {
     }
 }
 
-/// Reads the top level of an object as (key, raw value) pairs; anything
-/// else that is valid JSON yields `None`.
+/// The top-level members of a frame, raw.
+struct Members<'a> {
+    kind: Option<&'a RawValue>,
+    to: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+    extras: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+/// A member's name, recognised without copying it.
+enum Key<'a> {
+    Type,
+    To,
+    Data,
+    /// `from` and `username`: the host sets those itself.
+    Stamped,
+    Other(Cow<'a, str>),
+}
+
+impl<'a> Key<'a> {
+    fn of(name: Cow<'a, str>) -> Self {
+        match &*name {
+            "type" => Key::Type,
+            "to" => Key::To,
+            "data" => Key::Data,
+            "from" | "username" => Key::Stamped,
+            _ => Key::Other(name),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::of(Cow::Borrowed(s)))
+            }
+            // A name with escapes (`"\u0074ype"` is `type`, as in JavaScript).
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key::of(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Reads the top level of an object; anything else that is valid JSON
+/// yields `None`. Duplicate names: the last occurrence wins, as in
+/// JavaScript.
 struct MembersVisitor;
 
-type Members<'a> = Option<Vec<(String, &'a RawValue)>>;
-
 impl<'de> Visitor<'de> for MembersVisitor {
-    type Value = Members<'de>;
+    type Value = Option<Members<'de>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut members = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
+        let mut m = Members {
+            kind: None,
+            to: None,
+            data: None,
+            extras: Vec::new(),
+        };
+        while let Some(key) = map.next_key::<Key<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
-            members.push((key, value));
+            match key {
+                Key::Type => m.kind = Some(value),
+                Key::To => m.to = Some(value),
+                Key::Data => m.data = Some(value),
+                Key::Stamped => {}
+                Key::Other(name) => {
+                    m.extras.retain(|(k, _)| *k != name);
+                    m.extras.push((name, value));
+                }
+            }
         }
-        Ok(Some(members))
+        Ok(Some(m))
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
@@ -148,7 +210,7 @@ pub struct Stamped<'a> {
     pub to: Option<&'a str>,
     pub username: Option<&'a str>,
     pub data: Option<&'a str>,
-    pub extras: &'a [(String, &'a RawValue)],
+    pub extras: &'a [(Cow<'a, str>, &'a RawValue)],
 }
 
 impl Stamped<'_> {
@@ -282,6 +344,26 @@ mod tests {
             v,
             json!({"type":"offer","from":"a","to":"b","username":"alice","data":{"sdp":"v=0"},"extra":[1,2]})
         );
+    }
+
+    #[test]
+    fn escaped_names_and_values_mean_what_they_say() {
+        // `"\u0074ype"` is the member `type`, and `"\u0066rom"` is `from`
+        // (dropped: the host stamps it), as JSON.parse reads them.
+        let text = r#"{"\u0074ype":"can\u0064idate","t\u006f":"b\"c","\u0066rom":"x","d\u0061ta":1,"e\u0078":2,"ex":3}"#;
+        let f = parse(text).unwrap();
+        assert_eq!(f.kind, "candidate");
+        assert!(matches!(f.kind, Cow::Owned(_)));
+        assert_eq!(f.to.as_deref(), Some("b\"c"));
+        assert_eq!(f.data.unwrap().get(), "1");
+        // `e\u0078` and `ex` are one name: the last one wins.
+        assert_eq!(f.extras.len(), 1);
+        assert_eq!(f.extras[0].0, "ex");
+        assert_eq!(f.extras[0].1.get(), "3");
+        // Plain strings are borrowed from the frame, not copied.
+        let f = parse(r#"{"type":"offer","to":"b"}"#).unwrap();
+        assert!(matches!(f.kind, Cow::Borrowed(_)));
+        assert!(matches!(f.to, Some(Cow::Borrowed(_))));
     }
 
     #[test]

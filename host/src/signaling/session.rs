@@ -231,6 +231,7 @@ async fn write_loop(
         };
         let mut next = first;
         let mut batched = 0;
+        let mut yielded = false;
         loop {
             match next {
                 Some(Outbound::Frame(text)) => {
@@ -259,6 +260,19 @@ async fn write_loop(
             }
             match rx.try_recv() {
                 Ok(o) => next = Some(o),
+                Err(_) if !yielded => {
+                    // Let the other ready sockets be read first: frames they
+                    // carry for this session then share this flush (one
+                    // write, one TLS flight) instead of each costing a
+                    // syscall of its own. A yield, not a timer: nothing waits
+                    // when nothing else is ready.
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    match rx.try_recv() {
+                        Ok(o) => next = Some(o),
+                        Err(_) => break,
+                    }
+                }
                 Err(_) => break,
             }
         }
