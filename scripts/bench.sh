@@ -11,6 +11,8 @@
 #   light       20 rooms x 5 clients, 5 msg/s per client, realistic mix (SDP ~4 KB)
 #   rooms       1 / 10 / 100 / 1000 rooms x $ROOMS_CLIENTS clients, as throughput
 #   idle        10 000 sessions (1000 rooms x 10) joined and held: server RSS per session
+#   reload      hot reload: a policy dropped into plugins/ (atomic rename) until the
+#               host serves it, $RELOADS times (the first compiles, later ones hit the cache)
 # Each scenario gets a fresh host. With taskset and >= 2 CPUs the host runs
 # on CPU 0 and sigload on the others, so one can tell who saturates
 # (PIN=0: no pinning, both share every CPU).
@@ -19,7 +21,8 @@ set -euo pipefail
 
 DURATION=${DURATION:-10}            # seconds of load per run
 WARMUP=${WARMUP:-2}                 # seconds not counted
-SCENARIOS=${SCENARIOS:-"throughput native light rooms idle"}
+SCENARIOS=${SCENARIOS:-"throughput native light rooms idle reload"}
+RELOADS=${RELOADS:-5}
 ROOMS_LIST=${ROOMS_LIST:-"1 10 100 1000"}
 ROOMS_CLIENTS=${ROOMS_CLIENTS:-3}
 IDLE_ROOMS=${IDLE_ROOMS:-1000}
@@ -131,6 +134,41 @@ run() {
   NAMES+=("$name")
 }
 
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# wait_log TEXT N: until the host's log holds TEXT at least N times (10 s at most).
+wait_log() {
+  local deadline=$(($(now_ms) + 10000))
+  while [ "$(grep -cF -- "$1" "$WORK/host.log" 2>/dev/null || true)" -lt "$2" ]; do
+    [ "$(now_ms)" -lt "$deadline" ] || return 1
+    sleep 0.002
+  done
+}
+
+# Hot reload, file event -> serving: the moderation example policy is
+# renamed into the plugins directory of a running host (what
+# scripts/install-policy.sh does), timed until the host logs the new chain
+# (it logs it after compiling, linking, the canary call and the swap),
+# then removed again. Polled every 2 ms.
+reload_bench() {
+  local stage="$WORK/stage" times=() i t0 t1
+  if [ -z "${SKIP_BUILD:-}" ] || [ ! -s "$stage/40-moderation.wasm" ]; then
+    "$ROOT/scripts/install-policy.sh" moderation "$stage" 40 >/dev/null
+  fi
+  start_host
+  for i in $(seq "$RELOADS"); do
+    cp "$stage/40-moderation.wasm" "$WORK/host/plugins/.40-moderation.part"
+    t0=$(now_ms)
+    mv "$WORK/host/plugins/.40-moderation.part" "$WORK/host/plugins/40-moderation.wasm"
+    wait_log "policy chain: 40-moderation → default" "$i" || { echo "bench: reload $i not seen; host log:" >&2; tail -n 20 "$WORK/host.log" >&2; break; }
+    t1=$(now_ms)
+    times+=($((t1 - t0)))
+    rm -f "$WORK/host/plugins/40-moderation.wasm"
+    wait_log "policy chain: default" "$((i + 1))" || break
+  done
+  stop_host
+  echo "hot reload, file renamed in -> new chain serving (ms, $(stat -c %s "$stage/40-moderation.wasm") B policy; first compiles, the rest from the cache): ${times[*]}" >"$OUT/reload.txt"
+}
+
 NAMES=()
 for s in $SCENARIOS; do
   case $s in
@@ -155,6 +193,8 @@ for s in $SCENARIOS; do
     idle)
       run idle-$((IDLE_ROOMS * IDLE_CLIENTS)) --idle --rooms "$IDLE_ROOMS" --clients "$IDLE_CLIENTS" \
         --duration "$IDLE_HOLD" --settle 3 --connect-concurrency 32 ;;
+    reload)
+      rm -f "$OUT/reload.txt"; reload_bench ;;
     *) echo "bench: unknown scenario $s" >&2; exit 2 ;;
   esac
 done
@@ -198,7 +238,10 @@ for n in "${NAMES[@]}"; do
   jq -r --arg n "$n" '.notes[]? | "\($n): note: \(.)"' "$f"
   jq -r --arg n "$n" 'select(.load and (.load.error_frames|length) > 0) | "\($n): error frames \(.load.error_frames)"' "$f"
 done
-if [ -s "$OUT/throughput.json" ] && [ -s "$OUT/throughput-native.json" ]; then
+if [[ " ${NAMES[*]:-} " == *" throughput "* && " ${NAMES[*]:-} " == *" throughput-native "* ]]; then
   jq -rs '"WASM-routed vs native routing, same run: \(.[0].load.delivered_per_s / .[1].load.delivered_per_s * 1000 | round / 1000)x the messages/s, \(.[0].server.cpu_us_per_delivered / .[1].server.cpu_us_per_delivered * 1000 | round / 1000)x the host CPU per message"' \
     "$OUT/throughput.json" "$OUT/throughput-native.json"
+fi
+if [[ " $SCENARIOS " == *" reload "* ]] && [ -s "$OUT/reload.txt" ]; then
+  cat "$OUT/reload.txt"
 fi
