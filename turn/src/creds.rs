@@ -3,7 +3,7 @@
 //! sessions still have their credentials honoured, and the `turn` crate
 //! auth handler that combines both.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -60,8 +60,35 @@ enum SessionState {
 /// [`session_ended`](Self::session_ended)) and the TURN server.
 #[derive(Debug)]
 pub struct SessionDirectory {
-    sessions: Mutex<HashMap<String, SessionState>>,
+    inner: Mutex<Directory>,
     grace_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Directory {
+    sessions: HashMap<String, SessionState>,
+    /// Ended sessions, oldest first, so forgetting them after their grace
+    /// costs nothing per disconnect beyond the entries that expire.
+    ended: VecDeque<(Instant, String)>,
+}
+
+impl Directory {
+    /// Forgets ended sessions whose grace is over (unless they started again).
+    fn expire(&mut self, now: Instant, grace: Duration) {
+        while let Some((t, _)) = self.ended.front() {
+            if now.duration_since(*t) < grace {
+                break;
+            }
+            let Some((t, id)) = self.ended.pop_front() else {
+                break;
+            };
+            if let Some(SessionState::Ended(e)) = self.sessions.get(&id)
+                && *e == t
+            {
+                self.sessions.remove(&id);
+            }
+        }
+    }
 }
 
 impl Default for SessionDirectory {
@@ -75,7 +102,7 @@ impl SessionDirectory {
     /// [`crate::TurnServer::start`] replaces the grace with the config's.
     pub fn new(grace: Duration) -> Self {
         Self {
-            sessions: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Directory::default()),
             grace_ms: AtomicU64::new(duration_ms(grace)),
         }
     }
@@ -90,14 +117,15 @@ impl SessionDirectory {
         Duration::from_millis(self.grace_ms.load(Ordering::Relaxed))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionState>> {
-        // A panic while holding this lock leaves a plain map: keep using it.
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Directory> {
+        // A panic while holding this lock leaves plain collections: keep using them.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A signaling session began (or reconnected): honour its credentials.
     pub fn session_started(&self, session_id: &str) {
         self.lock()
+            .sessions
             .insert(session_id.to_owned(), SessionState::Live);
     }
 
@@ -106,18 +134,19 @@ impl SessionDirectory {
     pub fn session_ended(&self, session_id: &str) {
         let grace = self.grace();
         let now = Instant::now();
-        let mut map = self.lock();
-        map.insert(session_id.to_owned(), SessionState::Ended(now));
-        // Forget sessions whose grace is long over, so the map stays small.
-        map.retain(|_, s| match s {
-            SessionState::Live => true,
-            SessionState::Ended(t) => now.duration_since(*t) < grace,
-        });
+        let mut guard = self.lock();
+        let dir = &mut *guard;
+        // A session that was never given credentials has nothing to honour.
+        if let Some(state @ SessionState::Live) = dir.sessions.get_mut(session_id) {
+            *state = SessionState::Ended(now);
+            dir.ended.push_back((now, session_id.to_owned()));
+        }
+        dir.expire(now, grace);
     }
 
     /// True while the session is live, or ended less than the grace ago.
     pub fn is_honoured(&self, session_id: &str) -> bool {
-        match self.lock().get(session_id) {
+        match self.lock().sessions.get(session_id) {
             Some(SessionState::Live) => true,
             Some(SessionState::Ended(t)) => t.elapsed() < self.grace(),
             None => false,
@@ -126,7 +155,7 @@ impl SessionDirectory {
 
     /// Number of sessions known (live or in their grace period).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().sessions.len()
     }
 
     /// True when no session is known.
@@ -137,10 +166,7 @@ impl SessionDirectory {
     /// Drops ended sessions whose grace is over.
     pub(crate) fn prune(&self) {
         let grace = self.grace();
-        self.lock().retain(|_, s| match s {
-            SessionState::Live => true,
-            SessionState::Ended(t) => t.elapsed() < grace,
-        });
+        self.lock().expire(Instant::now(), grace);
     }
 }
 
@@ -275,6 +301,33 @@ mod tests {
         assert!(d.is_empty());
         d.session_started("a");
         assert!(d.is_honoured("a"));
+    }
+
+    #[test]
+    fn directory_forgets_expired_sessions_as_others_end() {
+        let d = SessionDirectory::new(Duration::from_millis(30));
+        // Never given credentials: ending it registers nothing.
+        d.session_ended("stranger");
+        assert!(!d.is_honoured("stranger"));
+        assert!(d.is_empty());
+        for id in ["a", "b", "c"] {
+            d.session_started(id);
+        }
+        d.session_ended("a");
+        // "b" ends, then starts again (a reconnect) before its grace is over.
+        d.session_ended("b");
+        d.session_started("b");
+        std::thread::sleep(Duration::from_millis(50));
+        // The next disconnect forgets what expired, without a prune.
+        d.session_ended("c");
+        assert!(!d.is_honoured("a"));
+        assert!(d.is_honoured("b"), "restarted: live again");
+        assert!(d.is_honoured("c"), "within its grace");
+        assert_eq!(d.len(), 2);
+        std::thread::sleep(Duration::from_millis(50));
+        d.prune();
+        assert_eq!(d.len(), 1);
+        assert!(d.is_honoured("b"));
     }
 
     #[test]
