@@ -30,8 +30,14 @@ use crate::web;
 /// request headers: slow clients must not hold sockets open forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read and write buffer of one WebSocket.
-const SOCKET_BUFFER: usize = 8 * 1024;
+/// Read chunk of one WebSocket. It is resident in every session
+/// (tungstenite zero-fills it); frames are still assembled up to the frame
+/// limit, this is only how much one read takes.
+const READ_BUFFER: usize = 4 * 1024;
+/// Frames queued in one WebSocket before they are handed to TLS even
+/// without a flush (the writer flushes after each batch anyway). Not
+/// preallocated: an idle session holds only what its largest batch needed.
+const WRITE_BUFFER: usize = 8 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -265,8 +271,8 @@ fn upgrade(
     // was most of an idle session's memory; frames are small.
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
             session::run(socket, state.hub, peer, host).await;
