@@ -71,11 +71,29 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, FrameError> {
 
 /// A JSON string's value: borrowed from the frame unless it has escapes.
 fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    match serde_json::from_str::<&str>(raw.get()) {
-        Ok(s) => Some(Cow::Borrowed(s)),
-        Err(_) => serde_json::from_str::<String>(raw.get())
-            .ok()
-            .map(Cow::Owned),
+    serde_json::from_str::<JsonStr>(raw.get()).ok().map(|s| s.0)
+}
+
+/// A JSON string, borrowed from the input unless it has escapes (which
+/// must be decoded into a copy).
+struct JsonStr<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for JsonStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = JsonStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<JsonStr<'de>, E> {
+                Ok(JsonStr(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<JsonStr<'de>, E> {
+                Ok(JsonStr(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(StrVisitor)
     }
 }
 
@@ -117,22 +135,10 @@ impl<'a> Key<'a> {
 }
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
+    /// A name with escapes means what it decodes to (`"\u0074ype"` is
+    /// `type`, as in JavaScript).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key::of(Cow::Borrowed(s)))
-            }
-            // A name with escapes (`"\u0074ype"` is `type`, as in JavaScript).
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key::of(Cow::Owned(s.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
+        JsonStr::deserialize(d).map(|name| Key::of(name.0))
     }
 }
 
