@@ -75,13 +75,10 @@ struct Directory {
 impl Directory {
     /// Forgets ended sessions whose grace is over (unless they started again).
     fn expire(&mut self, now: Instant, grace: Duration) {
-        while let Some((t, _)) = self.ended.front() {
-            if now.duration_since(*t) < grace {
-                break;
-            }
-            let Some((t, id)) = self.ended.pop_front() else {
-                break;
-            };
+        while let Some((t, id)) = self
+            .ended
+            .pop_front_if(|(t, _)| now.duration_since(*t) >= grace)
+        {
             if let Some(SessionState::Ended(e)) = self.sessions.get(&id)
                 && *e == t
             {

@@ -258,21 +258,19 @@ async fn write_loop(
             if batched == WRITE_BATCH {
                 break;
             }
-            match rx.try_recv() {
+            let mut more = rx.try_recv();
+            if more.is_err() && !yielded {
+                // Let the other ready sockets be read first: frames they
+                // carry for this session then share this flush (one write,
+                // one TLS flight) instead of each costing a syscall of its
+                // own. A yield, not a timer: nothing waits when nothing
+                // else is ready.
+                yielded = true;
+                tokio::task::yield_now().await;
+                more = rx.try_recv();
+            }
+            match more {
                 Ok(o) => next = Some(o),
-                Err(_) if !yielded => {
-                    // Let the other ready sockets be read first: frames they
-                    // carry for this session then share this flush (one
-                    // write, one TLS flight) instead of each costing a
-                    // syscall of its own. A yield, not a timer: nothing waits
-                    // when nothing else is ready.
-                    yielded = true;
-                    tokio::task::yield_now().await;
-                    match rx.try_recv() {
-                        Ok(o) => next = Some(o),
-                        Err(_) => break,
-                    }
-                }
                 Err(_) => break,
             }
         }
