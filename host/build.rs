@@ -1,6 +1,8 @@
 //! Builds what the host embeds: the default policy component (a nested
-//! `cargo build --target wasm32-wasip2` with its own target dir) and the web
-//! app (`npm ci` when the lock file changed, `npm run build` when web/ did).
+//! `cargo build --target wasm32-wasip2` with its own target dir; the target
+//! is installed with rustup when missing) and, with the `web` feature, the
+//! web app (`npm ci` when the lock file changed, `npm run build` when web/
+//! did).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -19,7 +21,11 @@ fn main() {
     if let Err(e) = build_default_policy(&root, &out_dir) {
         fail(&e);
     }
-    if let Err(e) = build_web(&root, &out_dir) {
+    // The web app is the `web` feature (on by default): policy crates and
+    // their tests use the host as a library without Node.js.
+    if env::var_os("CARGO_FEATURE_WEB").is_some()
+        && let Err(e) = build_web(&root, &out_dir)
+    {
         fail(&e);
     }
 }
@@ -42,21 +48,35 @@ fn build_default_policy(root: &Path, out_dir: &Path) -> Result<(), String> {
         root.join("plugins/default/Cargo.toml").display()
     );
 
+    if ensure_policy_target(root)? {
+        println!(
+            "cargo::warning=installed the {POLICY_TARGET} target with rustup (policies are built for it)"
+        );
+    }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let (mut cmd, wasm) = policy_build_command(&cargo, root, "default-policy");
-    let status = cmd
-        .status()
+    let output = cmd
+        .output()
         .map_err(|e| format!("could not run cargo to build the default policy: {e}"))?;
-    if !status.success() {
-        return Err("building plugins/default for wasm32-wasip2 failed (see the cargo output above; `rustup target add wasm32-wasip2` if the target is missing)".into());
+    if !output.status.success() {
+        // Cargo shows a build script's output only as warnings: pass on
+        // what the nested cargo said, then the one-line verdict.
+        for line in cargo_error_lines(&output.stderr) {
+            println!("cargo::warning={line}");
+        }
+        return Err(format!(
+            "building plugins/default for {POLICY_TARGET} failed (the nested cargo's errors are above)"
+        ));
     }
     fs::copy(&wasm, out_dir.join("default-policy.wasm"))
         .map_err(|e| format!("could not copy {}: {e}", wasm.display()))?;
     Ok(())
 }
 
-/// The inputs of the web build; watching all of web/ would see node_modules
-/// and dist, which the build itself writes.
+/// The inputs of the web build; watching all of web/ would see node_modules,
+/// which the build itself writes. Only paths that exist are watched: cargo
+/// treats a missing watched path as changed and would re-run this script
+/// (and recompile the host) on every build.
 const WEB_INPUTS: &[&str] = &[
     "src",
     "public",
@@ -65,15 +85,15 @@ const WEB_INPUTS: &[&str] = &[
     "package-lock.json",
     "vite.config.ts",
     "tsconfig.json",
-    "tsconfig.app.json",
-    "tsconfig.node.json",
-    "env.d.ts",
 ];
 
 fn build_web(root: &Path, out_dir: &Path) -> Result<(), String> {
     let web = root.join("web");
     for input in WEB_INPUTS {
-        println!("cargo::rerun-if-changed={}", web.join(input).display());
+        let path = web.join(input);
+        if path.exists() {
+            println!("cargo::rerun-if-changed={}", path.display());
+        }
     }
     let dist = out_dir.join("web");
     let stamp_file = out_dir.join("web.stamp");

@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 crate=${1:?usage: install-policy.sh CRATE [PLUGINS_DIR] [ORDER]}
 dir=${2:-plugins}
 order=${3:-50}
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  echo "installing the wasm32-wasip2 target with rustup (policies are built for it)"
+  rustup target add wasm32-wasip2
+fi
 cargo build --quiet --release --target wasm32-wasip2 -p "$crate" --target-dir target/policy-build \
   --config profile.release.debug=false --config profile.release.strip=true --config profile.release.lto=true
 src="target/policy-build/wasm32-wasip2/release/${crate//-/_}.wasm"

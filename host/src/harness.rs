@@ -215,9 +215,15 @@ pub fn build_policy(package: &str) -> anyhow::Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("host/ lives in the workspace")?;
+    use crate::policy_build::{cargo_error_lines, ensure_policy_target, policy_build_command};
+    ensure_policy_target(root).map_err(anyhow::Error::msg)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let (mut cmd, wasm) = crate::policy_build::policy_build_command(&cargo, root, package);
-    let status = cmd.arg("--quiet").status().context("running cargo")?;
-    anyhow::ensure!(status.success(), "building policy {package} failed");
+    let (mut cmd, wasm) = policy_build_command(&cargo, root, package);
+    let output = cmd.arg("--quiet").output().context("running cargo")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "building policy {package} failed:\n{}",
+        cargo_error_lines(&output.stderr).join("\n")
+    );
     Ok(wasm)
 }

@@ -5,6 +5,71 @@
 //
 // (Plain comments: this file is also included into build.rs.)
 
+/// The target policies are built for.
+pub const POLICY_TARGET: &str = "wasm32-wasip2";
+
+/// Makes sure the toolchain that builds policies has the wasm32-wasip2
+/// standard library. rustup installs the `targets` of rust-toolchain.toml
+/// only when it installs the toolchain itself, so on most machines the
+/// target is missing the first time. Returns `Ok(true)` when it had to be
+/// installed (with rustup, for the toolchain the nested cargo will use),
+/// and an error of one line naming the fix when it cannot be.
+pub fn ensure_policy_target(workspace: &std::path::Path) -> Result<bool, String> {
+    // The nested cargo runs `rustc` from PATH in the workspace (the outer
+    // RUSTC is removed), under the same RUSTUP_TOOLCHAIN: ask that one.
+    let sysroot = std::process::Command::new("rustc")
+        .current_dir(workspace)
+        .env_remove("RUSTC")
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let installed = |sysroot: &str| {
+        std::path::Path::new(sysroot)
+            .join("lib/rustlib")
+            .join(POLICY_TARGET)
+            .join("lib")
+            .is_dir()
+    };
+    if sysroot.as_deref().is_some_and(installed) {
+        return Ok(false);
+    }
+    let rustup = std::process::Command::new("rustup")
+        .current_dir(workspace)
+        .args(["target", "add", POLICY_TARGET])
+        .output();
+    match rustup {
+        Ok(o) if o.status.success() => Ok(true),
+        Ok(o) => Err(format!(
+            "`rustup target add {POLICY_TARGET}` failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .replace('\n', " / ")
+        )),
+        Err(_) => Err(format!(
+            "the Rust standard library for {POLICY_TARGET} is missing and rustup is not on PATH: \
+             install it for your toolchain (with rustup: `rustup target add {POLICY_TARGET}`) and run cargo again"
+        )),
+    }
+}
+
+/// The part of a failed nested cargo's stderr worth showing: from its
+/// first `error` line on (or the last lines when there is none), capped.
+pub fn cargo_error_lines(stderr: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("error"))
+        .unwrap_or(lines.len().saturating_sub(40));
+    lines[start..]
+        .iter()
+        .take(80)
+        .map(|l| l.to_string())
+        .collect()
+}
+
 /// A `cargo build` of `package` for wasm32-wasip2 (release, no debug info,
 /// LTO: small components compile faster in the host) in `<workspace>/target/policy-build`,
 /// and the path of the `.wasm` it makes. The outer cargo's variables are
@@ -47,7 +112,7 @@ pub fn policy_build_command(
             "build",
             "--release",
             "--target",
-            "wasm32-wasip2",
+            POLICY_TARGET,
             "-p",
             package,
         ])

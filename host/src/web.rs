@@ -1,11 +1,16 @@
-//! The web app, built from web/ by build.rs and embedded in the binary:
-//! lookup with SPA fallback, MIME types and caching headers.
+//! The web app, built from web/ by build.rs and embedded in the binary
+//! (the `web` feature, on by default): lookup with SPA fallback, MIME types
+//! and caching headers.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use include_dir::{Dir, include_dir};
+use include_dir::Dir;
 
-static WEB: Dir<'static> = include_dir!("$OUT_DIR/web");
+#[cfg(feature = "web")]
+static WEB: Dir<'static> = include_dir::include_dir!("$OUT_DIR/web");
+/// Built without the `web` feature: no app, and a page that says so.
+#[cfg(not(feature = "web"))]
+static WEB: Dir<'static> = Dir::new("", &[]);
 
 /// The default policy component, built by build.rs for wasm32-wasip2.
 pub static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
@@ -23,6 +28,14 @@ pub fn serve(path: &str) -> Response {
             .flatten()
     });
     let Some(file) = file else {
+        if cfg!(not(feature = "web")) && (path == "index.html" || !path.contains('.')) {
+            return (
+                StatusCode::NOT_FOUND,
+                "this host was built without the web app (cargo feature `web`); \
+                 signaling, TURN and policies work, build with default features to serve the app",
+            )
+                .into_response();
+        }
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
     let name = file.path().to_string_lossy();
@@ -61,6 +74,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "web")]
     fn index_and_fallback() {
         let r = serve("/");
         assert_eq!(r.status(), StatusCode::OK);
@@ -71,6 +85,14 @@ mod tests {
                 .starts_with("text/html")
         );
         assert_eq!(serve("/some/route").status(), StatusCode::OK);
+        assert_eq!(serve("/missing.js").status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    #[cfg(not(feature = "web"))]
+    fn without_the_app_pages_say_so() {
+        let r = serve("/");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(serve("/missing.js").status(), StatusCode::NOT_FOUND);
     }
 

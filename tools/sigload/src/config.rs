@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::payload::Kind;
 
 /// Load generator for the WebRTC Chat signaling protocol
-/// (shared/spec/protocol.md) against any wss:// server on this machine.
+/// (docs/protocol.md in this repository) against any wss:// server on this machine.
 ///
 /// ROOMS x CLIENTS sessions join (`login`, wait for `joined`), then each
 /// sends offers/answers/candidates to its room-mates for --duration

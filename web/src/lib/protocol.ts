@@ -1,4 +1,4 @@
-// The signaling wire format (shared/spec/protocol.md, v1). This module is the
+// The signaling wire format (docs/protocol.md, v1). This module is the
 // only place that knows frame shapes; everything else uses these helpers.
 
 export type ErrorType =
