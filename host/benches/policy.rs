@@ -4,15 +4,13 @@
 //!
 //!     cargo bench -p host --bench policy
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use host::policy::kv::KvStore;
-use host::policy::{PolicyChain, PolicyContext, PolicyEngine, SandboxLimits};
+use host::policy::{DEFAULT_POLICY, EngineSettings, PolicyChain, PolicyEngine, SandboxLimits};
 use host::signaling::rooms::{RoomRegistry, SessionHandle};
-use host::web::DEFAULT_POLICY;
 use tokio_util::sync::CancellationToken;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -43,19 +41,20 @@ fn main() {
             })
             .unwrap();
     }
-    let ctx = Arc::new(PolicyContext {
-        registry,
-        kv: Arc::new(KvStore::new(1 << 20)),
-        config: HashMap::from([("room-max".to_string(), "10".to_string())]),
-    });
-    let limits = SandboxLimits {
-        deadline: Duration::from_millis(20),
-        memory_bytes: 32 << 20,
+    let kv = Arc::new(KvStore::new(1 << 20));
+    let settings = |cache_dir: Option<&std::path::Path>| EngineSettings {
+        rooms: registry.clone(),
+        kv: kv.clone(),
+        room_max: 10,
+        limits: SandboxLimits {
+            deadline: Duration::from_millis(20),
+            memory_bytes: 32 << 20,
+        },
+        cache_dir: cache_dir.map(|d| d.to_path_buf()),
     };
-    let engine = PolicyEngine::new(ctx.clone(), limits, None).unwrap();
+    let engine = PolicyEngine::new(settings(None)).unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
-    let cached_engine =
-        PolicyEngine::new(ctx, limits, Some(cache_dir.path().to_path_buf())).unwrap();
+    let cached_engine = PolicyEngine::new(settings(Some(cache_dir.path()))).unwrap();
 
     // Load times.
     let mut cold = Vec::new();

@@ -1,7 +1,6 @@
 //! Start-up and shutdown: builds the shared state from the configuration,
 //! binds the listeners and runs the servers until a signal.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::policy::kv::KvStore;
 use crate::policy::reload::PolicyDirectory;
-use crate::policy::{PolicyChain, PolicyContext, PolicyEngine, SandboxLimits};
+use crate::policy::{EngineSettings, PolicyChain, PolicyEngine, SandboxLimits};
 use crate::signaling::rooms::Outbound;
 use crate::signaling::rooms::RoomRegistry;
 use crate::signaling::{Hub, SessionLimits};
-use crate::{https, metrics, tls, web};
+use crate::{https, metrics, tls};
 use axum::extract::ws::Utf8Bytes;
 
 /// Bytes of key-value state each policy may keep.
@@ -39,19 +38,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let registry = Arc::new(RoomRegistry::with_max_rooms(config.max_rooms as usize));
     let kv = Arc::new(KvStore::new(KV_CAP_BYTES));
-    let ctx = Arc::new(PolicyContext {
-        registry: registry.clone(),
+    let engine = PolicyEngine::new(EngineSettings {
+        rooms: registry.clone(),
         kv: kv.clone(),
-        config: HashMap::from([("room-max".to_string(), config.room_max.to_string())]),
-    });
-    let limits = SandboxLimits {
-        deadline: Duration::from_millis(config.policy_deadline_ms.into()),
-        memory_bytes: (config.policy_memory_mib as usize) << 20,
-    };
-    let engine = PolicyEngine::new(ctx, limits, config.policy_cache_dir())
-        .context("cannot start the policy engine")?;
+        room_max: config.room_max,
+        limits: SandboxLimits {
+            deadline: Duration::from_millis(config.policy_deadline_ms.into()),
+            memory_bytes: (config.policy_memory_mib as usize) << 20,
+        },
+        cache_dir: config.policy_cache_dir(),
+    })
+    .context("cannot start the policy engine")?;
     let default = engine
-        .load(crate::policy::BUILT_IN_DEFAULT, web::DEFAULT_POLICY)
+        .load_default()
         .await
         .context("the built-in default policy does not load; rebuild the host")?;
     let chain = PolicyChain::new(Vec::new(), default.clone());
@@ -59,7 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hub = Arc::new(Hub {
         registry,
         kv,
-        chain: ArcSwap::from_pointee(chain),
+        chain: Arc::new(ArcSwap::from_pointee(chain)),
         limits: SessionLimits {
             max_frame_bytes: config.max_frame_bytes as usize,
             send_queue: config.send_queue as usize,
@@ -71,7 +70,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         draining: Default::default(),
     });
 
-    let policies = PolicyDirectory::new(engine, config.plugins_dir.clone(), default, hub.clone());
+    let policies = PolicyDirectory::new(
+        engine,
+        config.plugins_dir.clone(),
+        default,
+        hub.chain.clone(),
+    );
     let _watcher = tokio::task::spawn_blocking(move || policies.watch()).await??;
 
     let addr = std::net::SocketAddr::new(config.bind, config.https_port);

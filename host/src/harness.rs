@@ -11,7 +11,6 @@
 //! assert_eq!(joined["type"], "joined");
 //! ```
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,11 +23,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::kv::KvStore;
-use crate::policy::{PolicyChain, PolicyContext, PolicyEngine, SandboxLimits};
+use crate::policy::{EngineSettings, PolicyChain, PolicyEngine, SandboxLimits};
 use crate::signaling::dispatch::{self, Sender};
 use crate::signaling::rooms::{Outbound, RoomRegistry, SessionHandle};
 use crate::signaling::{Hub, NoIceServers, SessionLimits};
-use crate::web::DEFAULT_POLICY;
 
 pub struct PolicyHarness {
     hub: Arc<Hub>,
@@ -53,23 +51,22 @@ impl PolicyHarness {
     pub fn with_room_max(policies: &[PathBuf], room_max: u32) -> anyhow::Result<Self> {
         let registry = Arc::new(RoomRegistry::default());
         let kv = Arc::new(KvStore::new(crate::app::KV_CAP_BYTES));
-        let ctx = Arc::new(PolicyContext {
-            registry: registry.clone(),
-            kv: kv.clone(),
-            config: HashMap::from([("room-max".to_string(), room_max.to_string())]),
-        });
-        let limits = SandboxLimits {
-            deadline: Duration::from_millis(100),
-            memory_bytes: 32 << 20,
-        };
         let runtime = Arc::new(
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
         );
-        let engine = PolicyEngine::new(ctx, limits, None)?;
-        let default =
-            runtime.block_on(engine.load(crate::policy::BUILT_IN_DEFAULT, DEFAULT_POLICY))?;
+        let engine = PolicyEngine::new(EngineSettings {
+            rooms: registry.clone(),
+            kv: kv.clone(),
+            room_max,
+            limits: SandboxLimits {
+                deadline: Duration::from_millis(100),
+                memory_bytes: 32 << 20,
+            },
+            cache_dir: None,
+        })?;
+        let default = runtime.block_on(engine.load_default())?;
         let mut drop_ins = Vec::new();
         for path in policies {
             let bytes =
@@ -87,7 +84,7 @@ impl PolicyHarness {
         let hub = Arc::new(Hub {
             registry,
             kv,
-            chain: ArcSwap::from_pointee(PolicyChain::new(drop_ins, default)),
+            chain: Arc::new(ArcSwap::from_pointee(PolicyChain::new(drop_ins, default))),
             limits: SessionLimits {
                 max_frame_bytes: 64 * 1024,
                 send_queue: 4096,

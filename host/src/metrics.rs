@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::signaling::Hub;
+use crate::policy::PolicyChain;
 
 /// Message types counted by name; anything else is `other`.
 const KINDS: &[&str] = &[
@@ -133,7 +133,7 @@ impl Metrics {
 
 /// `/metrics`, `/healthz` (live: the process answers) and `/readyz` (ready:
 /// serving, not draining) for the metrics listener.
-pub fn router(hub: Arc<Hub>, turn: Option<Arc<chat_turn::TurnServer>>) -> Router {
+pub fn router(hub: Arc<dyn Observed>, turn: Option<Arc<chat_turn::TurnServer>>) -> Router {
     let ready = hub.clone();
     Router::new()
         .route(
@@ -142,7 +142,8 @@ pub fn router(hub: Arc<Hub>, turn: Option<Arc<chat_turn::TurnServer>>) -> Router
                 let hub = hub.clone();
                 let turn = turn.clone();
                 async move {
-                    let mut body = exposition(&hub);
+                    let mut body = String::with_capacity(4096);
+                    hub.render(&mut body);
                     if let Some(turn) = turn {
                         render_turn(&mut body, &turn.stats());
                     }
@@ -154,7 +155,7 @@ pub fn router(hub: Arc<Hub>, turn: Option<Arc<chat_turn::TurnServer>>) -> Router
         .route(
             "/readyz",
             get(move || async move {
-                if ready.draining.load(Ordering::Relaxed) {
+                if ready.draining() {
                     (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining")
                 } else {
                     (axum::http::StatusCode::OK, "ready")
@@ -222,15 +223,17 @@ pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
     );
 }
 
-/// Everything the host counts, in the Prometheus text format.
-pub fn exposition(hub: &Hub) -> String {
-    let mut out = String::with_capacity(4096);
-    hub.metrics.render(
-        &mut out,
-        hub.registry.session_count(),
-        hub.registry.room_count(),
-    );
-    let chain = hub.chain.load_full();
+/// What the metrics listener reads from the serving state (signaling's
+/// `Hub`), so this module needs nothing from signaling.
+pub trait Observed: Send + Sync + 'static {
+    /// Appends everything the host counts, in the Prometheus text format.
+    fn render(&self, out: &mut String);
+    /// Shutdown has begun: /readyz answers 503.
+    fn draining(&self) -> bool;
+}
+
+/// Per-policy counters of the chain in force.
+pub fn render_policies(out: &mut String, chain: &PolicyChain) {
     let _ = writeln!(
         out,
         "# HELP webrtc_chat_policy_calls_total Policy calls, by policy."
@@ -283,7 +286,6 @@ pub fn exposition(hub: &Hub) -> String {
             u8::from(p.is_quarantined())
         );
     }
-    out
 }
 
 #[cfg(test)]

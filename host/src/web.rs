@@ -12,9 +12,6 @@ static WEB: Dir<'static> = include_dir::include_dir!("$OUT_DIR/web");
 #[cfg(not(feature = "web"))]
 static WEB: Dir<'static> = Dir::new("", &[]);
 
-/// The default policy component, built by build.rs for wasm32-wasip2.
-pub static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
-
 /// Serves `path` from the embedded app. Paths without a file extension
 /// that name no file get index.html, so client-side routes and `/?room=`
 /// links work.
@@ -94,10 +91,5 @@ mod tests {
         let r = serve("/");
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(serve("/missing.js").status(), StatusCode::NOT_FOUND);
-    }
-
-    #[test]
-    fn default_policy_is_embedded() {
-        assert_eq!(&DEFAULT_POLICY[..4], b"\0asm");
     }
 }

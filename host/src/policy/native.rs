@@ -7,7 +7,7 @@
 use super::{Action, Envelope, ErrorReply, JoinRequest, Outbound, PolicyContext};
 
 pub fn decide(ctx: &PolicyContext, e: &Envelope) -> Vec<Action> {
-    let registry = &ctx.registry;
+    let rooms = &ctx.rooms;
     match e.kind.as_str() {
         "login" => {
             let data: Option<serde_json::Value> =
@@ -38,7 +38,7 @@ pub fn decide(ctx: &PolicyContext, e: &Envelope) -> Vec<Action> {
             })]
         }
         "offer" | "answer" | "candidate" => {
-            let Some(room) = registry.room_of(&e.from) else {
+            let Some(room) = rooms.room_of(&e.from) else {
                 return error(
                     e,
                     "notInRoom",
@@ -48,11 +48,10 @@ pub fn decide(ctx: &PolicyContext, e: &Envelope) -> Vec<Action> {
             match e.to.as_deref().filter(|t| !t.is_empty()) {
                 Some(to) => vec![Action::Forward(vec![to.to_owned()])],
                 None if e.kind == "offer" => vec![Action::Forward(
-                    registry
+                    rooms
                         .members(&room)
-                        .iter()
-                        .filter(|m| ***m != *e.from)
-                        .map(|m| m.to_string())
+                        .into_iter()
+                        .filter(|m| *m != e.from)
                         .collect(),
                 )],
                 None => error(e, "badRequest", "This message needs a \"to\" session id."),
@@ -67,7 +66,7 @@ pub fn decide(ctx: &PolicyContext, e: &Envelope) -> Vec<Action> {
             let Some(candidate) = candidate else {
                 return error(e, "badRequest", "randomCheck needs a UUID string as data.");
             };
-            let result = if registry.room_exists(&candidate) {
+            let result = if rooms.room_exists(&candidate) {
                 "fail"
             } else {
                 "ok"

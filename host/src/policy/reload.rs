@@ -14,8 +14,7 @@ use notify::{RecursiveMode, Watcher};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::{LoadedPolicy, PolicyChain, PolicyEngine};
-use crate::signaling::Hub;
+use super::{ChainSlot, LoadedPolicy, PolicyChain, PolicyEngine};
 
 /// Quiet time after the last file event before the directory is read: a
 /// file still being written produces events and is not loaded half-done.
@@ -36,7 +35,8 @@ pub struct PolicyDirectory {
     runtime: tokio::runtime::Handle,
     dir: PathBuf,
     default: Arc<LoadedPolicy>,
-    hub: Arc<Hub>,
+    /// Where each new chain goes (the signaling hub's).
+    chain: Arc<ChainSlot>,
     slots: Mutex<BTreeMap<String, Slot>>,
 }
 
@@ -45,14 +45,14 @@ impl PolicyDirectory {
         engine: PolicyEngine,
         dir: PathBuf,
         default: Arc<LoadedPolicy>,
-        hub: Arc<Hub>,
+        chain: Arc<ChainSlot>,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             runtime: tokio::runtime::Handle::current(),
             dir,
             default,
-            hub,
+            chain,
             slots: Mutex::new(BTreeMap::new()),
         })
     }
@@ -126,7 +126,7 @@ impl PolicyDirectory {
                 .filter_map(|s| s.loaded.as_ref().map(|(_, p)| p.clone()))
                 .collect();
             let chain = Arc::new(PolicyChain::new(drop_ins, self.default.clone()));
-            self.hub.chain.store(chain.clone());
+            self.chain.store(chain.clone());
             // Logged once in force: the line means "serving with this chain".
             log_chain(&chain);
         }
@@ -155,7 +155,7 @@ impl PolicyDirectory {
             )
         })?;
         if !self.scan() {
-            log_chain(&self.hub.chain.load());
+            log_chain(&self.chain.load());
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |event| {
@@ -186,7 +186,7 @@ impl PolicyDirectory {
             }
             if last_stats.elapsed() >= STATS_EVERY {
                 last_stats = Instant::now();
-                log_stats(&self.hub.chain.load());
+                log_stats(&self.chain.load());
             }
         }
     }

@@ -10,10 +10,8 @@ pub mod session;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use crate::metrics::Metrics;
-use crate::policy::PolicyChain;
+use crate::metrics::{Metrics, Observed};
+use crate::policy::ChainSlot;
 use crate::policy::kv::KvStore;
 use rooms::RoomRegistry;
 
@@ -52,10 +50,25 @@ pub struct Hub {
     pub registry: Arc<RoomRegistry>,
     pub kv: Arc<KvStore>,
     /// Swapped whole on reload; a message uses the chain it started with.
-    pub chain: ArcSwap<PolicyChain>,
+    pub chain: Arc<ChainSlot>,
     pub limits: SessionLimits,
     pub ice: Box<dyn IceServers>,
     pub metrics: Metrics,
     /// Set when shutdown begins: /readyz answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
+}
+
+impl Observed for Hub {
+    fn render(&self, out: &mut String) {
+        self.metrics.render(
+            out,
+            self.registry.session_count(),
+            self.registry.room_count(),
+        );
+        crate::metrics::render_policies(out, &self.chain.load());
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

@@ -289,6 +289,28 @@ impl RoomRegistry {
     }
 }
 
+/// What policies read about rooms (their `state` imports).
+impl crate::policy::RoomView for RoomRegistry {
+    fn room_of(&self, session: &str) -> Option<String> {
+        RoomRegistry::room_of(self, session).map(|r| r.to_string())
+    }
+
+    fn members(&self, room: &str) -> Vec<String> {
+        RoomRegistry::members(self, room)
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    }
+
+    fn room_exists(&self, room: &str) -> bool {
+        RoomRegistry::room_exists(self, room)
+    }
+
+    fn username_of(&self, session: &str) -> Option<String> {
+        RoomRegistry::username_of(self, session).map(|u| u.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,213 @@
+//! `LoadedPolicy`: one compiled policy and its pool of ready instances.
+//! Each call runs on a pooled instance under the deadline and the memory
+//! cap; a failed instance is discarded, and failures feed the quarantine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::bindings::{Action, Envelope, Policy, PolicyPre, Verdict};
+use super::engine::{SandboxLimits, one_line};
+use super::imports::{PolicyContext, StoreData};
+use super::quarantine::Quarantine;
+
+/// Idle instances kept per policy; more are made on demand and dropped after.
+const POOL_SIZE: usize = 8;
+
+struct PolicyInstance {
+    store: Store<StoreData>,
+    bindings: Policy,
+}
+
+/// Counters a policy accumulates; read by logs and /metrics.
+#[derive(Default)]
+pub struct PolicyStats {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub nanos: AtomicU64,
+}
+
+/// Why a policy call produced no verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("policy {policy} failed: {reason}")]
+    Failed { policy: Arc<str>, reason: String },
+    #[error("policy {policy} is quarantined after repeated failures")]
+    Quarantined { policy: Arc<str> },
+}
+
+/// One compiled policy and its pool of ready instances.
+pub struct LoadedPolicy {
+    name: Arc<str>,
+    pre: PolicyPre<StoreData>,
+    engine: Engine,
+    pub(super) ctx: Arc<PolicyContext>,
+    limits: SandboxLimits,
+    deadline_ticks: u64,
+    pool: Mutex<Vec<PolicyInstance>>,
+    pub stats: PolicyStats,
+    quarantine: Quarantine,
+}
+
+impl LoadedPolicy {
+    pub(super) fn new(
+        name: &str,
+        pre: PolicyPre<StoreData>,
+        engine: Engine,
+        ctx: Arc<PolicyContext>,
+        limits: SandboxLimits,
+    ) -> Self {
+        Self {
+            name: Arc::from(name),
+            pre,
+            engine,
+            ctx,
+            limits,
+            deadline_ticks: (limits.deadline.as_millis() as u64).max(1),
+            pool: Mutex::new(Vec::new()),
+            stats: PolicyStats::default(),
+            quarantine: Quarantine::new(name != super::BUILT_IN_DEFAULT),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantine.is_quarantined()
+    }
+
+    async fn instantiate(&self) -> wasmtime::Result<PolicyInstance> {
+        let data = StoreData {
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .table_elements(100_000)
+                .trap_on_grow_failure(true)
+                .build(),
+            ctx: self.ctx.clone(),
+            name: self.name.clone(),
+        };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|d| &mut d.limits);
+        // WASI start-up code runs during instantiation, under the deadline too.
+        store.set_epoch_deadline(self.deadline_ticks);
+        let bindings = self.pre.instantiate_async(&mut store).await?;
+        Ok(PolicyInstance { store, bindings })
+    }
+
+    /// Runs one export on a pooled instance under the deadline: the epoch
+    /// stops a guest that computes too long, the timeout one that waits too
+    /// long on the host. A trap, timeout or out-of-memory discards the
+    /// instance (a trapped instance cannot be entered again) and counts
+    /// towards quarantine.
+    async fn call<R, F>(&self, f: F) -> Result<R, CallError>
+    where
+        F: AsyncFnOnce(&Policy, &mut Store<StoreData>) -> wasmtime::Result<R>,
+    {
+        if self.is_quarantined() {
+            return Err(CallError::Quarantined {
+                policy: self.name.clone(),
+            });
+        }
+        let start = Instant::now();
+        let pooled = self.pool.lock().pop();
+        let attempt = async {
+            let mut inst = match pooled {
+                Some(inst) => inst,
+                None => self.instantiate().await?,
+            };
+            inst.store.set_epoch_deadline(self.deadline_ticks);
+            let r = f(&inst.bindings, &mut inst.store).await?;
+            Ok::<_, wasmtime::Error>((r, inst))
+        };
+        // A call that never waits on the host finishes in its first poll
+        // (a CPU loop is stopped there by the epoch), so no timer is armed
+        // for it: arming and cancelling one per message costs more than the
+        // rest of the wait machinery. Only a call that waits (a WASI sleep)
+        // gets the wall-clock limit: the epoch deadline plus a margin for
+        // the ticker's granularity.
+        let mut attempt = std::pin::pin!(attempt);
+        let first = std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                let wall_limit = self.limits.deadline * 2 + Duration::from_millis(5);
+                let left = wall_limit.saturating_sub(start.elapsed());
+                match tokio::time::timeout(left, attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+                }
+            }
+        };
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .nanos
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match result {
+            Ok((r, inst)) => {
+                self.quarantine.succeeded();
+                let mut pool = self.pool.lock();
+                if pool.len() < POOL_SIZE {
+                    pool.push(inst);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let reason = describe_trap(&e, self.limits);
+                self.quarantine.failed(&self.name);
+                tracing::warn!(policy = %self.name, "policy call failed: {reason}");
+                Err(CallError::Failed {
+                    policy: self.name.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    pub async fn on_message(&self, e: &Envelope) -> Result<Verdict, CallError> {
+        self.call(async |p, store| p.call_on_message(store, e).await)
+            .await
+    }
+
+    pub async fn on_connect(&self, session: &str, peer: &str) -> Result<Verdict, CallError> {
+        let session = session.to_owned();
+        self.call(async |p, store| p.call_on_connect(store, &session, peer).await)
+            .await
+    }
+
+    pub async fn on_disconnect(&self, session: &str) -> Result<Vec<Action>, CallError> {
+        let session = session.to_owned();
+        self.call(async |p, store| p.call_on_disconnect(store, &session).await)
+            .await
+    }
+}
+
+fn describe_trap(e: &wasmtime::Error, limits: SandboxLimits) -> String {
+    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+        return format!("ran past its {} ms deadline", limits.deadline.as_millis());
+    }
+    let root = e.root_cause().to_string();
+    if root.contains("growing memory") {
+        return format!(
+            "exceeded its memory cap of {} MiB",
+            limits.memory_bytes >> 20
+        );
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("trapped: {trap}"),
+        None => one_line(&root),
+    }
+}
