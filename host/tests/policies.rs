@@ -62,30 +62,38 @@ async fn dropping_and_removing_password_rooms_while_sessions_talk() {
     assert_eq!(b.recv().await["data"], "after removal");
 }
 
-#[tokio::test]
+// Multi-threaded: the stream runs on the runtime's workers while this
+// thread blocks on the host's log between swaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_swaps_lose_and_duplicate_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
     let wasm = build_policy("moderation").unwrap();
-    let host = Host::start(&[]);
+    let host = Host::start(&["--rate-limit", "0"]);
     let (mut a, mut b) = (host.client().await, host.client().await);
     a.login("seq", "a").await;
     b.login("seq", "b").await;
     a.recv().await;
     let to = b.id.clone();
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // How many frames of the stream `b` has received so far.
+    let received = Arc::new(AtomicU64::new(0));
     let stop_sender = stop.clone();
     let sender = tokio::spawn(async move {
         let mut seq = 0u64;
-        while !stop_sender.load(std::sync::atomic::Ordering::Relaxed) {
+        while !stop_sender.load(Ordering::Relaxed) {
             a.send(json!({"type":"candidate","to":to,"data":{"seq":seq}}))
                 .await;
             seq += 1;
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         a.send(json!({"type":"candidate","to":to,"data":{"end":seq}}))
             .await;
         seq
     });
+    let received_in = received.clone();
     let receiver = tokio::spawn(async move {
         let mut got = Vec::new();
         loop {
@@ -94,9 +102,23 @@ async fn twenty_swaps_lose_and_duplicate_nothing() {
                 return (got, end);
             }
             got.push(f["data"]["seq"].as_u64().unwrap());
+            received_in.store(got.len() as u64, Ordering::Relaxed);
         }
     });
+    // Waits until the stream has moved past what `b` had received when called.
+    let advances = |what: &str| {
+        let before = received.load(Ordering::Relaxed);
+        let deadline = Instant::now() + RELOAD;
+        while received.load(Ordering::Relaxed) <= before + 10 {
+            assert!(
+                Instant::now() < deadline,
+                "the stream stalled {what} ({before} received)"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
 
+    advances("before the first swap");
     let dir = host.plugins_dir();
     for i in 0..20 {
         if i % 2 == 0 {
@@ -106,11 +128,16 @@ async fn twenty_swaps_lose_and_duplicate_nothing() {
             std::fs::remove_file(dir.join("40-moderation.wasm")).unwrap();
             host.wait_log("policy chain: default", RELOAD);
         }
+        advances(&format!("after swap {}", i + 1));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let sent = sender.await.unwrap();
     let (got, end) = receiver.await.unwrap();
     assert_eq!(end, sent);
+    assert!(
+        sent >= 200,
+        "only {sent} messages were sent during the swaps"
+    );
     let expected: Vec<u64> = (0..sent).collect();
     assert_eq!(got.len() as u64, sent, "lost or duplicated messages");
     assert_eq!(got, expected, "out of order, lost or duplicated");

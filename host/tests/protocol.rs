@@ -223,6 +223,10 @@ async fn fifty_concurrent_logins_fill_exactly_ten_slots() {
                 // The first frame answering the login is `joined` or `error`;
                 // `login` notices of later joiners may follow a `joined`.
                 let first = c.recv().await;
+                if first["type"] == "error" {
+                    // Only `full` counts as a refusal for capacity.
+                    assert_error(&first, "full");
+                }
                 (first["type"].as_str().unwrap().to_string(), c)
             })
         })
@@ -347,8 +351,10 @@ async fn a_second_login_moves_the_session() {
         host.client().await,
         host.client().await,
     );
-    a.login("one", "a").await;
-    b.login("one", "b").await;
+    // A UUID-named room, so that `randomCheck` can see it come and go.
+    let one = "5a0c7e2d-1b3f-4c6a-8d9e-2f4b6c8a0e1d";
+    a.login(one, "a").await;
+    b.login(one, "b").await;
     a.recv().await;
     c.login("two", "c").await;
 
@@ -363,13 +369,25 @@ async fn a_second_login_moves_the_session() {
         (f["type"].as_str(), f["data"]["username"].as_str()),
         (Some("login"), Some("b2"))
     );
-    // The last member leaving deletes the room.
-    drop(a.ws.close(None).await);
+    // The room lives while a member is left in it...
     let mut probe = host.client().await;
-    probe
-        .send(json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
-        .await;
-    assert_eq!(probe.recv().await["data"]["result"], "ok");
+    probe.send(json!({"type":"randomCheck","data":one})).await;
+    assert_eq!(probe.recv().await["data"]["result"], "fail");
+    // ...and the last member leaving deletes it (the close is handled
+    // asynchronously: ask until it is gone, bounded).
+    drop(a.ws.close(None).await);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        probe.send(json!({"type":"randomCheck","data":one})).await;
+        if probe.recv().await["data"]["result"] == "ok" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room outlived its last member"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -393,8 +411,13 @@ async fn ping_is_answered_with_pong() {
     }
 }
 
+/// A UUID v4 in its canonical hyphenated, lower-case form.
 fn uuid_like(s: &str) -> bool {
-    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+    uuid::Uuid::try_parse(s).is_ok_and(|u| {
+        u.get_version() == Some(uuid::Version::Random)
+            && u.get_variant() == uuid::Variant::RFC4122
+            && u.hyphenated().to_string() == s
+    })
 }
 
 trait BinaryFrame {

@@ -89,13 +89,20 @@ async fn joined_carries_per_session_credentials_that_relay_and_then_expire() {
 
     // The session ends; after the grace its credential is refused.
     drop(a.ws.close(None).await);
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    let late = turn_client(turn_addr, username, password).await;
-    assert!(
-        late.allocate().await.is_err(),
-        "a departed session's credential is refused"
-    );
-    late.close().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let late = turn_client(turn_addr, username, password).await;
+        let refused = late.allocate().await.is_err();
+        late.close().await.unwrap();
+        if refused {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a departed session's credential is still honoured 10 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -112,12 +119,20 @@ async fn loopback_peers_are_refused_by_default() {
     .await;
     let relay = client.allocate().await.expect("allocation itself is fine");
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let _ = relay
+    let refused = r#"webrtc_chat_turn_refused_total{reason="peer"}"#;
+    assert_eq!(host.metric(refused).await, 0);
+    // The client asks for a permission first; the server refuses it.
+    let sent = relay
         .send_to(b"to loopback", peer.local_addr().unwrap())
         .await;
+    assert!(
+        sent.is_err(),
+        "the permission for 127.0.0.1 is refused: {sent:?}"
+    );
+    assert_eq!(host.metric(refused).await, 1, "the refusal is counted");
     let mut buf = [0u8; 64];
     assert!(
-        tokio::time::timeout(Duration::from_millis(800), peer.recv_from(&mut buf))
+        tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf))
             .await
             .is_err(),
         "nothing is relayed to 127.0.0.1 by default"

@@ -239,8 +239,14 @@ impl Bandwidth {
 
     /// Takes `n` bytes from the bucket; false when it has too few.
     pub(crate) fn take(&self, n: usize) -> bool {
+        self.take_at(n, std::time::Instant::now())
+    }
+
+    /// [`take`](Self::take) at a given time (a moment before the last one
+    /// refills nothing).
+    fn take_at(&self, n: usize, now: std::time::Instant) -> bool {
         let mut g = lock(&self.state);
-        let now = std::time::Instant::now();
+        let now = now.max(g.1);
         let refill = now.duration_since(g.1).as_secs_f64() * self.rate;
         g.0 = (g.0 + refill).min(self.burst);
         g.1 = now;
@@ -513,12 +519,15 @@ mod tests {
     #[test]
     fn bandwidth_bucket() {
         let b = Bandwidth::new(1000);
-        // 16 KiB burst at least, then about nothing.
-        assert!(b.take(16 * 1024));
-        assert!(!b.take(100));
-        std::thread::sleep(std::time::Duration::from_millis(120));
-        assert!(b.take(100)); // ~120 bytes refilled
-        assert!(!b.take(100));
+        let t0 = lock(&b.state).1;
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        // 16 KiB burst at least, then nothing.
+        assert!(b.take_at(16 * 1024, at(0)));
+        assert!(!b.take_at(100, at(0)));
+        // 1000 B/s: 120 ms refill 120 bytes.
+        assert!(b.take_at(100, at(120)));
+        assert!(!b.take_at(100, at(120)));
+        assert!(b.take_at(100, at(220)));
     }
 
     #[test]

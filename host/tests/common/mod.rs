@@ -140,6 +140,25 @@ impl Host {
         rest.split([',', ' ']).next().unwrap().parse().unwrap()
     }
 
+    /// The plain-HTTP metrics listener's address from the start-up log.
+    pub fn metrics_addr(&self) -> String {
+        let line = self
+            .startup
+            .iter()
+            .find(|l| l.contains("metrics on http://"))
+            .expect("metrics address logged at start");
+        let rest = line.split("http://").nth(1).unwrap();
+        rest.trim_end_matches("/metrics").to_string()
+    }
+
+    /// The value of one line of `/metrics` (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let body = http_get(&self.metrics_addr(), "/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse().expect("a counter"))
+    }
+
     pub fn plugins_dir(&self) -> PathBuf {
         self.dir.path().join("plugins")
     }
