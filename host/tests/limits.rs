@@ -65,6 +65,42 @@ async fn a_flood_is_rate_limited_then_closed() {
     assert_eq!(a.recv().await["data"], "calm");
 }
 
+/// A 64 KiB frame of thousands of distinct members costs about what a
+/// plain 64 KiB frame costs: parsing is linear in the frame's size.
+#[tokio::test]
+async fn wide_frames_cost_no_more_cpu_than_plain_ones() {
+    let host = Host::start(&["--rate-limit", "0"]);
+    let mut c = host.client().await;
+    const SIZE: usize = 64 * 1024 - 64;
+    let mut wide = String::from(r#"{"type":"x""#);
+    for i in 0.. {
+        let member = format!(r#","k{i}":0"#);
+        if wide.len() + member.len() + 1 > SIZE {
+            break;
+        }
+        wide.push_str(&member);
+    }
+    wide.push('}');
+    let plain = format!(r#"{{"type":"x","data":"{}"}}"#, "x".repeat(wide.len() - 22));
+    assert_eq!(plain.len(), wide.len());
+    async fn cost(host: &Host, c: &mut Client, frame: &str) -> Duration {
+        let before = host.cpu_time();
+        for _ in 0..100 {
+            c.send_text(frame).await;
+            assert_error(&c.recv().await, "badRequest");
+        }
+        host.cpu_time() - before
+    }
+    let plain_cpu = cost(&host, &mut c, &plain).await;
+    let wide_cpu = cost(&host, &mut c, &wide).await;
+    let plain_cpu = plain_cpu.max(cost(&host, &mut c, &plain).await);
+    // Clock ticks are 10 ms: allow a few of them besides the ratio.
+    assert!(
+        wide_cpu <= plain_cpu * 2 + Duration::from_millis(50),
+        "100 wide frames took {wide_cpu:?} of host CPU, 100 plain ones {plain_cpu:?}"
+    );
+}
+
 #[tokio::test]
 async fn connections_per_ip_are_capped() {
     let host = Host::start(&["--max-conns-per-ip", "3"]);

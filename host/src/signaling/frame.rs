@@ -11,6 +11,13 @@ use serde_json::value::RawValue;
 /// Longest accepted `type` and `to`, in bytes.
 const MAX_TYPE_LEN: usize = 64;
 const MAX_TO_LEN: usize = 128;
+/// Most distinct members besides `type`, `to`, `data`, `from` and
+/// `username` a frame may carry. Bounding them keeps the duplicate check
+/// (a scan of those already kept) linear in the frame's size.
+pub const MAX_EXTRAS: usize = 32;
+/// Deepest nesting of arrays and objects inside `data` or another member:
+/// receivers (browsers, policies) parse it recursively.
+pub const MAX_DEPTH: usize = 64;
 
 /// A client frame, borrowed from the received text (strings are copied
 /// only when they contain escapes).
@@ -34,13 +41,26 @@ pub enum FrameError {
     BadType,
     #[error("\"to\" must be a session id string.")]
     BadTo,
+    #[error("The frame has more than 32 members besides type, to and data.")]
+    TooManyMembers,
+    #[error("The frame nests arrays or objects deeper than 64 levels.")]
+    TooDeep,
 }
 
 pub fn parse(text: &str) -> Result<Inbound<'_>, FrameError> {
     let mut de = serde_json::Deserializer::from_str(text);
+    let too_many = std::cell::Cell::new(false);
     let members = (&mut de)
-        .deserialize_any(MembersVisitor)
-        .map_err(classify)?;
+        .deserialize_any(MembersVisitor {
+            too_many: &too_many,
+        })
+        .map_err(|e| {
+            if too_many.get() {
+                FrameError::TooManyMembers
+            } else {
+                classify(e)
+            }
+        })?;
     de.end().map_err(|_| FrameError::NotJson)?;
     let Members {
         kind,
@@ -48,6 +68,10 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, FrameError> {
         data,
         extras,
     } = members.ok_or(FrameError::NotObject)?;
+    let nested = data.into_iter().chain(extras.iter().map(|(_, v)| *v));
+    if nested.into_iter().any(|v| depth(v.get()) > MAX_DEPTH) {
+        return Err(FrameError::TooDeep);
+    }
     let kind = kind
         .and_then(json_str)
         .filter(|k| !k.is_empty() && k.len() <= MAX_TYPE_LEN)
@@ -67,6 +91,34 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, FrameError> {
         data,
         extras,
     })
+}
+
+/// How deeply arrays and objects nest in `json` (valid JSON text), in one
+/// pass without recursion.
+fn depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// A JSON string's value: borrowed from the frame unless it has escapes.
@@ -144,10 +196,13 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
 
 /// Reads the top level of an object; anything else that is valid JSON
 /// yields `None`. Duplicate names: the last occurrence wins, as in
-/// JavaScript.
-struct MembersVisitor;
+/// JavaScript. More than `MAX_EXTRAS` other members stop the parse at once
+/// (and set `too_many`): the rest of the frame is not read.
+struct MembersVisitor<'c> {
+    too_many: &'c std::cell::Cell<bool>,
+}
 
-impl<'de> Visitor<'de> for MembersVisitor {
+impl<'de> Visitor<'de> for MembersVisitor<'_> {
     type Value = Option<Members<'de>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -171,6 +226,10 @@ impl<'de> Visitor<'de> for MembersVisitor {
                 Key::Other(name) => {
                     m.extras.retain(|(k, _)| *k != name);
                     m.extras.push((name, value));
+                    if m.extras.len() > MAX_EXTRAS {
+                        self.too_many.set(true);
+                        return Err(serde::de::Error::custom("too many members"));
+                    }
                 }
             }
         }
@@ -410,6 +469,50 @@ mod tests {
         .render();
         assert_eq!(out, r#"{"type":"7e","from":"a",":0":5e5050}"#);
         assert_eq!(parse(&out).unwrap().extras[0].1.get(), "5e5050");
+    }
+
+    #[test]
+    fn unknown_members_are_capped() {
+        let frame = |n: usize| {
+            let members: String = (0..n).map(|i| format!(",\"k{i}\":{i}")).collect();
+            format!(r#"{{"type":"a"{members},"data":1}}"#)
+        };
+        assert_eq!(parse(&frame(MAX_EXTRAS)).unwrap().extras.len(), MAX_EXTRAS);
+        assert_eq!(
+            parse(&frame(MAX_EXTRAS + 1)).unwrap_err(),
+            FrameError::TooManyMembers
+        );
+        assert_eq!(parse(&frame(6000)).unwrap_err(), FrameError::TooManyMembers);
+        // Duplicates are one member.
+        let dup = format!(r#"{{"type":"a"{}}}"#, ",\"x\":1".repeat(6000));
+        assert_eq!(parse(&dup).unwrap().extras.len(), 1);
+        assert!(
+            FrameError::TooManyMembers
+                .to_string()
+                .contains(&MAX_EXTRAS.to_string())
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded_without_recursion() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let ok = format!(r#"{{"type":"a","data":{}}}"#, nest(MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+        let deep = format!(r#"{{"type":"a","data":{}}}"#, nest(MAX_DEPTH + 1));
+        assert_eq!(parse(&deep).unwrap_err(), FrameError::TooDeep);
+        let extra = format!(r#"{{"type":"a","x":{{"y":{}}}}}"#, nest(MAX_DEPTH));
+        assert_eq!(parse(&extra).unwrap_err(), FrameError::TooDeep);
+        // Deep enough to overflow any recursive reader's stack.
+        let huge = format!(r#"{{"type":"a","data":{}}}"#, nest(30_000));
+        assert_eq!(parse(&huge).unwrap_err(), FrameError::TooDeep);
+        // Brackets inside strings are text, not nesting.
+        let text = format!(r#"{{"type":"a","data":"{}\"\\"}}"#, "[{".repeat(100));
+        assert!(parse(&text).is_ok());
+        assert!(
+            FrameError::TooDeep
+                .to_string()
+                .contains(&MAX_DEPTH.to_string())
+        );
     }
 
     #[test]
