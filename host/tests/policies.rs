@@ -45,10 +45,21 @@ async fn dropping_and_removing_password_rooms_while_sessions_talk() {
     intruder
         .send(json!({"type":"login","data":{"roomrequest":"vault","username":"i"}}))
         .await;
-    assert_error(&intruder.recv().await, "forbidden");
+    assert_error(&intruder.recv().await, "passwordRequired");
+    // Clients learn of it from `hello`.
+    intruder.send(json!({"type":"hello"})).await;
+    assert_eq!(
+        intruder.recv().await["data"]["capabilities"],
+        json!(["password"])
+    );
 
     std::fs::remove_file(host.plugins_dir().join("50-password-rooms.wasm")).unwrap();
     host.wait_log("policy chain: default", RELOAD);
+    intruder.send(json!({"type":"hello"})).await;
+    assert_eq!(
+        intruder.recv().await,
+        json!({"type":"hello","from":"","data":{"capabilities":[]}})
+    );
     intruder
         .send(json!({"type":"login","data":{"roomrequest":"vault","username":"i"}}))
         .await;

@@ -172,6 +172,24 @@ async fn random_check_needs_no_login_and_only_takes_uuids() {
 }
 
 #[tokio::test]
+async fn hello_answers_the_chains_capabilities_without_login() {
+    let host = Host::start(&[]);
+    let mut a = host.client().await;
+    let mut b = host.client().await;
+    b.login("r", "b").await;
+    a.send(json!({"type":"hello"})).await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type":"hello","from":"","data":{"capabilities":[]}}),
+        "only the default policy: nothing extra"
+    );
+    // In a room too, and nobody else hears of it.
+    b.send(json!({"type":"hello"})).await;
+    assert_eq!(b.recv().await["type"], "hello");
+    a.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
 async fn eleventh_login_is_full_and_stays_put() {
     let host = Host::start(&[]);
     let mut members = Vec::new();

@@ -81,6 +81,28 @@ pub fn decide(ctx: &PolicyContext, e: &Envelope) -> Vec<Action> {
             })]
         }
         "leave" => vec![Action::Leave(e.from.clone())],
+        "hello" => {
+            let data: Option<serde_json::Value> =
+                e.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
+            let mut capabilities: Vec<&str> = data
+                .as_ref()
+                .and_then(|d| d["capabilities"].as_array())
+                .map(|l| l.iter().filter_map(|c| c.as_str()).collect())
+                .unwrap_or_default();
+            capabilities.retain(|c| {
+                (1..=32).contains(&c.len())
+                    && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            capabilities.sort_unstable();
+            capabilities.dedup();
+            capabilities.truncate(32);
+            let frame =
+                serde_json::json!({"type": "hello", "data": {"capabilities": capabilities}});
+            vec![Action::Send(Outbound {
+                to: e.from.clone(),
+                frame: frame.to_string(),
+            })]
+        }
         _ => error(e, "badRequest", "Unknown message type."),
     }
 }

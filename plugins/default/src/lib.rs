@@ -1,8 +1,9 @@
 //! The default policy: the behaviour documented in protocol.md.
 //!
 //! It sits at the end of every policy chain. It decides `login`, `offer`,
-//! `answer`, `candidate` and `randomCheck`, plus the `leave` extension, and
-//! answers `badRequest` for any type that no policy in front of it handled.
+//! `answer`, `candidate` and `randomCheck`, plus the `leave` and `hello`
+//! extensions, and answers `badRequest` for any type that no policy in front
+//! of it handled.
 
 // The generated bindings' import shims take one argument per flattened value.
 #![allow(clippy::too_many_arguments)]
@@ -41,6 +42,7 @@ fn decide(e: &Envelope) -> Vec<Action> {
         "answer" | "candidate" => relay(e, false),
         "randomCheck" => random_check(e),
         "leave" => vec![Action::Leave(e.from.clone())],
+        "hello" => hello(e),
         other => vec![error(
             &e.from,
             "badRequest",
@@ -135,6 +137,46 @@ fn random_check(e: &Envelope) -> Vec<Action> {
     })]
 }
 
+/// Most capabilities a `hello` answer lists.
+const MAX_CAPABILITIES: usize = 32;
+
+/// `hello` asks what this server offers. Policies in front of the default
+/// that add a feature put its name into `data.capabilities` (`next-with`);
+/// the default answers with the list, sorted and without repeats. Names are
+/// 1-32 ASCII letters, digits or `-`; anything else is left out.
+fn hello(e: &Envelope) -> Vec<Action> {
+    let data = e
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok());
+    let mut capabilities: Vec<&str> = data
+        .as_ref()
+        .and_then(|d| d.get("capabilities"))
+        .and_then(|c| c.as_array())
+        .map(|list| {
+            list.iter()
+                .filter_map(|c| c.as_str())
+                .filter(|c| is_capability(c))
+                .collect()
+        })
+        .unwrap_or_default();
+    capabilities.sort_unstable();
+    capabilities.dedup();
+    capabilities.truncate(MAX_CAPABILITIES);
+    let frame = serde_json::json!({
+        "type": "hello",
+        "data": { "capabilities": capabilities },
+    });
+    vec![Action::Send(Outbound {
+        to: e.from.clone(),
+        frame: frame.to_string(),
+    })]
+}
+
+fn is_capability(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// `8-4-4-4-12` hex digits, any version: what `crypto.randomUUID()` and
 /// the original client's generator produce.
 fn is_uuid(s: &str) -> bool {
@@ -174,6 +216,15 @@ mod tests {
         assert!(!is_uuid("0b6f4c1e3c1a4b8e9d2a1f2e3d4c5b6a"));
         assert!(!is_uuid("my room"));
         assert!(!is_uuid("0b6f4c1e-3c1a-4b8e-9d2a-1f2e3d4c5b6g"));
+    }
+
+    #[test]
+    fn capability_names() {
+        assert!(is_capability("password"));
+        assert!(is_capability("kick-2"));
+        assert!(!is_capability(""));
+        assert!(!is_capability("no spaces"));
+        assert!(!is_capability(&"x".repeat(33)));
     }
 
     #[test]

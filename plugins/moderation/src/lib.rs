@@ -2,6 +2,7 @@
 //! remove others with `{"type":"kick","to":"<session id>"}`. The kicked
 //! session gets `{"type":"kicked"}`, leaves (the room gets `logout`) and is
 //! disconnected. When the owner leaves, the next-oldest member owns the room.
+//! It tells clients it is there by adding `kick` to a `hello`'s capabilities.
 
 // The generated bindings' import shims take one argument per flattened value.
 #![allow(clippy::too_many_arguments)]
@@ -25,6 +26,9 @@ impl Guest for Moderation {
     }
 
     fn on_message(e: Envelope) -> Verdict {
+        if e.kind == "hello" {
+            return with_capability(e, "kick");
+        }
         if e.kind != "kick" {
             return Verdict::Next;
         }
@@ -69,6 +73,26 @@ impl Guest for Moderation {
     fn on_disconnect(_s: SessionId) -> Vec<Action> {
         Vec::new()
     }
+}
+
+/// Passes a `hello` on with `name` added to `data.capabilities`.
+fn with_capability(e: Envelope, name: &str) -> Verdict {
+    let mut data = e
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d.is_object())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if !data["capabilities"].is_array() {
+        data["capabilities"] = serde_json::json!([]);
+    }
+    if let Some(list) = data["capabilities"].as_array_mut() {
+        list.push(name.into());
+    }
+    Verdict::NextWith(Envelope {
+        data: Some(data.to_string()),
+        ..e
+    })
 }
 
 fn error(to: &str, error_type: &str, error_text: &str) -> Action {

@@ -70,3 +70,37 @@ fn without_the_policy_kick_is_unknown() {
     a.send(json!({"type":"kick","to":"x"}));
     assert_eq!(a.recv()["message"]["errorType"], "badRequest");
 }
+
+#[test]
+fn hello_lists_kick_only_with_the_policy() {
+    let with = PolicyHarness::new(&[build_policy("moderation").unwrap()]).unwrap();
+    let mut a = with.connect();
+    a.send(json!({"type":"hello"}));
+    assert_eq!(
+        a.recv(),
+        json!({"type":"hello","from":"","data":{"capabilities":["kick"]}})
+    );
+    let without = PolicyHarness::new(&[]).unwrap();
+    let mut b = without.connect();
+    b.send(json!({"type":"hello"}));
+    assert_eq!(
+        b.recv(),
+        json!({"type":"hello","from":"","data":{"capabilities":[]}})
+    );
+}
+
+#[test]
+fn hello_collects_every_policy_in_the_chain() {
+    let h = PolicyHarness::new(&[
+        build_policy("password-rooms").unwrap(),
+        build_policy("moderation").unwrap(),
+    ])
+    .unwrap();
+    let mut a = h.connect();
+    // What a client puts there itself only comes back to it, checked.
+    a.send(json!({"type":"hello","data":{"capabilities":["kick","bad name",7]}}));
+    assert_eq!(
+        a.recv()["data"]["capabilities"],
+        json!(["kick", "password"])
+    );
+}

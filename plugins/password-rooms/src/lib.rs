@@ -1,6 +1,8 @@
 //! password-rooms: the first member of a room may set a password (`password`
 //! in the `login` data); everyone after must give the same one, or gets
-//! `error forbidden`. The password is removed from the login before any
+//! `error passwordRequired` (none given) or `error wrongPassword`. It tells
+//! clients it is there by adding `password` to a `hello`'s capabilities.
+//! The password is removed from the login before any
 //! other policy or member sees it, is kept only as a salted hash in the
 //! host's room-scoped key-value store, and is never logged.
 
@@ -14,7 +16,7 @@ wit_bindgen::generate!({
 
 use sha2::{Digest, Sha256};
 use webrtc_chat::policy::state;
-use webrtc_chat::policy::types::{LogLevel, Scope};
+use webrtc_chat::policy::types::{ErrorReply, LogLevel, Scope};
 
 const KEY: &str = "password-sha256";
 
@@ -26,6 +28,9 @@ impl Guest for PasswordRooms {
     }
 
     fn on_message(e: Envelope) -> Verdict {
+        if e.kind == "hello" {
+            return with_capability(e, "password");
+        }
         if e.kind != "login" {
             return Verdict::Next;
         }
@@ -53,7 +58,16 @@ impl Guest for PasswordRooms {
             if let Some(expected) = state::kv_get(&scope, KEY)
                 && digest(&room, given) != expected
             {
-                return Verdict::Deny("This room needs the right password.".into());
+                let (error_type, error_text) = if given.is_empty() {
+                    ("passwordRequired", "This room needs a password.")
+                } else {
+                    ("wrongPassword", "That is not this room's password.")
+                };
+                return Verdict::Done(vec![Action::Error(ErrorReply {
+                    to: e.from,
+                    error_type: error_type.into(),
+                    error_text: error_text.into(),
+                })]);
             }
         } else if given.is_empty() {
             // A new open room: forget what an earlier room of this name had.
@@ -74,6 +88,26 @@ impl Guest for PasswordRooms {
     fn on_disconnect(_s: SessionId) -> Vec<Action> {
         Vec::new()
     }
+}
+
+/// Passes a `hello` on with `name` added to `data.capabilities`.
+fn with_capability(e: Envelope, name: &str) -> Verdict {
+    let mut data = e
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d.is_object())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if !data["capabilities"].is_array() {
+        data["capabilities"] = serde_json::json!([]);
+    }
+    if let Some(list) = data["capabilities"].as_array_mut() {
+        list.push(name.into());
+    }
+    Verdict::NextWith(Envelope {
+        data: Some(data.to_string()),
+        ..e
+    })
 }
 
 /// Salted with the room name, so equal passwords of two rooms differ.

@@ -17,10 +17,12 @@ fn first_member_sets_the_password_and_others_must_match() {
 
     let mut wrong = h.connect();
     let e = wrong.login_with(json!({"roomrequest":"vault","username":"w","password":"guess"}));
-    assert_eq!(e["message"]["errorType"], "forbidden", "{e}");
+    assert_eq!(e["message"]["errorType"], "wrongPassword", "{e}");
     let mut none = h.connect();
     let e = none.login("vault", "n");
-    assert_eq!(e["message"]["errorType"], "forbidden", "{e}");
+    assert_eq!(e["message"]["errorType"], "passwordRequired", "{e}");
+    let e = none.login_with(json!({"roomrequest":"vault","username":"n","password":""}));
+    assert_eq!(e["message"]["errorType"], "passwordRequired", "{e}");
     assert!(owner.drain().is_empty(), "refused logins reach nobody");
 
     let mut right = h.connect();
@@ -58,4 +60,18 @@ fn passwords_are_per_room() {
     a.login_with(json!({"roomrequest":"one","username":"a","password":"x"}));
     let mut b = h.connect();
     assert_eq!(b.login("two", "b")["type"], "joined");
+}
+
+#[test]
+fn hello_lists_the_password_capability() {
+    let h = harness();
+    let mut s = h.connect();
+    s.send(json!({"type":"hello"}));
+    assert_eq!(
+        s.recv(),
+        json!({"type":"hello","from":"","data":{"capabilities":["password"]}})
+    );
+    // Not a login: the session is in no room and nothing else happened.
+    s.send(json!({"type":"hello","data":"not an object"}));
+    assert_eq!(s.recv()["data"]["capabilities"], json!(["password"]));
 }
