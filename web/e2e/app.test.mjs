@@ -3,7 +3,19 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, join, expectRemoteVideos, remoteNames, shot, sleep, axeViolations } from './support/harness.mjs'
+import {
+  startHost,
+  launchBrowser,
+  newPage,
+  join,
+  expectRemoteVideos,
+  expectRemoteAudio,
+  remoteNames,
+  shot,
+  sleep,
+  axeViolations,
+  pageProblems,
+} from './support/harness.mjs'
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
 
@@ -15,10 +27,13 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     pages.push(p)
     return p
   }
-  const closePage = async (p) => {
+  // Closes the page and fails on anything it reported as wrong (page
+  // errors, console errors, CSP violations) beyond the `expected` ones.
+  const closePage = async (p, expected = []) => {
     const i = pages.indexOf(p)
     if (i >= 0) pages.splice(i, 1)
     await p.context().close().catch(() => {})
+    assert.deepEqual(pageProblems(p, expected), [], 'the page reported no errors')
   }
 
   before(async () => {
@@ -26,7 +41,8 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     browser = await launchBrowser()
   })
   after(async () => {
-    for (const p of [...pages]) await closePage(p)
+    // a failed test's pages: its failure is already reported
+    for (const p of [...pages]) await closePage(p).catch(() => {})
     await browser?.close().catch(() => {})
     await host?.stop()
   })
@@ -102,6 +118,9 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
       assert.ok(v[0].width > 0, `${who} sees video`)
       assert.ok(v[0].advanced && v[0].framesAdvanced, `${who}'s remote video is playing`)
     }
+    for (const [p, who] of [[alice, 'Alice'], [bob, 'Bob']]) {
+      await expectRemoteAudio(p, 1).catch((e) => assert.fail(`${who} hears nothing: ${e.message}`))
+    }
     assert.deepEqual(await remoteNames(alice), ['Bob'])
     assert.deepEqual(await remoteNames(bob), ['Alice'])
     // join notice in each language
@@ -111,13 +130,12 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     await alice.locator('#chat-input').fill('hello from Alice')
     await alice.locator('#chat-input').press('Enter')
     await bob.getByRole('button', { name: '채팅 열기' }).click()
-    // where the browser has Picture-in-Picture, the remote video goes there as chat opens
+    // Chromium has Picture-in-Picture: the remote video goes there as chat opens
     const pip = await bob.evaluate(async () => {
-      for (let i = 0; i < 20 && !document.pictureInPictureElement; i++) await new Promise((r) => setTimeout(r, 100))
+      for (let i = 0; i < 50 && !document.pictureInPictureElement; i++) await new Promise((r) => setTimeout(r, 100))
       return { enabled: !!document.pictureInPictureEnabled, inPip: !!document.pictureInPictureElement?.closest('.tile.remote') }
     })
-    console.log('# picture-in-picture', JSON.stringify(pip))
-    if (pip.enabled) assert.ok(pip.inPip, 'remote video in PIP while chatting')
+    assert.deepEqual(pip, { enabled: true, inPip: true }, 'remote video in PIP while chatting')
     await bob.locator('.entry.message', { hasText: 'hello from Alice' }).waitFor({ timeout: 15_000 })
     await bob.locator('#chat-input').fill('안녕 from Bob')
     await bob.getByRole('button', { name: /보내기/ }).click()
@@ -132,6 +150,7 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
       const v = await expectRemoteVideos(p, 2)
       assert.equal(v.length, 2, `${who} has two remote tiles`)
       assert.ok(v.every((x) => x.width > 0 && x.advanced), `${who} plays both remote videos`)
+      await expectRemoteAudio(p, 2).catch((e) => assert.fail(`${who} does not hear both others: ${e.message}`))
     }
     assert.deepEqual((await remoteNames(carol)).sort(), ['Alice', 'Bob'])
     await sleep(500)

@@ -161,9 +161,17 @@ describe('PeerManager', () => {
     await flush()
     const pc = FakePC.instances[0]
     await pm.handleDescription('n', { type: 'answer', sdp: 'a' })
-    pc.setIce('disconnected')
-    await new Promise((r) => setTimeout(r, 30))
-    expect(pc.restartCalls).toBe(1)
+    // a fake clock: the grace (10 ms here) passes exactly, not by sleeping
+    vi.useFakeTimers()
+    try {
+      pc.setIce('disconnected')
+      vi.advanceTimersByTime(9)
+      expect(pc.restartCalls).toBe(0)
+      vi.advanceTimersByTime(1)
+      expect(pc.restartCalls).toBe(1)
+    } finally {
+      vi.useRealTimers()
+    }
   })
 
   it('chat goes to every open channel; incoming chat is named by the host-stamped username', async () => {

@@ -134,8 +134,67 @@ export async function newPage(browser, { viewport = { width: 1280, height: 800 }
   })
   const page = await context.newPage()
   page.setDefaultTimeout(30_000)
-  page.on('pageerror', (e) => console.error('[pageerror]', e.message))
+  // Everything the page reports as wrong fails the test (pageProblems):
+  // uncaught errors, console errors and Content-Security-Policy violations.
+  const problems = []
+  problemsOf.set(page, problems)
+  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`))
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console.error: ${m.text()}`)
+  })
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => {
+      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`)
+    })
+  })
   return page
+}
+
+const problemsOf = new WeakMap()
+
+/** What went wrong on the page so far (page errors, console errors, CSP violations), minus `expected` patterns. */
+export function pageProblems(page, expected = []) {
+  return (problemsOf.get(page) ?? []).filter((p) => !expected.some((re) => re.test(p)))
+}
+
+/**
+ * Wait until each of the page's peer connections receives sound: inbound
+ * RTP audio packets and audio energy (not silence) both rise between two
+ * samples.
+ */
+export async function expectRemoteAudio(page, n, timeout = 30_000) {
+  const sample = () =>
+    page.evaluate(async () => {
+      const out = []
+      for (const pc of window.__webrtcChat.peerConnections().values()) {
+        const stats = await pc.getStats()
+        let packets = 0
+        let energy = 0
+        stats.forEach((s) => {
+          if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+            packets += s.packetsReceived ?? 0
+            energy += s.totalAudioEnergy ?? 0
+          }
+        })
+        out.push({ packets, energy })
+      }
+      return out
+    })
+  const deadline = Date.now() + timeout
+  let first = await sample()
+  for (;;) {
+    await sleep(500)
+    const next = await sample()
+    // Chromium's fake microphone beeps: about 0.1 of energy per half second,
+    // where a muted or silent track adds about 1e-9.
+    const rising =
+      next.length === n &&
+      first.length === n &&
+      next.every((x, i) => x.packets > first[i].packets && x.energy - first[i].energy > 0.001)
+    if (rising) return next
+    if (Date.now() > deadline) throw new Error(`no rising inbound audio on ${n} connection(s): ${JSON.stringify({ first, next })}`)
+    first = next
+  }
 }
 
 /** Open the app with ?room= filled in, type a name, log in, and wait for the room screen. */
