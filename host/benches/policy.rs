@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use host::policy::kv::KvStore;
 use host::policy::{DEFAULT_POLICY, EngineSettings, PolicyChain, PolicyEngine, SandboxLimits};
+use host::signaling::queue::SendBudget;
 use host::signaling::rooms::{RoomRegistry, SessionHandle};
-use tokio_util::sync::CancellationToken;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -25,16 +25,9 @@ fn main() {
     let registry = Arc::new(RoomRegistry::default());
     let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
     for id in ["a", "b"] {
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        std::mem::forget(_rx);
-        registry.register(
-            Arc::from(id),
-            SessionHandle {
-                tx,
-                kill: CancellationToken::new(),
-            },
-            peer,
-        );
+        let (handle, rx) = SessionHandle::new(&SendBudget::new(1, 1 << 20, 1 << 20));
+        std::mem::forget(rx);
+        registry.register(Arc::from(id), handle, peer);
         registry
             .join(id, "room", id, 10, |_| {
                 host::signaling::rooms::Outbound::Ping

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::policy::kv::KvStore;
 use crate::policy::reload::PolicyDirectory;
 use crate::policy::{EngineSettings, PolicyChain, PolicyEngine, SandboxLimits};
+use crate::signaling::queue::SendBudget;
 use crate::signaling::rooms::Outbound;
 use crate::signaling::rooms::RoomRegistry;
 use crate::signaling::{Hub, SessionLimits};
@@ -22,6 +23,13 @@ use axum::extract::ws::Utf8Bytes;
 pub const KV_CAP_BYTES: usize = 4 * 1024 * 1024;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.send_queue_bytes < config.max_frame_bytes.saturating_mul(2) {
+        anyhow::bail!(
+            "--send-queue-bytes ({}) must be at least twice --max-frame-bytes ({}): raise it, or lower --max-frame-bytes",
+            config.send_queue_bytes,
+            config.max_frame_bytes
+        );
+    }
     let cert = tls::CertifiedKey::load_or_self_signed(&config.ssl_dir)?;
     if cert.self_signed {
         tracing::warn!(
@@ -61,7 +69,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         chain: Arc::new(ArcSwap::from_pointee(chain)),
         limits: SessionLimits {
             max_frame_bytes: config.max_frame_bytes as usize,
-            send_queue: config.send_queue as usize,
+            send: SendBudget::new(
+                config.send_queue as usize,
+                config.send_queue_bytes as usize,
+                (config.send_queue_total_mib as usize) << 20,
+            ),
             rate_per_sec: config.rate_limit,
             rate_burst: config.rate_burst,
         },
@@ -100,7 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         origins: Arc::new(https::AllowedOrigins::from_flags(&config.allowed_origins)),
         hsts: !cert.self_signed,
         trusted_proxies: Arc::new(config.trusted_proxy.clone()),
-        per_ip: https::ConnLimiter::new(config.max_conns_per_ip),
+        per_ip: https::ConnLimiter::new(config.max_conns_per_ip, config.max_conns as usize),
     };
     let app = https::router(state.clone(), &config.well_known_dir);
     let shutdown = CancellationToken::new();
@@ -108,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let tls = crate::tls::ReloadingConfig::new(&config.ssl_dir, tls_config);
     let _cert_watcher = if cert.self_signed { None } else { tls.watch() };
+    let limiter = state.per_ip.clone();
     let server = tokio::spawn(https::serve(listener, tls, app, state, shutdown.clone()));
     if let Some(http_port) = config.http_port {
         let addr = std::net::SocketAddr::new(config.bind, http_port);
@@ -117,12 +130,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
         let router = https::redirect_router(port, &config.well_known_dir);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        tokio::spawn(https::serve_plain(
+            listener,
+            router,
+            limiter,
+            shutdown.clone(),
+        ));
         tracing::info!("HTTP on {addr} redirects to HTTPS");
     }
     if let Some(listener) = metrics_listener {

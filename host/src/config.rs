@@ -57,6 +57,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
     pub send_queue: u32,
 
+    /// Bytes queued for one slow receiver before it is disconnected (at least twice --max-frame-bytes).
+    #[arg(long, env = "WEBRTC_CHAT_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(512..=1024 * 1024 * 1024))]
+    pub send_queue_bytes: u32,
+
+    /// MiB queued for all receivers together; past it, receivers that are behind are disconnected.
+    #[arg(long, env = "WEBRTC_CHAT_SEND_QUEUE_TOTAL_MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1024 * 1024))]
+    pub send_queue_total_mib: u32,
+
     /// Messages per second one session may send (token bucket); 0 turns the limit off.
     #[arg(long, env = "WEBRTC_CHAT_RATE_LIMIT", default_value_t = 50)]
     pub rate_limit: u32,
@@ -69,6 +79,10 @@ pub struct Config {
     /// Simultaneous connections from one IP address; 0 turns the limit off.
     #[arg(long, env = "WEBRTC_CHAT_MAX_CONNS_PER_IP", default_value_t = 50)]
     pub max_conns_per_ip: u32,
+
+    /// Open connections in total (HTTP and WebSocket); 0 turns the limit off.
+    #[arg(long, env = "WEBRTC_CHAT_MAX_CONNS", default_value_t = 60_000)]
+    pub max_conns: u32,
 
     /// Signaling sessions in total; 0 turns the limit off.
     #[arg(long, env = "WEBRTC_CHAT_MAX_SESSIONS", default_value_t = 50_000)]

@@ -19,12 +19,11 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::policy::kv::KvStore;
 use crate::policy::{EngineSettings, PolicyChain, PolicyEngine, SandboxLimits};
 use crate::signaling::dispatch::{self, Sender};
+use crate::signaling::queue::{OutboundQueue, SendBudget};
 use crate::signaling::rooms::{Outbound, RoomRegistry, SessionHandle};
 use crate::signaling::{Hub, NoIceServers, SessionLimits};
 
@@ -87,7 +86,7 @@ impl PolicyHarness {
             chain: Arc::new(ArcSwap::from_pointee(PolicyChain::new(drop_ins, default))),
             limits: SessionLimits {
                 max_frame_bytes: 64 * 1024,
-                send_queue: 4096,
+                send: SendBudget::new(4096, 64 << 20, 1 << 30),
                 rate_per_sec: 0,
                 rate_burst: 1,
             },
@@ -106,11 +105,7 @@ impl PolicyHarness {
     /// connection shows as a queued `Close`.
     pub fn connect(&self) -> TestSession {
         let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-        let (tx, rx) = mpsc::channel(4096);
-        let handle = SessionHandle {
-            tx,
-            kill: CancellationToken::new(),
-        };
+        let (handle, rx) = SessionHandle::new(&self.hub.limits.send);
         let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
         self.hub.registry.register(id.clone(), handle.clone(), peer);
         let chain = self.hub.chain.load_full();
@@ -135,7 +130,7 @@ pub struct TestSession {
     runtime: Arc<tokio::runtime::Runtime>,
     id: Arc<str>,
     handle: SessionHandle,
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboundQueue,
 }
 
 impl TestSession {
@@ -159,7 +154,7 @@ impl TestSession {
 
     /// The next thing queued for this session, if any.
     pub fn next_received(&mut self) -> Option<Received> {
-        match self.rx.try_recv().ok()? {
+        match self.rx.try_recv()? {
             Outbound::Frame(t) => Some(Received::Frame(
                 serde_json::from_str(&t).expect("the host sends JSON"),
             )),

@@ -30,6 +30,14 @@ use crate::web;
 /// request headers: slow clients must not hold sockets open forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in progress for this long — from its
+/// accept, or since its last response — is closed, whatever its protocol
+/// (HTTP/1 or HTTP/2, TLS or plain).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a connection being closed for idleness may take to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 pings: a peer that answers none within the timeout is gone.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// Read chunk of one WebSocket. It is resident in every session
 /// (tungstenite zero-fills it); frames are still assembled up to the frame
 /// limit, this is only how much one read takes.
@@ -231,12 +239,12 @@ fn upgrade(
 ) -> Response {
     let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let peer = state.client_addr(peer, headers);
-    // Behind a trusted proxy the TCP connection was not counted: count the
-    // session by its forwarded address instead.
-    let slot = match slot {
-        Some(s) => Some(s),
-        None => match state.per_ip.acquire(peer.ip()) {
-            Some(s) => Some(Arc::new(s)),
+    // Behind a trusted proxy the TCP connection was not counted by
+    // address: count the session by its forwarded address instead.
+    let forwarded = match &slot {
+        Some(s) if s.ip.is_some() => None,
+        _ => match state.per_ip.acquire(Some(peer.ip()), false) {
+            Some(s) => Some(s),
             None => {
                 tracing::debug!(%peer, "signaling refused: too many connections from this address");
                 return refuse(
@@ -274,7 +282,7 @@ fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
-            let _slot = slot;
+            let _slots = (slot, forwarded);
             session::run(socket, state.hub, peer, host).await;
         })
 }
@@ -323,29 +331,18 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = accept(&listener, &shutdown).await else {
+            break;
         };
+        let accepted_at = tokio::time::Instant::now();
         // A trusted proxy carries many clients: they are counted at the
         // upgrade, by forwarded address.
-        let slot = if state.is_trusted(peer.ip()) {
-            None
-        } else {
-            match state.per_ip.acquire(peer.ip()) {
-                Some(s) => Some(Arc::new(s)),
-                None => {
-                    tracing::debug!(%peer, "connection refused: too many from this address");
-                    continue;
-                }
+        let ip = (!state.is_trusted(peer.ip())).then_some(peer.ip());
+        let slot = match state.per_ip.acquire(ip, true) {
+            Some(s) => Some(Arc::new(s)),
+            None => {
+                tracing::debug!(%peer, "connection refused: too many open");
+                continue;
             }
         };
         let _ = tcp.set_nodelay(true);
@@ -373,17 +370,143 @@ pub async fn serve(
                 req.extensions_mut().insert(conn_slot.clone());
                 req
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .await
-            {
-                tracing::debug!(%peer, "connection ended: {e}");
+            serve_connection(TokioIo::new(tls), svc, peer, accepted_at).await;
+        });
+    }
+}
+
+/// The next connection, or None once `shutdown` is cancelled.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) and HTTP/2 on one connection until the
+/// client is done, or has had no request in progress for `IDLE_TIMEOUT`.
+async fn serve_connection<I, S>(
+    io: TokioIo<I>,
+    svc: S,
+    peer: SocketAddr,
+    accepted_at: tokio::time::Instant,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Arc::new(Mutex::new(Activity {
+        in_flight: 0,
+        idle_since: accepted_at,
+    }));
+    let tracked = activity.clone();
+    let svc = svc.map_future(move |response| {
+        let busy = Busy::begin(&tracked);
+        async move {
+            let _busy = busy;
+            response.await
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
+    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
+    tokio::pin!(conn);
+    let mut check_at = accepted_at + IDLE_TIMEOUT;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                return;
             }
+            _ = tokio::time::sleep_until(check_at) => {
+                let now = tokio::time::Instant::now();
+                let a = *activity.lock();
+                if a.in_flight > 0 {
+                    check_at = now + IDLE_TIMEOUT;
+                } else if a.idle_since + IDLE_TIMEOUT > now {
+                    check_at = a.idle_since + IDLE_TIMEOUT;
+                } else {
+                    tracing::debug!(%peer, "connection closed: no request for {IDLE_TIMEOUT:?}");
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a connection is serving a request, and since when it is not.
+#[derive(Clone, Copy)]
+struct Activity {
+    in_flight: usize,
+    idle_since: tokio::time::Instant,
+}
+
+/// One request in progress on a connection (also when its future is dropped).
+struct Busy(Arc<Mutex<Activity>>);
+
+impl Busy {
+    fn begin(activity: &Arc<Mutex<Activity>>) -> Self {
+        activity.lock().in_flight += 1;
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut a = self.0.lock();
+        a.in_flight -= 1;
+        a.idle_since = tokio::time::Instant::now();
+    }
+}
+
+/// Serves `app` over plain HTTP (the --http-port listener) with the same
+/// connection limits and idle bound as HTTPS.
+pub async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    limiter: Arc<ConnLimiter>,
+    shutdown: CancellationToken,
+) {
+    while let Some((tcp, peer)) = accept(&listener, &shutdown).await {
+        let accepted_at = tokio::time::Instant::now();
+        let Some(slot) = limiter.acquire(Some(peer.ip()), true) else {
+            tracing::debug!(%peer, "plain HTTP connection refused: too many open");
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            serve_connection(TokioIo::new(tcp), app, peer, accepted_at).await;
         });
     }
 }
@@ -405,49 +528,91 @@ pub fn redirect_router(https_port: u16, well_known_dir: &std::path::Path) -> Rou
         })
 }
 
-/// Counts open connections per client address (TCP, so HTTP and
-/// WebSocket alike); a connection over the limit is closed at once.
+/// Counts open connections (TCP, so HTTP and WebSocket alike) in total and
+/// per client network — an IPv4 address, or an IPv6 /64, which one
+/// subscriber holds whole; a connection over a limit is closed at once.
 pub struct ConnLimiter {
-    max: u32,
-    open: Mutex<HashMap<IpAddr, u32>>,
+    max_per_ip: u32,
+    max_total: usize,
+    inner: Mutex<OpenConns>,
+}
+
+#[derive(Default)]
+struct OpenConns {
+    per_ip: HashMap<IpAddr, u32>,
+    total: usize,
 }
 
 /// One counted connection; dropping it frees the slot.
 pub struct ConnSlot {
     limiter: Arc<ConnLimiter>,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
+    counts_in_total: bool,
+}
+
+/// What connections are counted by: the IPv4 address, or the IPv6 /64.
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+    }
 }
 
 impl ConnLimiter {
-    /// `max` = 0: no limit.
-    pub fn new(max: u32) -> Arc<Self> {
+    /// A limit of 0 is no limit.
+    pub fn new(max_per_ip: u32, max_total: usize) -> Arc<Self> {
         Arc::new(Self {
-            max,
-            open: Mutex::new(HashMap::new()),
+            max_per_ip,
+            max_total,
+            inner: Mutex::default(),
         })
     }
 
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
-        let mut open = self.open.lock();
-        let n = open.entry(ip).or_insert(0);
-        if self.max > 0 && *n >= self.max {
+    /// Counts a connection from `ip`'s network (None: not per address, e.g.
+    /// a trusted proxy) and, with `in_total`, in the total.
+    pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>, in_total: bool) -> Option<ConnSlot> {
+        let ip = ip.map(network_of);
+        let mut inner = self.inner.lock();
+        if in_total && self.max_total > 0 && inner.total >= self.max_total {
             return None;
         }
-        *n += 1;
+        if let Some(ip) = ip {
+            let n = inner.per_ip.entry(ip).or_insert(0);
+            if self.max_per_ip > 0 && *n >= self.max_per_ip {
+                return None;
+            }
+            *n += 1;
+        }
+        if in_total {
+            inner.total += 1;
+        }
         Some(ConnSlot {
             limiter: self.clone(),
             ip,
+            counts_in_total: in_total,
         })
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let mut open = self.limiter.open.lock();
-        if let Some(n) = open.get_mut(&self.ip) {
+        let mut inner = self.limiter.inner.lock();
+        if self.counts_in_total {
+            inner.total -= 1;
+        }
+        if let Some(ip) = self.ip
+            && let Some(n) = inner.per_ip.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.ip);
+                inner.per_ip.remove(&ip);
             }
         }
     }
@@ -496,15 +661,47 @@ mod tests {
 
     #[test]
     fn conn_limiter_frees_slots() {
-        let l = ConnLimiter::new(2);
+        let l = ConnLimiter::new(2, 0);
         let ip: IpAddr = [127, 0, 0, 1].into();
-        let a = l.acquire(ip).unwrap();
-        let _b = l.acquire(ip).unwrap();
-        assert!(l.acquire(ip).is_none());
-        assert!(l.acquire([127, 0, 0, 2].into()).is_some());
+        let a = l.acquire(Some(ip), true).unwrap();
+        let _b = l.acquire(Some(ip), true).unwrap();
+        assert!(l.acquire(Some(ip), true).is_none());
+        assert!(l.acquire(Some([127, 0, 0, 2].into()), true).is_some());
         drop(a);
-        assert!(l.acquire(ip).is_some());
-        assert!(ConnLimiter::new(0).acquire(ip).is_some());
+        assert!(l.acquire(Some(ip), true).is_some());
+        assert!(ConnLimiter::new(0, 0).acquire(Some(ip), true).is_some());
+    }
+
+    #[test]
+    fn ipv6_is_counted_per_64() {
+        let l = ConnLimiter::new(2, 0);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let _a = l.acquire(ip("2001:db8:1:2::1"), true).unwrap();
+        let _b = l.acquire(ip("2001:db8:1:2:ffff::9"), true).unwrap();
+        assert!(
+            l.acquire(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), true)
+                .is_none()
+        );
+        assert!(
+            l.acquire(ip("2001:db8:1:3::1"), true).is_some(),
+            "another /64"
+        );
+        // An IPv4-mapped address is the IPv4 address.
+        let _c = l.acquire(ip("192.0.2.1"), true).unwrap();
+        let _d = l.acquire(ip("::ffff:192.0.2.1"), true).unwrap();
+        assert!(l.acquire(ip("192.0.2.1"), true).is_none());
+    }
+
+    #[test]
+    fn total_connections_are_capped() {
+        let l = ConnLimiter::new(0, 2);
+        let a = l.acquire(Some([10, 0, 0, 1].into()), true).unwrap();
+        let _b = l.acquire(None, true).unwrap();
+        assert!(l.acquire(Some([10, 0, 0, 2].into()), true).is_none());
+        // Sessions behind a proxy are counted per address only.
+        assert!(l.acquire(Some([10, 0, 0, 3].into()), false).is_some());
+        drop(a);
+        assert!(l.acquire(Some([10, 0, 0, 2].into()), true).is_some());
     }
 
     #[test]

@@ -101,6 +101,22 @@ async fn wide_frames_cost_no_more_cpu_than_plain_ones() {
     );
 }
 
+/// An IPv6 subscriber holds a whole /64: its addresses share one cap.
+#[tokio::test]
+async fn ipv6_clients_are_capped_per_64() {
+    let host = Host::start(&["--max-conns-per-ip", "2", "--trusted-proxy", "127.0.0.1/32"]);
+    let url = host.url("/ws");
+    let from = |ip: &'static str| {
+        let url = url.clone();
+        async move { Client::try_connect_with(&url, &[("x-forwarded-for", ip)]).await }
+    };
+    let _a = from("2001:db8:1:2::1").await.unwrap();
+    let _b = from("2001:db8:1:2::2").await.unwrap();
+    assert!(from("2001:db8:1:2:ffff:ffff:ffff:ffff").await.is_err());
+    let mut other = from("2001:db8:1:3::1").await.unwrap();
+    other.login("r", "another network").await;
+}
+
 #[tokio::test]
 async fn connections_per_ip_are_capped() {
     let host = Host::start(&["--max-conns-per-ip", "3"]);
@@ -298,4 +314,178 @@ async fn security_headers_are_set() {
         !head.contains("strict-transport-security"),
         "no HSTS on a self-signed certificate"
     );
+}
+
+/// A receiver that never reads but answers for itself with pings: it looks
+/// alive, so only its queue's bounds or a stalled socket can end it.
+async fn never_reading(c: Client) -> (String, tokio::task::JoinHandle<()>) {
+    use futures_util::StreamExt;
+    let id = c.id.clone();
+    let pinger = tokio::spawn(async move {
+        let (mut sink, _unread) = c.ws.split();
+        while sink.send(Message::Ping(Default::default())).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    (id, pinger)
+}
+
+/// Reads `b` until the logout of `id`, skipping the offers meant for it.
+async fn logout_of(b: &mut Client, id: &str, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let f = tokio::time::timeout(within, b.ws_next_text())
+            .await
+            .unwrap_or_else(|_| panic!("no logout of the stuck receiver within {within:?}"));
+        if f["type"] == "logout" && f["from"] == id {
+            return started.elapsed();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_reads_is_bounded_in_bytes() {
+    // Default bounds (1024 frames, 1 MiB) apart from the rate limit.
+    let host = Host::start(&["--rate-limit", "0"]);
+    let (mut a, mut b) = pair(&host, "r").await;
+    let mut slow = host.client().await;
+    slow.login("r", "slow").await;
+    a.recv().await;
+    b.recv().await;
+    let (slow_id, pinger) = never_reading(slow).await;
+    let big = "x".repeat(60_000);
+    let mut most_queued = 0;
+    for i in 0..400 {
+        a.send(json!({"type":"offer","to":slow_id,"data":big}))
+            .await;
+        if i % 20 == 0 {
+            most_queued = most_queued.max(host.metric("webrtc_chat_send_queue_bytes").await);
+        }
+    }
+    // 400 frames of 60 KB are far fewer than 1024 frames, but far more
+    // than 1 MiB and the socket buffers.
+    logout_of(&mut b, &slow_id, Duration::from_secs(30)).await;
+    assert!(
+        most_queued <= 1024 * 1024 + 61_000,
+        "{most_queued} bytes queued"
+    );
+    // What it still had queued is given back once its writer ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while host.metric("webrtc_chat_send_queue_bytes").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queued bytes never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pinger.abort();
+}
+
+#[tokio::test]
+async fn a_socket_that_accepts_nothing_is_closed_after_15_seconds() {
+    // Bounds so wide that only the stalled socket can end the session.
+    let host = Host::start(&["--rate-limit", "0", "--send-queue-bytes", "268435456"]);
+    let (mut a, mut b) = pair(&host, "r").await;
+    let mut slow = host.client().await;
+    slow.login("r", "slow").await;
+    a.recv().await;
+    b.recv().await;
+    let (slow_id, pinger) = never_reading(slow).await;
+    let big = "x".repeat(60_000);
+    // More than loopback's socket buffers hold.
+    for _ in 0..600 {
+        a.send(json!({"type":"offer","to":slow_id,"data":big}))
+            .await;
+    }
+    let after = logout_of(&mut b, &slow_id, Duration::from_secs(40)).await;
+    assert!(after < Duration::from_secs(30), "{after:?}");
+    host.wait_log("accepted nothing for 15s", Duration::from_secs(5));
+    pinger.abort();
+}
+
+/// Connections that never send a request are closed, whatever the protocol.
+#[tokio::test]
+async fn silent_connections_are_closed_within_15_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = Host::start(&["--http-port", &http_port.to_string()]);
+    let port = host.port;
+
+    /// Reads (answering HTTP/2 pings when `h2`) until the server closes.
+    async fn until_closed<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut s: S,
+        h2: bool,
+    ) -> Duration {
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(40), s.read(&mut chunk)).await {
+                Err(_) => panic!("still open after 40 s"),
+                Ok(Ok(0) | Err(_)) => return started.elapsed(),
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            }
+            // HTTP/2 frames: 3-byte length, type, flags, 4-byte stream.
+            while h2 && buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                if kind == 6 && flags & 1 == 0 {
+                    // PING: answer it, as a live client would.
+                    let mut ack = buf[..9 + len].to_vec();
+                    ack[4] = 1;
+                    let _ = s.write_all(&ack).await;
+                }
+                buf.drain(..9 + len);
+            }
+        }
+    }
+
+    // TLS done, then nothing.
+    let tls_silent = async {
+        let s = common::tls_connect_alpn(port, &[]).await;
+        until_closed(s, false).await
+    };
+    // HTTP/2: preface and settings, pings answered, but no request.
+    let h2_silent = async {
+        let mut s = common::tls_connect_alpn(port, &[b"h2"]).await;
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        until_closed(s, true).await
+    };
+    // HTTP/1.1: one request, then idle on the kept-alive connection.
+    let h1_idle = async {
+        let mut s = common::tls_connect_alpn(port, &[b"http/1.1"]).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        until_closed(s, false).await
+    };
+    // Plain TCP to the --http-port listener, nothing sent.
+    let plain_silent = async {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+            .await
+            .unwrap();
+        until_closed(s, false).await
+    };
+    let (tls, h2, h1, plain) = tokio::join!(tls_silent, h2_silent, h1_idle, plain_silent);
+    for (what, after) in [
+        ("TLS", tls),
+        ("HTTP/2", h2),
+        ("HTTP/1.1 idle", h1),
+        ("plain", plain),
+    ] {
+        assert!(
+            after < Duration::from_secs(20),
+            "{what}: closed after {after:?}"
+        );
+    }
 }

@@ -5,9 +5,11 @@
 pub mod dispatch;
 pub mod frame;
 pub mod names;
+pub mod queue;
 pub mod rooms;
 pub mod session;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::metrics::{Metrics, Observed};
@@ -19,7 +21,8 @@ use rooms::RoomRegistry;
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     pub max_frame_bytes: usize,
-    pub send_queue: usize,
+    /// Every session's outbound queue bounds, and their shared byte budget.
+    pub send: Arc<queue::SendBudget>,
     /// Messages per second (token bucket refill); 0 = no limit.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
@@ -64,6 +67,13 @@ impl Observed for Hub {
             out,
             self.registry.session_count(),
             self.registry.room_count(),
+        );
+        let queued = self.limits.send.queued_bytes();
+        let _ = writeln!(
+            out,
+            "# HELP webrtc_chat_send_queue_bytes Bytes waiting in all sessions' send queues.\n\
+             # TYPE webrtc_chat_send_queue_bytes gauge\n\
+             webrtc_chat_send_queue_bytes {queued}"
         );
         crate::metrics::render_policies(out, &self.chain.load());
     }

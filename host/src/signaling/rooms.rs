@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 pub type SessionId = Arc<str>;
 pub type RoomId = Arc<str>;
@@ -23,23 +21,7 @@ pub enum Outbound {
     Ping,
 }
 
-/// The sending side of one session: its queue, and a token that ends it at
-/// once (a slow reader whose queue is full).
-#[derive(Clone)]
-pub struct SessionHandle {
-    pub tx: mpsc::Sender<Outbound>,
-    pub kill: CancellationToken,
-}
-
-impl SessionHandle {
-    /// Queues a frame. A receiver too slow to keep its queue below the bound
-    /// is disconnected instead of growing memory or stalling the sender.
-    pub fn deliver(&self, frame: Outbound) {
-        if self.tx.try_send(frame).is_err() {
-            self.kill.cancel();
-        }
-    }
-}
+pub use super::queue::SessionHandle;
 
 struct SessionEntry {
     handle: SessionHandle,
@@ -314,23 +296,17 @@ impl crate::policy::RoomView for RoomRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signaling::queue::{OutboundQueue, SendBudget};
 
     fn welcome(_: &[Member]) -> Outbound {
         Outbound::Ping
     }
 
-    fn handle() -> (SessionHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(4);
-        (
-            SessionHandle {
-                tx,
-                kill: CancellationToken::new(),
-            },
-            rx,
-        )
+    fn handle() -> (SessionHandle, OutboundQueue) {
+        SessionHandle::new(&SendBudget::new(4, 1 << 20, 1 << 20))
     }
 
-    fn registry_with(ids: &[&str]) -> (RoomRegistry, Vec<mpsc::Receiver<Outbound>>) {
+    fn registry_with(ids: &[&str]) -> (RoomRegistry, Vec<OutboundQueue>) {
         let reg = RoomRegistry::default();
         let mut rxs = Vec::new();
         for id in ids {

@@ -8,12 +8,12 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use super::dispatch::{self, Sender};
+use super::queue::OutboundQueue;
 use super::rooms::{Outbound, SessionHandle};
 
 /// Close codes the host itself uses.
@@ -23,16 +23,15 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Frames written to the socket before one flush.
 const WRITE_BATCH: usize = 64;
+/// A socket that accepts nothing this long while frames wait for it is
+/// closed: its receiver stopped reading (a ping answerer can look alive).
+pub const WRITE_STALL: Duration = Duration::from_secs(15);
 
 pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: String) {
     let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-    let (tx, rx) = mpsc::channel(hub.limits.send_queue);
-    let handle = SessionHandle {
-        tx,
-        kill: CancellationToken::new(),
-    };
+    let (handle, queue) = SessionHandle::new(&hub.limits.send);
     let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, rx, handle.kill.clone()));
+    let writer = tokio::spawn(write_loop(sink, queue, handle.kill.clone(), id.clone()));
 
     hub.registry.register(id.clone(), handle.clone(), peer);
     hub.metrics
@@ -212,10 +211,25 @@ fn is_too_big(e: axum::Error) -> bool {
     )
 }
 
+/// One write to the socket, bounded by `WRITE_STALL`; false ends the writer.
+async fn written<E>(
+    session: &str,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    match tokio::time::timeout(WRITE_STALL, write).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            tracing::info!(session = %session, "closed: its socket accepted nothing for {WRITE_STALL:?} while frames waited");
+            false
+        }
+    }
+}
+
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: OutboundQueue,
     kill: CancellationToken,
+    session: Arc<str>,
 ) {
     let close = |code: u16, reason: Utf8Bytes| Message::Close(Some(CloseFrame { code, reason }));
     'outer: loop {
@@ -235,12 +249,12 @@ async fn write_loop(
         loop {
             match next {
                 Some(Outbound::Frame(text)) => {
-                    if sink.feed(Message::Text(text)).await.is_err() {
+                    if !written(&session, sink.feed(Message::Text(text))).await {
                         break 'outer;
                     }
                 }
                 Some(Outbound::Ping) => {
-                    if sink.feed(Message::Ping(Default::default())).await.is_err() {
+                    if !written(&session, sink.feed(Message::Ping(Default::default()))).await {
                         break 'outer;
                     }
                 }
@@ -259,7 +273,7 @@ async fn write_loop(
                 break;
             }
             let mut more = rx.try_recv();
-            if more.is_err() && !yielded {
+            if more.is_none() && !yielded {
                 // Let the other ready sockets be read first: frames they
                 // carry for this session then share this flush (one write,
                 // one TLS flight) instead of each costing a syscall of its
@@ -270,11 +284,11 @@ async fn write_loop(
                 more = rx.try_recv();
             }
             match more {
-                Ok(o) => next = Some(o),
-                Err(_) => break,
+                Some(o) => next = Some(o),
+                None => break,
             }
         }
-        if sink.flush().await.is_err() {
+        if !written(&session, sink.flush()).await {
             break;
         }
     }

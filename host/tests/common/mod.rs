@@ -260,7 +260,17 @@ pub fn tls_connector() -> Connector {
 
 /// A TLS connection to the host on loopback.
 async fn tls_connect(port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let connector = tokio_rustls::TlsConnector::from(client_config());
+    tls_connect_alpn(port, &[]).await
+}
+
+/// A TLS connection offering these ALPN protocols (e.g. `h2`).
+pub async fn tls_connect_alpn(
+    port: u16,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut config = (*client_config()).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
