@@ -39,6 +39,10 @@ include!("src/policy_build.rs");
 
 fn build_default_policy(root: &Path, out_dir: &Path) -> Result<(), String> {
     println!("cargo::rerun-if-changed={}", root.join("wit").display());
+    // The default policy is written with the Rust SDK.
+    for sdk in ["sdk/rust/src", "sdk/rust/wit", "sdk/rust/Cargo.toml"] {
+        println!("cargo::rerun-if-changed={}", root.join(sdk).display());
+    }
     println!(
         "cargo::rerun-if-changed={}",
         root.join("plugins/default/src").display()

@@ -21,7 +21,7 @@ set -euo pipefail
 
 DURATION=${DURATION:-10}            # seconds of load per run
 WARMUP=${WARMUP:-2}                 # seconds not counted
-SCENARIOS=${SCENARIOS:-"throughput native light rooms idle reload"}
+SCENARIOS=${SCENARIOS:-"throughput light rooms idle reload"}
 RELOADS=${RELOADS:-5}
 ROOMS_LIST=${ROOMS_LIST:-"1 10 100 1000"}
 ROOMS_CLIENTS=${ROOMS_CLIENTS:-3}
@@ -42,17 +42,9 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-  if [[ " $SCENARIOS " == *" native "* ]]; then
-    # The same host with the default policy's decisions made in Rust
-    # (bench-only feature), to price the WebAssembly boundary.
-    echo "building host with native routing (release)..." >&2
-    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release -p host --features native-routing)
-    cp "$TARGET/release/host" "$TARGET/release/host-native"
-  fi
   echo "building host and sigload (release)..." >&2
   (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release -p host -p sigload)
 fi
-HOST_NATIVE_BIN=${HOST_NATIVE_BIN:-$TARGET/release/host-native}
 HOST_BIN=${HOST_BIN:-$TARGET/release/host}
 SIGLOAD_BIN=${SIGLOAD_BIN:-$TARGET/release/sigload}
 for b in "$HOST_BIN" "$SIGLOAD_BIN"; do
@@ -175,13 +167,6 @@ for s in $SCENARIOS; do
     throughput)
       run throughput --rooms 20 --clients 5 --mix candidate --candidate-bytes 300 --inflight 8 \
         --duration "$DURATION" --warmup "$WARMUP" ;;
-    native)
-      [ -x "$HOST_NATIVE_BIN" ] || { echo "bench: $HOST_NATIVE_BIN not found (build without SKIP_BUILD)" >&2; exit 1; }
-      wasm_bin=$HOST_BIN
-      HOST_BIN=$HOST_NATIVE_BIN
-      run throughput-native --rooms 20 --clients 5 --mix candidate --candidate-bytes 300 --inflight 8 \
-        --duration "$DURATION" --warmup "$WARMUP"
-      HOST_BIN=$wasm_bin ;;
     light)
       run light --rooms 20 --clients 5 --rate 5 --offer-fanout 0.25 \
         --duration "$DURATION" --warmup "$WARMUP" ;;
@@ -238,10 +223,6 @@ for n in "${NAMES[@]}"; do
   jq -r --arg n "$n" '.notes[]? | "\($n): note: \(.)"' "$f"
   jq -r --arg n "$n" 'select(.load and (.load.error_frames|length) > 0) | "\($n): error frames \(.load.error_frames)"' "$f"
 done
-if [[ " ${NAMES[*]:-} " == *" throughput "* && " ${NAMES[*]:-} " == *" throughput-native "* ]]; then
-  jq -rs '"WASM-routed vs native routing, same run: \(.[0].load.delivered_per_s / .[1].load.delivered_per_s * 1000 | round / 1000)x the messages/s, \(.[0].server.cpu_us_per_delivered / .[1].server.cpu_us_per_delivered * 1000 | round / 1000)x the host CPU per message"' \
-    "$OUT/throughput.json" "$OUT/throughput-native.json"
-fi
 if [[ " $SCENARIOS " == *" reload "* ]] && [ -s "$OUT/reload.txt" ]; then
   cat "$OUT/reload.txt"
 fi

@@ -41,18 +41,7 @@ impl PolicyChain {
     pub async fn on_message(&self, mut envelope: Envelope) -> Decision {
         let from = envelope.from.clone();
         let mut rewritten = false;
-        for (i, policy) in self.policies.iter().enumerate() {
-            // Bench-only: the default's decisions made in Rust, to measure
-            // what WebAssembly routing costs (docs/benchmarks.md).
-            #[cfg(feature = "native-routing")]
-            if i + 1 == self.policies.len() {
-                return Decision::Act {
-                    actions: super::native::decide(&policy.ctx, &envelope),
-                    envelope,
-                    rewritten,
-                };
-            }
-            let _ = i;
+        for policy in &self.policies {
             match policy.on_message(&envelope).await {
                 Err(e) => return Decision::Failed(e),
                 Ok(Verdict::Next) => {}

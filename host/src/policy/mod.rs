@@ -12,8 +12,6 @@ mod chain;
 mod engine;
 mod imports;
 pub mod kv;
-#[cfg(feature = "native-routing")]
-mod native;
 mod pool;
 mod quarantine;
 pub mod reload;

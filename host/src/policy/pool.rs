@@ -47,7 +47,7 @@ pub struct LoadedPolicy {
     name: Arc<str>,
     pre: PolicyPre<StoreData>,
     engine: Engine,
-    pub(super) ctx: Arc<PolicyContext>,
+    ctx: Arc<PolicyContext>,
     limits: SandboxLimits,
     deadline_ticks: u64,
     pool: Mutex<Vec<PolicyInstance>>,

@@ -5,35 +5,19 @@
 //! extensions, and answers `badRequest` for any type that no policy in front
 //! of it handled.
 
-// The generated bindings' import shims take one argument per flattened value.
-#![allow(clippy::too_many_arguments)]
-
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "policy",
-});
-
-use webrtc_chat::policy::state;
-use webrtc_chat::policy::types::{ErrorReply, JoinRequest, Outbound};
-
-/// Room capacity when the operator configured none (the original `roomMax`).
-const DEFAULT_ROOM_MAX: u32 = 10;
+use webrtc_chat_policy::{
+    Action, Envelope, Policy, Verdict, error, join, register_policy, room_max, send, state,
+};
 
 struct DefaultPolicy;
 
-impl Guest for DefaultPolicy {
-    fn on_connect(_s: SessionId, _peer_addr: String) -> Verdict {
-        Verdict::Next
-    }
-
-    fn on_message(e: Envelope) -> Verdict {
-        Verdict::Done(decide(&e))
-    }
-
-    fn on_disconnect(_s: SessionId) -> Vec<Action> {
-        Vec::new()
+impl Policy for DefaultPolicy {
+    fn on_message(e: &Envelope) -> Verdict {
+        Verdict::Done(decide(e))
     }
 }
+
+register_policy!(DefaultPolicy);
 
 fn decide(e: &Envelope) -> Vec<Action> {
     match e.kind.as_str() {
@@ -52,34 +36,14 @@ fn decide(e: &Envelope) -> Vec<Action> {
 }
 
 fn login(e: &Envelope) -> Vec<Action> {
-    let parsed = e
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok());
-    let field = |name: &str| {
-        parsed
-            .as_ref()
-            .and_then(|v| v.get(name))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
-    let (Some(room), Some(username)) = (field("roomrequest"), field("username")) else {
-        return vec![error(
+    match e.login() {
+        Some(login) => vec![join(e, &login, room_max())],
+        None => vec![error(
             &e.from,
             "badRequest",
             "A login needs data with string fields \"roomrequest\" and \"username\".",
-        )];
-    };
-    let capacity = state::config("room-max")
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(DEFAULT_ROOM_MAX);
-    vec![Action::Join(JoinRequest {
-        session: e.from.clone(),
-        room,
-        username,
-        capacity,
-    })]
+        )],
+    }
 }
 
 /// Offers without a target fan out to the whole room; everything else is
@@ -110,11 +74,7 @@ fn relay(e: &Envelope, fan_out: bool) -> Vec<Action> {
 }
 
 fn random_check(e: &Envelope) -> Vec<Action> {
-    let candidate = e
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<String>(d).ok())
-        .filter(|c| is_uuid(c));
+    let candidate = e.data_as::<String>().filter(|c| is_uuid(c));
     let Some(candidate) = candidate else {
         return vec![error(
             &e.from,
@@ -131,10 +91,7 @@ fn random_check(e: &Envelope) -> Vec<Action> {
         "type": "randomCheckResult",
         "data": { "result": result, "roomrequest": candidate },
     });
-    vec![Action::Send(Outbound {
-        to: e.from.clone(),
-        frame: frame.to_string(),
-    })]
+    vec![send(&e.from, &frame)]
 }
 
 /// Most capabilities a `hello` answer lists.
@@ -145,10 +102,7 @@ const MAX_CAPABILITIES: usize = 32;
 /// the default answers with the list, sorted and without repeats. Names are
 /// 1-32 ASCII letters, digits or `-`; anything else is left out.
 fn hello(e: &Envelope) -> Vec<Action> {
-    let data = e
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok());
+    let data = e.json();
     let mut capabilities: Vec<&str> = data
         .as_ref()
         .and_then(|d| d.get("capabilities"))
@@ -167,10 +121,7 @@ fn hello(e: &Envelope) -> Vec<Action> {
         "type": "hello",
         "data": { "capabilities": capabilities },
     });
-    vec![Action::Send(Outbound {
-        to: e.from.clone(),
-        frame: frame.to_string(),
-    })]
+    vec![send(&e.from, &frame)]
 }
 
 fn is_capability(s: &str) -> bool {
@@ -188,22 +139,12 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-fn error(to: &str, error_type: &str, error_text: &str) -> Action {
-    Action::Error(ErrorReply {
-        to: to.to_owned(),
-        error_type: error_type.to_owned(),
-        error_text: error_text.to_owned(),
-    })
-}
-
 fn truncate(s: &str, max_chars: usize) -> &str {
     match s.char_indices().nth(max_chars) {
         Some((i, _)) => &s[..i],
         None => s,
     }
 }
-
-export!(DefaultPolicy);
 
 #[cfg(test)]
 mod tests {

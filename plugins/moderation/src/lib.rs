@@ -4,28 +4,18 @@
 //! disconnected. When the owner leaves, the next-oldest member owns the room.
 //! It tells clients it is there by adding `kick` to a `hello`'s capabilities.
 
-// The generated bindings' import shims take one argument per flattened value.
-#![allow(clippy::too_many_arguments)]
-
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "policy",
-});
-
-use webrtc_chat::policy::state;
-use webrtc_chat::policy::types::{CloseRequest, ErrorReply, Outbound};
+use webrtc_chat_policy::{
+    Action, CloseRequest, Envelope, Policy, Verdict, register_policy, reply_error, send, state,
+    with_capability,
+};
 
 /// The close code a kicked session sees (application range 4000-4999).
 const CLOSE_KICKED: u16 = 4001;
 
 struct Moderation;
 
-impl Guest for Moderation {
-    fn on_connect(_s: SessionId, _peer_addr: String) -> Verdict {
-        Verdict::Next
-    }
-
-    fn on_message(e: Envelope) -> Verdict {
+impl Policy for Moderation {
+    fn on_message(e: &Envelope) -> Verdict {
         if e.kind == "hello" {
             return with_capability(e, "kick");
         }
@@ -33,22 +23,18 @@ impl Guest for Moderation {
             return Verdict::Next;
         }
         let Some(room) = state::room_of(&e.from) else {
-            return Verdict::Done(vec![error(
-                &e.from,
-                "notInRoom",
-                "Join a room before kicking.",
-            )]);
+            return reply_error(e, "notInRoom", "Join a room before kicking.");
         };
         let members = state::members(&room);
         if members.first() != Some(&e.from) {
             return Verdict::Deny("Only the room's owner can remove people.".into());
         }
         let Some(target) = e.to.clone().filter(|t| *t != e.from && members.contains(t)) else {
-            return Verdict::Done(vec![error(
-                &e.from,
+            return reply_error(
+                e,
                 "badRequest",
                 "kick needs \"to\": the session id of another member.",
-            )]);
+            );
         };
         let by = state::username_of(&e.from).unwrap_or_default();
         let notice = serde_json::json!({
@@ -56,10 +42,7 @@ impl Guest for Moderation {
             "data": { "room": room, "by": by },
         });
         Verdict::Done(vec![
-            Action::Send(Outbound {
-                to: target.clone(),
-                frame: notice.to_string(),
-            }),
+            send(&target, &notice),
             // Closing is checked against the room, so it goes before leaving.
             Action::Close(CloseRequest {
                 session: target.clone(),
@@ -69,38 +52,6 @@ impl Guest for Moderation {
             Action::Leave(target),
         ])
     }
-
-    fn on_disconnect(_s: SessionId) -> Vec<Action> {
-        Vec::new()
-    }
 }
 
-/// Passes a `hello` on with `name` added to `data.capabilities`.
-fn with_capability(e: Envelope, name: &str) -> Verdict {
-    let mut data = e
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter(|d| d.is_object())
-        .unwrap_or_else(|| serde_json::json!({}));
-    if !data["capabilities"].is_array() {
-        data["capabilities"] = serde_json::json!([]);
-    }
-    if let Some(list) = data["capabilities"].as_array_mut() {
-        list.push(name.into());
-    }
-    Verdict::NextWith(Envelope {
-        data: Some(data.to_string()),
-        ..e
-    })
-}
-
-fn error(to: &str, error_type: &str, error_text: &str) -> Action {
-    Action::Error(ErrorReply {
-        to: to.into(),
-        error_type: error_type.into(),
-        error_text: error_text.into(),
-    })
-}
-
-export!(Moderation);
+register_policy!(Moderation);

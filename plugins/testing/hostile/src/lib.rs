@@ -2,22 +2,12 @@
 //! message of type `loop` spins forever, `trap` panics, `oom` allocates
 //! until it is stopped, `sleep` waits an hour on a WASI clock. Anything else passes to the next policy.
 
-// The generated bindings' import shims take one argument per flattened value.
-#![allow(clippy::too_many_arguments)]
-
-wit_bindgen::generate!({
-    path: "../../../wit",
-    world: "policy",
-});
+use webrtc_chat_policy::{Envelope, Policy, Verdict, register_policy};
 
 struct Hostile;
 
-impl Guest for Hostile {
-    fn on_connect(_s: SessionId, _peer_addr: String) -> Verdict {
-        Verdict::Next
-    }
-
-    fn on_message(e: Envelope) -> Verdict {
+impl Policy for Hostile {
+    fn on_message(e: &Envelope) -> Verdict {
         match e.kind.as_str() {
             "loop" => {
                 let mut n: u64 = 0;
@@ -41,10 +31,6 @@ impl Guest for Hostile {
             _ => Verdict::Next,
         }
     }
-
-    fn on_disconnect(_s: SessionId) -> Vec<Action> {
-        Vec::new()
-    }
 }
 
-export!(Hostile);
+register_policy!(Hostile);
