@@ -129,6 +129,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 "cannot listen for HTTP on {addr} ({e}): free the port or drop --http-port"
             )
         })?;
+        if let Ok(a) = listener.local_addr() {
+            tracing::info!("plain HTTP on http://{a}/: redirects to HTTPS, serves /.well-known/");
+        }
         let router = https::redirect_router(port, &config.well_known_dir);
         tokio::spawn(https::serve_plain(
             listener,

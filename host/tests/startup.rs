@@ -2,12 +2,15 @@
 
 mod common;
 
-use std::process::Command;
-
+/// Runs the host to its exit: every port but the HTTPS one picked by the
+/// OS, a fresh policy cache, none of the caller's `WEBRTC_CHAT_*` settings.
 fn run_host(args: &[&str]) -> (bool, String) {
-    let out = Command::new(common::host_bin())
+    let cache = tempfile::tempdir().unwrap();
+    let out = common::host_command()
+        .args(["--turn-port", "0", "--turn-tls-port", "0"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--cache-dir"])
+        .arg(cache.path())
         .args(args)
-        .env("NO_COLOR", "1")
         .output()
         .expect("run host");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -62,10 +65,7 @@ fn broken_certificate_is_one_clear_line() {
 
 #[test]
 fn help_lists_the_stable_flags_with_env_fallbacks() {
-    let out = Command::new(common::host_bin())
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = common::host_command().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in ["--https-port", "--plugins-dir", "--room-max", "--ssl-dir"] {
@@ -155,22 +155,18 @@ async fn plain_http_redirects_and_serves_acme_challenges() {
     let wk = dir.path().join("wk");
     std::fs::create_dir_all(wk.join("acme-challenge")).unwrap();
     std::fs::write(wk.join("acme-challenge/t0k3n"), "challenge").unwrap();
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
     let host = common::Host::start_in(
         dir,
-        &[
-            "--http-port",
-            &http_port,
-            "--well-known-dir",
-            wk.to_str().unwrap(),
-        ],
+        &["--http-port", "0", "--well-known-dir", wk.to_str().unwrap()],
     );
-    let addr = format!("127.0.0.1:{http_port}");
+    // The port the OS picked, from the start-up log.
+    let line = host
+        .startup
+        .iter()
+        .find(|l| l.contains("plain HTTP on http://"))
+        .expect("the plain-HTTP address is logged at start");
+    let addr = line.split("http://").nth(1).unwrap();
+    let addr = addr.split('/').next().unwrap().to_string();
     let redirect = common::http_get(&addr, "/?room=abc").await;
     assert!(
         redirect.starts_with("HTTP/1.1 308") || redirect.starts_with("HTTP/1.1 301"),

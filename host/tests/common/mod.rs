@@ -43,19 +43,41 @@ pub fn host_bin() -> &'static str {
     env!("CARGO_BIN_EXE_host")
 }
 
+/// The host binary with none of the caller's `WEBRTC_CHAT_*` settings (a
+/// developer's `WEBRTC_CHAT_CONFIG` must not change what a test sees) and
+/// plain log lines.
+pub fn host_command() -> Command {
+    let mut cmd = Command::new(host_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WEBRTC_CHAT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
 impl Host {
     pub fn start(extra: &[&str]) -> Host {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::start_in(dir, extra)
     }
 
-    /// Starts the host with its ssl and plugins directories inside `dir`.
+    /// Starts the host with its ssl, plugins and policy cache directories
+    /// inside `dir`, every port picked by the OS.
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Host {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// As [`start_in`](Self::start_in), with these environment variables
+    /// (the only `WEBRTC_CHAT_*` ones the host sees).
+    pub fn start_with_env(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Host {
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
-        let mut cmd = Command::new(host_bin());
+        let mut cmd = host_command();
         cmd.args(["--bind", "127.0.0.1", "--https-port", "0"])
-            .args(["--metrics-addr", "127.0.0.1:0", "--turn-port", "0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--turn-port", "0", "--turn-tls-port", "0"])
             .arg("--ssl-dir")
             .arg(dir.path().join("ssl"))
             .arg("--plugins-dir")
@@ -63,11 +85,9 @@ impl Host {
             .args(["--log", "info,host=debug"])
             .args(extra);
         if !extra.contains(&"--cache-dir") {
-            // Shared by the tests' hosts: the default policy compiles once.
-            cmd.arg("--cache-dir")
-                .arg(concat!(env!("CARGO_TARGET_TMPDIR"), "/policy-cache"));
+            cmd.arg("--cache-dir").arg(dir.path().join("cache"));
         }
-        cmd.env("NO_COLOR", "1")
+        cmd.envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start host");

@@ -3,7 +3,6 @@
 import { spawn } from 'node:child_process'
 import { mkdtempSync, mkdirSync, rmSync, existsSync, readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join as pjoin, resolve, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -29,54 +28,50 @@ export const CHROMIUM_ARGS = [
   '--autoplay-policy=no-user-gesture-required',
 ]
 
-export function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer()
-    s.unref()
-    s.on('error', rej)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address()
-      s.close(() => res(port))
-    })
-  })
-}
-
-/** Start a host; resolves with { base, port, stop() } once it logs its https://localhost:PORT/ line. */
-export async function startHost({ roomMax = 10, timeoutMs = 90_000 } = {}) {
-  const port = await freePort()
+/**
+ * Start a host on ports the OS picks; resolves with { base, port, turnPort, stop() }
+ * once it logs its https://localhost:PORT/ line. It gets a temporary policy
+ * cache and none of this process's WEBRTC_CHAT_* settings.
+ */
+export async function startHost({ roomMax = 10, timeoutMs = 90_000, args: extraArgs = [] } = {}) {
   const cmd = resolve(WEB_DIR, process.env.HOST_BIN ?? '../target/debug/host')
-    if (!existsSync(cmd)) throw new Error(`host binary not found at ${cmd} (set HOST_BIN, or build it: cargo build -p host)`)
-  const turnPort = await freePort()
+  if (!existsSync(cmd)) throw new Error(`host binary not found at ${cmd} (set HOST_BIN, or build it: cargo build -p host)`)
   const tmp = mkdtempSync(pjoin(tmpdir(), 'webrtc-chat-e2e-'))
   mkdirSync(pjoin(tmp, 'ssl'))
   mkdirSync(pjoin(tmp, 'plugins'))
   const args = [
     '--bind', '127.0.0.1',
-    '--https-port', String(port),
-    '--turn-port', String(turnPort),
+    '--https-port', '0',
+    '--turn-port', '0',
+    '--turn-tls-port', '0',
     '--turn-allow-loopback',
     '--metrics-addr', 'off',
     '--ssl-dir', pjoin(tmp, 'ssl'),
     '--plugins-dir', pjoin(tmp, 'plugins'),
+    '--cache-dir', pjoin(tmp, 'cache'),
     '--room-max', String(roomMax),
+    ...extraArgs,
   ]
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } })
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WEBRTC_CHAT_')))
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, NO_COLOR: '1' } })
   let log = ''
-  const needle = `https://localhost:${port}/`
+  const serving = /https:\/\/localhost:(\d+)\//
   const cleanup = () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     rmSync(tmp, { recursive: true, force: true })
   }
   // never leave a host behind, even if the test process dies
   process.once('exit', cleanup)
+  let port
   try {
-    await new Promise((res, rej) => {
-      const timer = setTimeout(() => rej(new Error(`host did not report ${needle} within ${timeoutMs} ms:\n${log.slice(-3000)}`)), timeoutMs)
+    port = await new Promise((res, rej) => {
+      const timer = setTimeout(() => rej(new Error(`host did not report https://localhost:PORT/ within ${timeoutMs} ms:\n${log.slice(-3000)}`)), timeoutMs)
       const onData = (d) => {
         log += d.toString()
-        if (log.includes(needle)) {
+        const m = serving.exec(log)
+        if (m) {
           clearTimeout(timer)
-          res()
+          res(Number(m[1]))
         }
       }
       child.stdout.on('data', onData)
@@ -94,6 +89,7 @@ export async function startHost({ roomMax = 10, timeoutMs = 90_000 } = {}) {
     cleanup()
     throw e
   }
+  const turnPort = Number(/STUN\/TURN on Udp [^,\s]*:(\d+)/.exec(log)?.[1] ?? 0)
   // keep draining output so the pipe never fills
   child.stdout.removeAllListeners('data')
   child.stderr.removeAllListeners('data')
@@ -103,6 +99,7 @@ export async function startHost({ roomMax = 10, timeoutMs = 90_000 } = {}) {
   return {
     base: `https://localhost:${port}`,
     port,
+    turnPort,
     log: () => log,
     async stop() {
       if (child.exitCode === null) {
