@@ -30,6 +30,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.max_frame_bytes
         );
     }
+    let cluster = match &config.redis_url {
+        None => None,
+        Some(url) => {
+            if config.turn_secret.is_none() && !config.no_turn {
+                anyhow::bail!(
+                    "--redis-url needs --turn-secret, the same on every host, so each host honours the TURN credentials the others hand out"
+                );
+            }
+            Some(crate::cluster::Cluster::new(url).map_err(|e| anyhow::anyhow!(e))?)
+        }
+    };
     let cert = tls::CertifiedKey::load_or_self_signed(&config.ssl_dir)?;
     if cert.self_signed {
         tracing::warn!(
@@ -80,7 +91,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ice: Box::new(ice),
         metrics: Default::default(),
         draining: Default::default(),
+        cluster: cluster.clone(),
     });
+    if let Some(cluster) = &cluster {
+        cluster.start(hub.clone());
+    }
 
     let policies = PolicyDirectory::new(
         engine,

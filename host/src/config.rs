@@ -187,6 +187,11 @@ pub struct Config {
     #[arg(long, env = "WEBRTC_CHAT_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Redis of a cluster, redis://HOST:PORT[/DB]: hosts given the same one serve
+    /// as one (any client on any host; see docs/cluster.md). Off by default: one host.
+    #[arg(long, env = "WEBRTC_CHAT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
     /// Log filter (tracing syntax), e.g. "info" or "host=debug".
     #[arg(long, env = "WEBRTC_CHAT_LOG", default_value = "info,turn=off")]
     pub log: String,
@@ -295,6 +300,11 @@ mod tests {
         .unwrap();
         assert!(env.contains(&("WEBRTC_CHAT_HTTPS_PORT".into(), "443".into())));
         assert!(env.contains(&("WEBRTC_CHAT_TURN_ALLOW_LOOPBACK".into(), "true".into())));
+        let cluster = file_as_env("redis-url = \"redis://10.0.0.5:6379/1\"\n").unwrap();
+        assert!(cluster.contains(&(
+            "WEBRTC_CHAT_REDIS_URL".into(),
+            "redis://10.0.0.5:6379/1".into()
+        )));
         assert!(env.contains(&(
             "WEBRTC_CHAT_ALLOWED_ORIGINS".into(),
             "https://a,https://b".into()

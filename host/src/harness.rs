@@ -93,6 +93,7 @@ impl PolicyHarness {
             ice: Box::new(NoIceServers),
             metrics: Default::default(),
             draining: Default::default(),
+            cluster: None,
         });
         Ok(Self {
             hub,

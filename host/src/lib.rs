@@ -2,6 +2,7 @@
 //! policy authors' tests use [`harness`] to run a policy without a network.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod harness;
 pub mod https;

@@ -132,7 +132,8 @@ impl Metrics {
 }
 
 /// `/metrics`, `/healthz` (live: the process answers) and `/readyz` (ready:
-/// serving, not draining) for the metrics listener.
+/// serving, not draining, and in cluster mode Redis answers) for the
+/// metrics listener.
 pub fn router(hub: Arc<dyn Observed>, turn: Option<Arc<chat_turn::TurnServer>>) -> Router {
     let ready = hub.clone();
     Router::new()
@@ -157,6 +158,8 @@ pub fn router(hub: Arc<dyn Observed>, turn: Option<Arc<chat_turn::TurnServer>>) 
             get(move || async move {
                 if ready.draining() {
                     (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else if let Some(why) = ready.not_ready() {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, why)
                 } else {
                     (axum::http::StatusCode::OK, "ready")
                 }
@@ -230,6 +233,11 @@ pub trait Observed: Send + Sync + 'static {
     fn render(&self, out: &mut String);
     /// Shutdown has begun: /readyz answers 503.
     fn draining(&self) -> bool;
+    /// Why the host cannot serve fully now (/readyz answers 503), if so:
+    /// e.g. cluster mode without Redis.
+    fn not_ready(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Per-policy counters of the chain in force.

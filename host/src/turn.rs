@@ -29,6 +29,10 @@ impl IceServers for TurnIce {
     fn session_ended(&self, session: &str) {
         self.directory.session_ended(session);
     }
+
+    fn session_seen(&self, session: &str) {
+        self.directory.session_started(session);
+    }
 }
 
 /// Starts TURN as configured. Returns the ICE provider for `joined` and

@@ -51,8 +51,20 @@ pub fn rate_limited(hub: &Hub, sender: &Sender<'_>) {
     );
 }
 
-/// Handles one text frame from `sender`.
+/// Handles one text frame from `sender`: here, or (cluster mode) on the
+/// host that owns the room it concerns.
 pub async fn handle_text(hub: &Hub, sender: &Sender<'_>, text: &str) {
+    let Some(cluster) = &hub.cluster else {
+        return handle_here(hub, sender, text).await;
+    };
+    if cluster.route(hub, sender, text).await {
+        return;
+    }
+    handle_here(hub, sender, text).await;
+    cluster.handled_locally(hub, sender.id);
+}
+
+async fn handle_here(hub: &Hub, sender: &Sender<'_>, text: &str) {
     let inbound = match frame::parse(text) {
         Ok(f) => f,
         Err(e) => {
@@ -137,6 +149,9 @@ pub async fn handle_disconnect(hub: &Hub, sender: &Sender<'_>) {
             }
         }
     }
+    if let Some(cluster) = &hub.cluster {
+        cluster.session_closed(sender.id);
+    }
     let departure = hub.registry.unregister(sender.id);
     hub.ice.session_ended(sender.id);
     hub.kv.drop_scope(&Scope::Session(sender.id.to_string()));
@@ -145,7 +160,8 @@ pub async fn handle_disconnect(hub: &Hub, sender: &Sender<'_>) {
     }
 }
 
-fn announce_departure(hub: &Hub, d: &Departure) {
+/// Sends `logout` to the room `d` left; drops the room's state when it is gone.
+pub(crate) fn announce_departure(hub: &Hub, d: &Departure) {
     let notice = Utf8Bytes::from(frame::logout(&d.session, &d.username));
     for h in &d.remaining {
         h.deliver(Outbound::Frame(notice.clone()));

@@ -37,6 +37,9 @@ pub trait IceServers: Send + Sync {
     /// The session's socket ended: its credentials stop being honoured
     /// (after a grace for reconnects).
     fn session_ended(&self, _session: &str) {}
+    /// The session is in a room another host owns (cluster mode): its
+    /// credentials are honoured here too, while it lives.
+    fn session_seen(&self, _session: &str) {}
 }
 
 /// No ICE servers from this host: clients use their own defaults.
@@ -59,6 +62,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Set when shutdown begins: /readyz answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Cluster mode (`--redis-url`): rooms shared with other hosts.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Observed for Hub {
@@ -75,10 +80,20 @@ impl Observed for Hub {
              # TYPE webrtc_chat_send_queue_bytes gauge\n\
              webrtc_chat_send_queue_bytes {queued}"
         );
+        if let Some(cluster) = &self.cluster {
+            cluster.render(out, self.registry.room_count());
+        }
         crate::metrics::render_policies(out, &self.chain.load());
     }
 
     fn draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn not_ready(&self) -> Option<&'static str> {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| !c.ready())
+            .then_some("cluster: Redis unreachable")
     }
 }

@@ -43,11 +43,20 @@ struct Inner {
     rooms: HashMap<RoomId, Room>,
 }
 
+/// Told of every membership change, under the registry's lock (so in the
+/// order they happen). Must not block or call back into the registry.
+pub trait RoomObserver: Send + Sync {
+    fn joined(&self, room: &RoomId, session: &SessionId, username: &Arc<str>);
+    fn left(&self, room: &RoomId, session: &SessionId, room_deleted: bool);
+}
+
 #[derive(Default)]
 pub struct RoomRegistry {
     inner: Mutex<Inner>,
     /// Rooms in total; 0 = no limit.
     max_rooms: usize,
+    /// The cluster's mirror of memberships, when there is one.
+    observer: std::sync::OnceLock<Arc<dyn RoomObserver>>,
 }
 
 /// A member as others see it.
@@ -88,7 +97,57 @@ impl RoomRegistry {
         Self {
             inner: Mutex::default(),
             max_rooms,
+            observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the membership observer (once, at start-up).
+    pub fn set_observer(&self, observer: Arc<dyn RoomObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Every room's id.
+    pub fn room_ids(&self) -> Vec<RoomId> {
+        self.inner.lock().rooms.keys().cloned().collect()
+    }
+
+    /// The sending side of a connected session.
+    pub fn handle_of(&self, id: &str) -> Option<SessionHandle> {
+        Some(self.inner.lock().sessions.get(id)?.handle.clone())
+    }
+
+    /// Puts a registered session that is in no room into `room` silently
+    /// (no `joined`, no notices, no capacity check): a room's new owner
+    /// taking over members that are already in the call.
+    pub fn restore(&self, id: &str, room: &str, username: &str) -> bool {
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let Some((session_key, entry)) = inner.sessions.get_key_value(id) else {
+            return false;
+        };
+        if entry.room.is_some() {
+            return false;
+        }
+        let session_key = session_key.clone();
+        let room_key: RoomId = match inner.rooms.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(room),
+        };
+        inner
+            .rooms
+            .entry(room_key.clone())
+            .or_default()
+            .members
+            .push(session_key.clone());
+        let username: Arc<str> = Arc::from(username);
+        if let Some(entry) = inner.sessions.get_mut(id) {
+            entry.room = Some(room_key.clone());
+            entry.username = Some(username.clone());
+        }
+        if let Some(o) = self.observer.get() {
+            o.joined(&room_key, &session_key, &username);
+        }
+        true
     }
 
     pub fn session_count(&self) -> usize {
@@ -124,7 +183,7 @@ impl RoomRegistry {
     /// Forgets a session; returns its departure from its room, if any.
     pub fn unregister(&self, id: &str) -> Option<Departure> {
         let mut inner = self.inner.lock();
-        let departure = Self::leave_locked(&mut inner, id);
+        let departure = self.leave_locked(&mut inner, id);
         inner.sessions.remove(id);
         departure
     }
@@ -161,7 +220,7 @@ impl RoomRegistry {
         let left = if same_room {
             None
         } else {
-            Self::leave_locked(inner, id)
+            self.leave_locked(inner, id)
         };
         let room_key: RoomId = match inner.rooms.get_key_value(room) {
             Some((k, _)) => k.clone(),
@@ -183,9 +242,13 @@ impl RoomRegistry {
             }
         }
         if let Some(entry) = inner.sessions.get_mut(id) {
-            entry.room = Some(room_key);
-            entry.username = Some(Arc::from(username));
+            let username: Arc<str> = Arc::from(username);
+            entry.room = Some(room_key.clone());
+            entry.username = Some(username.clone());
             entry.handle.deliver(welcome(&others));
+            if let Some(o) = self.observer.get() {
+                o.joined(&room_key, &session_key, &username);
+            }
         }
         Ok(Joined {
             other_handles,
@@ -194,10 +257,10 @@ impl RoomRegistry {
     }
 
     pub fn leave(&self, id: &str) -> Option<Departure> {
-        Self::leave_locked(&mut self.inner.lock(), id)
+        self.leave_locked(&mut self.inner.lock(), id)
     }
 
-    fn leave_locked(inner: &mut Inner, id: &str) -> Option<Departure> {
+    fn leave_locked(&self, inner: &mut Inner, id: &str) -> Option<Departure> {
         let entry = inner.sessions.get_mut(id)?;
         let room = entry.room.take()?;
         let username = entry.username.clone().unwrap_or_else(|| Arc::from(""));
@@ -209,6 +272,9 @@ impl RoomRegistry {
         };
         if room_deleted {
             inner.rooms.remove(&room);
+        }
+        if let Some(o) = self.observer.get() {
+            o.left(&room, &session, room_deleted);
         }
         let remaining = remaining_ids
             .iter()

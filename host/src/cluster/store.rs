@@ -1,0 +1,270 @@
+//! The cluster's Redis keys and the few commands run on them. Every call is
+//! bounded in time: an unreachable Redis is an error, never a hang.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+/// One Redis call never waits longer than this.
+pub const CALL_LIMIT: Duration = Duration::from_secs(2);
+
+const PREFIX: &str = "webrtc-chat";
+
+pub fn host_channel(host: &str) -> String {
+    format!("{PREFIX}:host:{host}")
+}
+fn alive_key(host: &str) -> String {
+    format!("{PREFIX}:alive:{host}")
+}
+fn owner_key(room: &str) -> String {
+    format!("{PREFIX}:room:{room}:owner")
+}
+fn members_key(room: &str) -> String {
+    format!("{PREFIX}:room:{room}:members")
+}
+
+/// Sets the owner unless another live host holds the lease: returns the
+/// owner after the call. `ARGV[3]` names a host known dead whose lease may
+/// be taken over ("" for none).
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return v
+end
+if (not v) or v == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return v
+";
+
+/// Deletes the lease and the member list when this host still holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis did not answer within {CALL_LIMIT:?}")]
+    Timeout,
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A member as the room's owner recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberRecord {
+    pub session: String,
+    pub host: String,
+    pub seq: u64,
+    pub username: String,
+}
+
+impl MemberRecord {
+    fn value(&self) -> String {
+        format!("{}\t{}\t{}", self.host, self.seq, self.username)
+    }
+
+    fn parse(session: String, value: &str) -> Option<Self> {
+        let mut parts = value.splitn(3, '\t');
+        let host = parts.next()?.to_string();
+        let seq = parts.next()?.parse().ok()?;
+        let username = parts.next()?.to_string();
+        Some(Self {
+            session,
+            host,
+            seq,
+            username,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub client: redis::Client,
+    con: ConnectionManager,
+    claim: Script,
+    release: Script,
+}
+
+async fn bounded<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+    match tokio::time::timeout(CALL_LIMIT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::Timeout),
+    }
+}
+
+impl Store {
+    /// Connects lazily: the host starts (and serves its own rooms) while
+    /// Redis is down.
+    pub fn open(url: &str) -> std::result::Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| {
+            format!("--redis-url {url:?} is not a Redis URL like redis://127.0.0.1:6379/0 ({e})")
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| format!("--redis-url {url:?}: {e}"))?;
+        Ok(Self {
+            client,
+            con,
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
+        })
+    }
+
+    /// Marks `host` alive for `ttl`; true when its previous mark was still
+    /// there.
+    pub async fn heartbeat(&self, host: &str, ttl: Duration) -> Result<bool> {
+        let mut con = self.con.clone();
+        let previous: Option<String> = bounded(
+            redis::cmd("SET")
+                .arg(alive_key(host))
+                .arg(1)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .arg("GET")
+                .query_async(&mut con),
+        )
+        .await?;
+        Ok(previous.is_some())
+    }
+
+    /// Hosts whose heartbeat is current.
+    pub async fn hosts_alive(&self) -> Result<usize> {
+        let mut con = self.con.clone();
+        let pattern = format!("{PREFIX}:alive:*");
+        bounded(async move {
+            let mut n = 0;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut con)
+                    .await?;
+                n += keys.len();
+                if next == 0 {
+                    return Ok(n);
+                }
+                cursor = next;
+            }
+        })
+        .await
+    }
+
+    /// Which of `hosts` have a current heartbeat.
+    pub async fn alive(&self, hosts: &[String]) -> Result<Vec<bool>> {
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for h in hosts {
+            pipe.exists(alive_key(h));
+        }
+        bounded(pipe.query_async(&mut con)).await
+    }
+
+    /// Claims (or renews) the lease on `room`: the owner afterwards.
+    pub async fn claim(&self, room: &str, me: &str, ttl: Duration, dead: &str) -> Result<String> {
+        let mut con = self.con.clone();
+        let mut inv = self.claim.key(owner_key(room));
+        inv.arg(me).arg(ttl.as_millis() as u64).arg(dead);
+        bounded(inv.invoke_async(&mut con)).await
+    }
+
+    /// The host holding `room`'s lease, if any.
+    pub async fn owner(&self, room: &str) -> Result<Option<String>> {
+        let mut con = self.con.clone();
+        bounded(con.get(owner_key(room))).await
+    }
+
+    pub async fn release(&self, room: &str, me: &str) -> Result<()> {
+        let mut con = self.con.clone();
+        let mut inv = self.release.key(owner_key(room));
+        inv.key(members_key(room)).arg(me);
+        bounded(inv.invoke_async::<i64>(&mut con)).await.map(|_| ())
+    }
+
+    pub async fn put_member(&self, room: &str, m: &MemberRecord) -> Result<()> {
+        let mut con = self.con.clone();
+        bounded(con.hset::<_, _, _, ()>(members_key(room), &m.session, m.value())).await
+    }
+
+    pub async fn drop_member(&self, room: &str, session: &str) -> Result<()> {
+        let mut con = self.con.clone();
+        bounded(con.hdel::<_, _, ()>(members_key(room), session)).await
+    }
+
+    /// Replaces the whole member list of `room`.
+    pub async fn put_members(&self, room: &str, members: &[MemberRecord]) -> Result<()> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(members_key(room));
+        for m in members {
+            pipe.hset(members_key(room), &m.session, m.value());
+        }
+        bounded(pipe.query_async::<()>(&mut con)).await
+    }
+
+    /// The member list of `room`, in join order.
+    pub async fn members(&self, room: &str) -> Result<Vec<MemberRecord>> {
+        let mut con = self.con.clone();
+        let all: Vec<(String, String)> = bounded(con.hgetall(members_key(room))).await?;
+        let mut out: Vec<MemberRecord> = all
+            .into_iter()
+            .filter_map(|(s, v)| MemberRecord::parse(s, &v))
+            .collect();
+        out.sort_by_key(|m| m.seq);
+        Ok(out)
+    }
+
+    /// Publishes `(channel, payload)` pairs in order, in one round trip.
+    pub async fn publish_all(&self, batch: &[(String, String)]) -> Result<()> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch {
+            pipe.publish(channel, payload).ignore();
+        }
+        bounded(pipe.query_async::<()>(&mut con)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_records_round_trip() {
+        let m = MemberRecord {
+            session: "s".into(),
+            host: "h".into(),
+            seq: 42,
+            username: "a\tb".into(),
+        };
+        assert_eq!(MemberRecord::parse("s".into(), &m.value()), Some(m));
+        assert_eq!(MemberRecord::parse("s".into(), "h\tx\tn"), None);
+    }
+
+    #[test]
+    fn bad_urls_are_one_clear_line() {
+        let e = Store::open("http://nope").err().unwrap();
+        assert!(e.contains("--redis-url"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+}

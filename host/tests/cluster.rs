@@ -1,0 +1,466 @@
+//! Cluster mode: several real host processes sharing rooms through a real
+//! `redis-server` that each test starts on a free loopback port, in its own
+//! temporary directory.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Host, assert_error, http_get};
+use serde_json::{Value, json};
+
+/// Host death and Redis outages take seconds to notice.
+const SLOW: Duration = Duration::from_secs(30);
+
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = spawn_redis(port, dir.path());
+        Redis { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye, no saved data).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again, empty, on the same port.
+    fn restart(&mut self) {
+        self.child = spawn_redis(self.port, self.dir.path());
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "redis-server is not installed: install it (Debian: apt-get install redis-server; scripts/test.sh does) to run the cluster tests"
+        ),
+        Err(e) => panic!("cannot start redis-server: {e}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 7];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut buf).is_ok()
+                && &buf == b"+PONG\r\n"
+            {
+                return child;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("redis-server did not answer on port {port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A host of the cluster at `redis`.
+fn member_host(redis: &Redis, extra: &[&str]) -> Host {
+    let url = redis.url();
+    let mut args = vec!["--redis-url", &url, "--turn-secret", "cluster-test-secret"];
+    args.extend_from_slice(extra);
+    Host::start(&args)
+}
+
+fn metrics_addr(host: &Host) -> String {
+    host.startup
+        .iter()
+        .find_map(|l| l.split("metrics on http://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .expect("metrics address logged at start")
+        .to_string()
+}
+
+async fn readyz(host: &Host) -> bool {
+    http_get(&metrics_addr(host), "/readyz")
+        .await
+        .starts_with("HTTP/1.1 200")
+}
+
+/// Waits until /readyz says `ready` (bounded).
+async fn wait_ready(host: &Host, ready: bool) {
+    let deadline = Instant::now() + SLOW;
+    while readyz(host).await != ready {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not become {} within {SLOW:?}",
+            if ready { "ready" } else { "unready" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster(redis: &Redis, n: usize, extra: &[&str]) -> Vec<Host> {
+    let hosts: Vec<Host> = (0..n).map(|_| member_host(redis, extra)).collect();
+    for h in &hosts {
+        wait_ready(h, true).await;
+    }
+    hosts
+}
+
+/// The next frame that is not a keep-alive, waiting up to `within`.
+async fn recv_within(c: &mut Client, within: Duration) -> Value {
+    tokio::time::timeout(within, c.ws_next_text())
+        .await
+        .unwrap_or_else(|_| panic!("no frame within {within:?}"))
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn kill9(host: &Host) {
+    let status = Command::new("kill")
+        .args(["-KILL", &host.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn members_on_two_hosts_exchange_every_frame_type() {
+    let redis = Redis::start();
+    let hosts = cluster(&redis, 2, &[]).await;
+    let mut alice = hosts[0].client().await;
+    let mut bob = hosts[1].client().await;
+
+    let joined = alice.login("lobby", "alice").await;
+    assert_eq!(joined["members"], json!([]));
+    let joined = bob.login("lobby", "bob").await;
+    assert_eq!(
+        joined["members"],
+        json!([{"sessionId": alice.id, "username": "alice"}]),
+        "bob, on the other host, sees alice"
+    );
+    assert_eq!(joined["room"], "lobby");
+    assert!(
+        joined["iceServers"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "{joined}"
+    );
+
+    let notice = alice.recv().await;
+    assert_eq!(notice["type"], "login");
+    assert_eq!(notice["from"], bob.id.as_str());
+    assert_eq!(notice["username"], "bob");
+
+    // Offer fan-out and unicast, both directions.
+    alice
+        .send(json!({"type":"offer","data":{"type":"offer","sdp":"v=0 a"}}))
+        .await;
+    let offer = bob.recv().await;
+    assert_eq!(offer["type"], "offer");
+    assert_eq!(offer["from"], alice.id.as_str());
+    assert_eq!(offer["username"], "alice");
+    assert_eq!(offer["data"]["sdp"], "v=0 a");
+    bob.send(json!({"type":"offer","to":alice.id,"data":{"sdp":"v=0 b"},"extra":[1,2]}))
+        .await;
+    let offer = alice.recv().await;
+    assert_eq!(offer["from"], bob.id.as_str());
+    assert_eq!(offer["to"], alice.id.as_str());
+    assert_eq!(offer["extra"], json!([1, 2]));
+
+    // Answer and candidates: unicast, in the order sent.
+    bob.send(json!({"type":"answer","to":alice.id,"data":{"type":"answer","sdp":"v=0 b"}}))
+        .await;
+    for i in 0..5 {
+        bob.send(json!({"type":"candidate","to":alice.id,"data":{"candidate":format!("c{i}")}}))
+            .await;
+    }
+    let answer = alice.recv().await;
+    assert_eq!(answer["type"], "answer");
+    assert_eq!(answer["from"], bob.id.as_str());
+    for i in 0..5 {
+        let c = alice.recv().await;
+        assert_eq!(c["type"], "candidate");
+        assert_eq!(c["data"]["candidate"], format!("c{i}"));
+    }
+    alice
+        .send(json!({"type":"candidate","to":bob.id,"data":{"candidate":"a0"}}))
+        .await;
+    assert_eq!(bob.recv().await["data"]["candidate"], "a0");
+
+    // Errors from the owner reach the remote member: answer without `to`.
+    bob.send(json!({"type":"answer","data":{}})).await;
+    assert_error(&bob.recv().await, "badRequest");
+
+    // leave, then login again, then the socket closing: `logout` each time.
+    bob.send(json!({"type":"leave"})).await;
+    let logout = alice.recv().await;
+    assert_eq!(logout["type"], "logout");
+    assert_eq!(logout["data"]["sessionId"], bob.id.as_str());
+    bob.send(json!({"type":"offer","data":{}})).await;
+    assert_error(&bob.recv().await, "notInRoom");
+    bob.login("lobby", "bobby").await;
+    assert_eq!(alice.recv().await["username"], "bobby");
+    drop(bob);
+    let logout = alice.recv().await;
+    assert_eq!(logout["type"], "logout");
+    assert_eq!(logout["data"]["username"], "bobby");
+
+    // Moving between rooms owned by different hosts: the old room hears
+    // `logout`, the new one the `login` notice.
+    let mut carol = hosts[1].client().await;
+    carol.login("elsewhere", "carol").await; // owned by host 1
+    carol.login("lobby", "carol").await; // owned by host 0
+    assert_eq!(alice.recv().await["type"], "login");
+    let mut dave = hosts[1].client().await;
+    let joined = dave.login("elsewhere", "dave").await;
+    assert_eq!(joined["members"], json!([]), "carol left 'elsewhere'");
+}
+
+#[tokio::test]
+async fn three_hosts_share_rooms_and_random_check_sees_them_all() {
+    let redis = Redis::start();
+    let hosts = cluster(&redis, 3, &[]).await;
+    let room = uuid();
+    let mut members = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let mut c = h.client().await;
+        let joined = c.login(&room, &format!("m{i}")).await;
+        assert_eq!(joined["members"].as_array().unwrap().len(), i);
+        for earlier in members.iter_mut() {
+            let n: Value = Client::recv(earlier).await;
+            assert_eq!(n["type"], "login");
+        }
+        members.push(c);
+    }
+    // A fan-out offer from each host reaches the two others.
+    for i in 0..3 {
+        let from = members[i].id.clone();
+        members[i]
+            .send(json!({"type":"offer","data":{"n":i}}))
+            .await;
+        for (j, m) in members.iter_mut().enumerate() {
+            if j != i {
+                let o = m.recv().await;
+                assert_eq!(o["from"], from.as_str());
+                assert_eq!(o["data"]["n"], i);
+            }
+        }
+    }
+    // randomCheck on every host, for the room held by host 0 and a free id.
+    let free = uuid();
+    for h in &hosts {
+        let mut c = h.client().await;
+        c.send(json!({"type":"randomCheck","data":room})).await;
+        let r = c.recv().await;
+        assert_eq!(r["type"], "randomCheckResult", "{r}");
+        assert_eq!(
+            r["data"]["result"], "fail",
+            "the room exists on another host"
+        );
+        c.send(json!({"type":"randomCheck","data":free})).await;
+        assert_eq!(c.recv().await["data"]["result"], "ok");
+    }
+}
+
+#[tokio::test]
+async fn capacity_holds_across_hosts() {
+    let redis = Redis::start();
+    let hosts = cluster(&redis, 3, &["--room-max", "10"]).await;
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        clients.push(hosts[i % 3].client().await);
+    }
+    let room = uuid();
+    let results = futures_util::future::join_all(clients.iter_mut().enumerate().map(|(i, c)| {
+        let room = room.clone();
+        async move {
+            c.send(json!({"type":"login","data":{"roomrequest":room,"username":format!("u{i}")}}))
+                .await;
+            let r = c.recv().await;
+            match (r["type"].as_str(), r["message"]["errorType"].as_str()) {
+                (Some("joined"), _) => true,
+                (Some("error"), Some("full")) => false,
+                _ => panic!("neither joined nor full: {r}"),
+            }
+        }
+    }))
+    .await;
+    let joined = results.iter().filter(|j| **j).count();
+    assert_eq!(joined, 10, "exactly the room's capacity joined");
+    // Every host joined some (the room is one room, not three).
+    let per_host: Vec<usize> = (0..3)
+        .map(|h| (h..50).step_by(3).filter(|i| results[*i]).count())
+        .collect();
+    assert_eq!(per_host.iter().sum::<usize>(), 10, "{per_host:?}");
+}
+
+#[tokio::test]
+async fn a_killed_host_is_logged_out_and_its_room_lives_on() {
+    let redis = Redis::start();
+    let mut hosts = cluster(&redis, 3, &[]).await;
+    let mut alice = hosts[0].client().await;
+    alice.login("standup", "alice").await; // host 0 owns the room
+    let mut bob = hosts[1].client().await;
+    bob.login("standup", "bob").await;
+    let mut carol = hosts[2].client().await;
+    carol.login("standup", "carol").await;
+    assert_eq!(bob.recv().await["username"], "carol");
+
+    kill9(&hosts[0]);
+    for c in [&mut bob, &mut carol] {
+        let logout = recv_within(c, SLOW).await;
+        assert_eq!(logout["type"], "logout", "{logout}");
+        assert_eq!(logout["data"]["sessionId"], alice.id.as_str());
+    }
+    // The room lives on, now owned by host 1 or 2.
+    bob.send(json!({"type":"offer","to":carol.id,"data":{"sdp":"again"}}))
+        .await;
+    let offer = carol.recv().await;
+    assert_eq!(offer["from"], bob.id.as_str());
+    carol
+        .send(json!({"type":"answer","to":bob.id,"data":{"sdp":"ok"}}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "answer");
+    let mut dave = hosts[2].client().await;
+    let joined = dave.login("standup", "dave").await;
+    let names: Vec<&str> = joined["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bob", "carol"], "no duplicate, no ghost of alice");
+    assert_eq!(bob.recv().await["username"], "dave");
+    assert_eq!(carol.recv().await["username"], "dave");
+
+    // A host with members (not the owner) dies: they are logged out too.
+    kill9(&hosts[2]);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let logout = recv_within(&mut bob, SLOW).await;
+        assert_eq!(logout["type"], "logout", "{logout}");
+        seen.push(logout["data"]["username"].as_str().unwrap().to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["carol", "dave"]);
+    drop(alice);
+    hosts.truncate(2);
+}
+
+#[tokio::test]
+async fn redis_restarted_mid_call_the_call_continues() {
+    let mut redis = Redis::start();
+    let hosts = cluster(&redis, 2, &[]).await;
+    let mut alice = hosts[0].client().await;
+    alice.login("call", "alice").await; // host 0 owns the room
+    let mut bob = hosts[1].client().await;
+    bob.login("call", "bob").await;
+    assert_eq!(alice.recv().await["type"], "login");
+
+    redis.kill();
+    wait_ready(&hosts[0], false).await;
+    wait_ready(&hosts[1], false).await;
+    // Host 0 keeps serving its own room …
+    let mut erin = hosts[0].client().await;
+    let joined = erin.login("call", "erin").await;
+    assert_eq!(joined["members"].as_array().unwrap().len(), 2);
+    assert_eq!(alice.recv().await["username"], "erin");
+    // … while a join that needs the other host is refused, clearly.
+    let mut dave = hosts[1].client().await;
+    dave.send(json!({"type":"login","data":{"roomrequest":"call","username":"dave"}}))
+        .await;
+    assert_error(&dave.recv().await, "unavailable");
+
+    redis.restart();
+    wait_ready(&hosts[0], true).await;
+    wait_ready(&hosts[1], true).await;
+    // The call continues across the hosts …
+    bob.send(json!({"type":"offer","to":alice.id,"data":{"sdp":"renegotiate"}}))
+        .await;
+    let offer = recv_within(&mut alice, SLOW).await;
+    assert_eq!(offer["type"], "offer", "{offer}");
+    assert_eq!(offer["from"], bob.id.as_str());
+    alice
+        .send(json!({"type":"answer","to":bob.id,"data":{"sdp":"fine"}}))
+        .await;
+    // (bob first hears of erin, who joined during the outage, only if the
+    // owner reached him; it did not: at most once.)
+    loop {
+        let f = recv_within(&mut bob, SLOW).await;
+        if f["type"] == "answer" {
+            assert_eq!(f["from"], alice.id.as_str());
+            break;
+        }
+        assert_eq!(f["type"], "login", "{f}");
+    }
+    // … and new joins work again, on either host.
+    let joined = dave.login("call", "dave").await;
+    assert_eq!(joined["members"].as_array().unwrap().len(), 3, "{joined}");
+    assert_eq!(alice.recv().await["username"], "dave");
+    assert_eq!(recv_within(&mut bob, SLOW).await["username"], "dave");
+    let mut frank = hosts[1].client().await;
+    frank.login(&uuid(), "frank").await;
+}
+
+#[test]
+fn cluster_flags_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(common::host_bin())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--https-port",
+                "0",
+                "--turn-port",
+                "0",
+            ])
+            .args(["--metrics-addr", "off"])
+            .arg("--ssl-dir")
+            .arg(dir.path().join("ssl"))
+            .arg("--plugins-dir")
+            .arg(dir.path().join("plugins"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--redis-url", "redis://127.0.0.1:1/0"]);
+    assert!(err.contains("--redis-url needs --turn-secret"), "{err}");
+    let err = run(&["--redis-url", "http://example", "--turn-secret", "x"]);
+    assert!(err.contains("is not a Redis URL"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
