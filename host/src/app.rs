@@ -88,7 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             rate_per_sec: config.rate_limit,
             rate_burst: config.rate_burst,
         },
-        ice: Box::new(ice),
+        ice,
         metrics: Default::default(),
         draining: Default::default(),
         cluster: cluster.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chat_turn::{SessionDirectory, TlsSettings, TurnConfig, TurnServer, ice_servers};
 
 use crate::config::Config;
-use crate::signaling::IceServers;
+use crate::signaling::{IceServers, NoIceServers};
 
 /// The ICE servers a session gets: STUN first, then TURN (UDP, TCP, TLS).
 pub struct TurnIce {
@@ -40,7 +40,7 @@ impl IceServers for TurnIce {
 pub async fn start(
     config: &Config,
     tls: Option<Arc<rustls::ServerConfig>>,
-) -> anyhow::Result<(TurnIce, Option<TurnServer>)> {
+) -> anyhow::Result<(Box<dyn IceServers>, Option<TurnServer>)> {
     let secret = match &config.turn_secret {
         Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
         Some(_) => {
@@ -59,18 +59,7 @@ pub async fn start(
     if config.no_turn {
         let Some(external) = &config.turn_external else {
             tracing::info!("TURN is off (--no-turn): clients get no ICE servers from this host");
-            return Ok((
-                TurnIce {
-                    cfg: TurnConfig {
-                        secret,
-                        port: 0,
-                        ..TurnConfig::default()
-                    },
-                    directory,
-                    host: None,
-                },
-                None,
-            ));
+            return Ok((Box::new(NoIceServers), None));
         };
         let (host, port) = external
             .rsplit_once(':')
@@ -83,11 +72,11 @@ pub async fn start(
             ..TurnConfig::default()
         };
         return Ok((
-            TurnIce {
+            Box::new(TurnIce {
                 cfg,
                 directory,
                 host: Some(host),
-            },
+            }),
             None,
         ));
     }
@@ -123,11 +112,11 @@ pub async fn start(
         .collect();
     tracing::info!("STUN/TURN on {}", addrs.join(", "));
     Ok((
-        TurnIce {
+        Box::new(TurnIce {
             cfg,
             directory,
             host: config.turn_host.clone(),
-        },
+        }),
         Some(server),
     ))
 }

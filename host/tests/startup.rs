@@ -64,14 +64,67 @@ fn broken_certificate_is_one_clear_line() {
 }
 
 #[test]
-fn help_lists_the_stable_flags_with_env_fallbacks() {
+fn help_lists_every_flag_of_the_readme_with_its_env_fallback() {
     let out = common::host_command().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--https-port", "--plugins-dir", "--room-max", "--ssl-dir"] {
-        assert!(help.contains(flag), "{flag} missing from --help");
+    // The stable interface (never renamed).
+    for flag in [
+        "--https-port",
+        "--plugins-dir",
+        "--room-max",
+        "--ssl-dir",
+        "--turn-port",
+        "--turn-secret",
+        "--turn-allow-loopback",
+        "--rate-limit",
+        "--max-conns-per-ip",
+        "--allowed-origins",
+        "--metrics-addr",
+    ] {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{flag} missing from --help"
+        );
     }
-    assert!(help.contains("WEBRTC_CHAT_HTTPS_PORT"), "{help}");
+    // Every row of README's configuration table: `| `--flag` | `WEBRTC_CHAT_X` | ...`.
+    let readme = std::fs::read_to_string(common::workspace_root().join("README.md")).unwrap();
+    let rows: Vec<(&str, &str)> = readme
+        .lines()
+        .filter_map(|l| {
+            let mut cells = l.split('|').map(str::trim).skip(1);
+            let flag = cells.next()?.strip_prefix("`--")?.strip_suffix('`')?;
+            let env = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((flag, env))
+        })
+        .collect();
+    assert!(rows.len() >= 30, "README's table: {rows:?}");
+    // --help's sections: an option's header line, then its indented text.
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if line.trim_start().starts_with('-') && indent < 10 {
+            let header = line.trim().to_string();
+            sections.push((header, String::new()));
+        } else if let Some((_, text)) = sections.last_mut() {
+            text.push(' ');
+            text.push_str(line.trim());
+        }
+    }
+    for (flag, env) in rows {
+        let long = format!("--{flag}");
+        let Some((_, text)) = sections
+            .iter()
+            .find(|(h, _)| h.split([' ', ',']).any(|w| w == long))
+        else {
+            panic!("{long} (README) missing from --help");
+        };
+        assert!(
+            // `NAME=` with its value shown, `NAME]` when hidden (the secret).
+            text.contains(&format!("[env: {env}=")) || text.contains(&format!("[env: {env}]")),
+            "{env} (README) is not {long}'s env fallback in --help: {text}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -227,4 +280,92 @@ async fn config_file_values_apply_and_flags_override_them() {
     let mut b = host.client().await;
     a.login("r", "a").await;
     b.login("r", "b").await;
+}
+
+#[tokio::test]
+async fn environment_wins_over_the_file_and_flags_over_the_environment() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "room-max = 1\n").unwrap();
+    let config = file.path().to_str().unwrap();
+    // The file says 1, the environment 2: two fit.
+    let host = common::Host::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &[],
+        &[
+            ("WEBRTC_CHAT_CONFIG", config),
+            ("WEBRTC_CHAT_ROOM_MAX", "2"),
+        ],
+    );
+    let (mut a, mut b, mut c) = (
+        host.client().await,
+        host.client().await,
+        host.client().await,
+    );
+    a.login("r", "a").await;
+    b.login("r", "b").await;
+    c.send(serde_json::json!({"type":"login","data":{"roomrequest":"r","username":"c"}}))
+        .await;
+    common::assert_error(&c.recv().await, "full");
+
+    // The flag says 1, the environment 2: one fits.
+    let host = common::Host::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &["--room-max", "1"],
+        &[
+            ("WEBRTC_CHAT_CONFIG", config),
+            ("WEBRTC_CHAT_ROOM_MAX", "2"),
+        ],
+    );
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.login("r", "a").await;
+    b.send(serde_json::json!({"type":"login","data":{"roomrequest":"r","username":"b"}}))
+        .await;
+    common::assert_error(&b.recv().await, "full");
+}
+
+#[tokio::test]
+async fn a_broken_plugin_already_in_place_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(
+        dir.path().join("plugins/20-broken.wasm"),
+        b"\0asm not really",
+    )
+    .unwrap();
+    let host = common::Host::start_in(dir, &[]);
+    let startup = host.startup.join("\n");
+    assert!(startup.contains("20-broken.wasm not loaded"), "{startup}");
+    assert!(startup.contains("policy chain: default"), "{startup}");
+    // Serving, with the default behaviour.
+    let mut a = host.client().await;
+    a.login("r", "a").await;
+    a.send(serde_json::json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
+        .await;
+    assert_eq!(a.recv().await["data"]["result"], "ok");
+}
+
+#[test]
+fn the_precompiled_policy_cache_is_reused_on_restart() {
+    use std::os::unix::fs::MetadataExt;
+    let cache = tempfile::tempdir().unwrap();
+    let cache_arg = cache.path().to_str().unwrap();
+    let cached = || -> Vec<(std::ffi::OsString, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.metadata().unwrap().ino())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut host = common::Host::start(&["--cache-dir", cache_arg]);
+    assert!(host.terminate(std::time::Duration::from_secs(10)).is_some());
+    let first = cached();
+    assert_eq!(first.len(), 1, "the default policy is cached: {first:?}");
+    // A restart loads that file: compiling again would write a new one.
+    let mut host = common::Host::start(&["--cache-dir", cache_arg]);
+    assert!(host.terminate(std::time::Duration::from_secs(10)).is_some());
+    assert_eq!(cached(), first, "the cached component was replaced");
 }

@@ -139,3 +139,175 @@ async fn loopback_peers_are_refused_by_default() {
     );
     client.close().await.unwrap();
 }
+
+/// The TURN entry of a `joined` frame: (username, credential).
+fn turn_credential(joined: &serde_json::Value) -> (String, String) {
+    let turn = &joined["iceServers"][1];
+    (
+        turn["username"].as_str().expect("a TURN username").into(),
+        turn["credential"]
+            .as_str()
+            .expect("a TURN credential")
+            .into(),
+    )
+}
+
+#[tokio::test]
+async fn no_turn_hands_out_no_ice_servers() {
+    let host = Host::start(&["--no-turn"]);
+    assert!(
+        !host.startup.iter().any(|l| l.contains("STUN/TURN on")),
+        "no TURN server starts: {:?}",
+        host.startup
+    );
+    let mut a = host.client().await;
+    let joined = a.login("r", "a").await;
+    assert_eq!(joined["iceServers"], serde_json::json!([]), "{joined}");
+}
+
+#[tokio::test]
+async fn turn_external_hands_out_credentials_for_the_external_server() {
+    let host = Host::start(&[
+        "--no-turn",
+        "--turn-external",
+        "turn.example.org:3479",
+        "--turn-secret",
+        "s3cret",
+    ]);
+    assert!(!host.startup.iter().any(|l| l.contains("STUN/TURN on")));
+    let mut a = host.client().await;
+    let joined = a.login("r", "a").await;
+    let ice = &joined["iceServers"];
+    assert_eq!(
+        ice[0]["urls"],
+        serde_json::json!(["stun:turn.example.org:3479"])
+    );
+    assert_eq!(
+        ice[1]["urls"],
+        serde_json::json!([
+            "turn:turn.example.org:3479?transport=udp",
+            "turn:turn.example.org:3479?transport=tcp"
+        ])
+    );
+    let (username, credential) = turn_credential(&joined);
+    let (expiry, session) = username.split_once(':').unwrap();
+    assert_eq!(session, a.id);
+    assert!(expiry.parse::<u64>().is_ok(), "{username}");
+    // What coturn's use-auth-secret checks (the scheme's known answer is
+    // pinned in chat-turn's own tests).
+    assert_eq!(
+        credential,
+        chat_turn::creds::rest_password(b"s3cret", &username)
+    );
+}
+
+#[tokio::test]
+async fn turn_public_ip_is_the_advertised_relay_address() {
+    let host = Host::start(&["--turn-public-ip", "203.0.113.7"]);
+    let mut a = host.client().await;
+    let (username, credential) = turn_credential(&a.login("r", "a").await);
+    let client = turn_client(host.turn_addr(), &username, &credential).await;
+    let relay = client.allocate().await.expect("allocate");
+    let relayed = relay.local_addr().unwrap();
+    assert_eq!(relayed.ip().to_string(), "203.0.113.7", "{relayed}");
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn turn_relay_ports_bound_the_relay_port() {
+    // A one-port range around a port the OS just had free.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let range = format!("{port}-{port}");
+    let host = Host::start(&["--turn-relay-ports", &range]);
+    let mut a = host.client().await;
+    let (username, credential) = turn_credential(&a.login("r", "a").await);
+    let client = turn_client(host.turn_addr(), &username, &credential).await;
+    let relay = client.allocate().await.expect("allocate");
+    assert_eq!(relay.local_addr().unwrap().port(), port);
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn turn_allow_peers_opens_exactly_the_given_networks() {
+    let host = Host::start(&["--turn-allow-peers", "127.0.0.2/32"]);
+    let mut a = host.client().await;
+    let (username, credential) = turn_credential(&a.login("r", "a").await);
+    let client = turn_client(host.turn_addr(), &username, &credential).await;
+    let relay = client.allocate().await.expect("allocate");
+
+    // 127.0.0.2 is allowed: relayed both ways.
+    let peer = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    relay
+        .send_to(b"to an allowed peer", peer.local_addr().unwrap())
+        .await
+        .expect("the permission for 127.0.0.2 is granted");
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+        .await
+        .expect("relayed to 127.0.0.2")
+        .unwrap();
+    assert_eq!(&buf[..n], b"to an allowed peer");
+    peer.send_to(b"back", from).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+        .await
+        .expect("relayed back from 127.0.0.2")
+        .unwrap();
+    assert_eq!(&buf[..n], b"back");
+
+    // The rest of loopback is still refused.
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert!(
+        relay
+            .send_to(b"x", other.local_addr().unwrap())
+            .await
+            .is_err(),
+        "127.0.0.1 is not in --turn-allow-peers"
+    );
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn turns_is_offered_and_served_with_a_real_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssl = dir.path().join("ssl");
+    std::fs::create_dir_all(&ssl).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(ssl.join("cert1.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(ssl.join("privkey1.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let host = Host::start_in(dir, &[]);
+    let line = host
+        .startup
+        .iter()
+        .find(|l| l.contains("STUN/TURN on"))
+        .expect("TURN addresses logged");
+    let tls: std::net::SocketAddr = line
+        .split("Tls ")
+        .nth(1)
+        .expect("a TURN-over-TLS listener with a real certificate")
+        .split([',', ' '])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut a = host.client().await;
+    let joined = a.login("r", "a").await;
+    let urls = &joined["iceServers"][1]["urls"];
+    assert!(
+        urls.as_array()
+            .unwrap()
+            .contains(&serde_json::json!(format!(
+                "turns:localhost:{}?transport=tcp",
+                tls.port()
+            ))),
+        "{urls}"
+    );
+    // The TLS listener presents the operator's certificate.
+    assert_eq!(
+        common::server_cert(tls.port()).await,
+        cert.cert.der().to_vec()
+    );
+}

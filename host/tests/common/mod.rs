@@ -119,7 +119,10 @@ impl Host {
         let Some(port) = port else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("host did not print its serving line within 90 s");
+            panic!(
+                "host did not print its serving line (it exited, or 90 s passed):\n{}",
+                startup.join("\n")
+            );
         };
         Host {
             child,
