@@ -37,12 +37,25 @@ export class CallController {
   private joinToken = 0
   private joinTimer: ReturnType<typeof setTimeout> | null = null
   private levelTimer: ReturnType<typeof setInterval> | null = null
+  /**
+   * The room password typed at login: kept here, in memory only, so an
+   * automatic rejoin can send it again. Never in a store, the URL or storage.
+   */
+  private password = ''
+  /** a `hello` is waiting for its answer (an older host answers it with badRequest) */
+  private helloPending = false
+  /** moderation: the `kicked` notice that comes before close 4001 */
+  private kickedBy: string | null = null
+  /** members who joined before us: when none is left, we own the room */
+  private earlier = new Set<string>()
+  /** people we asked the server to remove, for the notice when they leave */
+  private removing = new Set<string>()
 
   constructor(private readonly deps: CallDeps = {}) {
     this.signaling = new Signaling(deps.url ?? defaultSignalingUrl(), deps.signaling)
     this.signaling.on('status', (s) => (this.session.server = s))
     this.signaling.on('open', () => this.onOpen())
-    this.signaling.on('close', (info) => this.onClose(info.willReconnect))
+    this.signaling.on('close', (info) => this.onClose(info))
     this.signaling.on('frame', (f) => this.onFrame(f))
   }
 
@@ -81,7 +94,8 @@ export class CallController {
     else this.signaling.connect() // sent from onOpen
   }
 
-  async join(roomInput: string, nameInput: string) {
+  /** `password` is sent only when filled and only to a server whose policies take one. */
+  async join(roomInput: string, nameInput: string, password = '') {
     const s = this.session
     if (s.phase !== 'login') return
     const room = validateField(roomInput, ROOM_MAX_LEN)
@@ -91,6 +105,7 @@ export class CallController {
     if (!room.ok || !name.ok) return
     s.room = room.value
     s.username = name.value
+    this.password = password
     s.error = null
     s.phase = 'joining'
     const token = ++this.joinToken
@@ -133,19 +148,42 @@ export class CallController {
   }
 
   private sendLogin() {
-    this.signaling.send(frames.login(this.session.room, this.session.username))
+    const s = this.session
+    this.signaling.send(frames.login(s.room, s.username, s.passwordRooms ? this.password : ''))
   }
 
   // ---- socket events -------------------------------------------------------
 
   private onOpen() {
     const s = this.session
+    // first, so its answer (or an older host's badRequest) is the first reply
+    this.helloPending = true
+    this.kickedBy = null
+    this.signaling.send(frames.hello())
     if (s.phase === 'joining' || (s.phase === 'room' && s.reconnecting)) this.sendLogin()
     if (this.pendingRandom && s.random === 'checking') this.signaling.send(frames.randomCheck(this.pendingRandom))
   }
 
-  private onClose(willReconnect: boolean) {
+  private onClose({ willReconnect, final, code, reason }: { willReconnect: boolean; final: boolean; code: number; reason: string }) {
     const s = this.session
+    this.helloPending = false
+    if (final) {
+      // removed or refused by a policy: end the session with a message, never come back on our own
+      const by = this.kickedBy
+      this.kickedBy = null
+      if (s.random === 'checking') {
+        s.random = 'idle'
+        this.pendingRandom = null
+      }
+      const err = code === 4001 || by !== null ? { type: 'kicked', text: reason, by: by ?? '' } : { type: 'closed', text: reason }
+      if (s.phase === 'login') {
+        s.error = err
+        return
+      }
+      this.endSession()
+      s.failJoin(err)
+      return
+    }
     if (s.phase === 'room' && willReconnect) {
       // our session is gone: peers already dropped us; rejoin as a new session
       if (!s.reconnecting) this.chat.notice('reconnecting')
@@ -171,7 +209,22 @@ export class CallController {
         return
       case 'joined':
         return this.onJoined(f.selfId, f.iceServers, f.members)
+      case 'hello':
+        this.helloPending = false
+        s.capabilities = f.capabilities
+        return
+      case 'kicked':
+        this.kickedBy = f.by ?? ''
+        return
       case 'error':
+        if (this.helloPending) {
+          this.helloPending = false
+          // an older host does not know `hello`: it offers nothing extra
+          if (f.errorType === 'badRequest') {
+            s.capabilities = []
+            return
+          }
+        }
         return this.onError(f.errorType, f.errorText)
     }
     if (s.phase !== 'room' || !this.pm) return
@@ -197,7 +250,9 @@ export class CallController {
         const name = p?.username || f.username || ''
         this.pm.handleLogout(f.from)
         this.peersStore.remove(f.from)
-        this.chat.notice('left', { name })
+        this.earlier.delete(f.from)
+        s.isOwner = this.earlier.size === 0
+        this.chat.notice(this.removing.delete(f.from) ? 'youRemoved' : 'left', { name })
         return
       }
     }
@@ -254,6 +309,10 @@ export class CallController {
     for (const m of members) {
       if (m.sessionId !== selfId) this.peersStore.upsert(m.sessionId, { username: m.username, state: 'new' })
     }
+    // moderation's owner is the longest-present member (protocol.md, `hello`)
+    this.earlier = new Set(members.map((m) => m.sessionId).filter((id) => id !== selfId))
+    this.removing.clear()
+    s.isOwner = this.earlier.size === 0
     this.chat.notice(rejoin ? 'reconnected' : 'youJoined', { room: s.room })
   }
 
@@ -261,14 +320,9 @@ export class CallController {
     const s = this.session
     const err = { type: errorType, text: errorText }
     if (s.phase === 'joining' || (s.phase === 'room' && s.reconnecting)) {
-      // join refused (full, forbidden, ...): back to the login screen, media off
-      this.clearJoinTimeout()
-      this.stopLevelPolling()
-      this.joinToken++
-      this.pm?.closeAll()
-      this.pm = null
-      this.peersStore.clear()
-      this.releaseMedia()
+      // join refused (full, passwordRequired, ...): back to the login screen, media off
+      this.endSession()
+      if (errorType === 'passwordRequired' || errorType === 'wrongPassword') this.password = ''
       s.failJoin(err)
       return
     }
@@ -279,7 +333,28 @@ export class CallController {
     s.error = err
   }
 
+  /** Tear down what a session in a room holds (peers, media, timers). */
+  private endSession() {
+    this.clearJoinTimeout()
+    this.stopLevelPolling()
+    this.joinToken++
+    this.pm?.closeAll()
+    this.pm = null
+    this.peersStore.clear()
+    this.earlier.clear()
+    this.removing.clear()
+    this.releaseMedia()
+  }
+
   // ---- in the room ---------------------------------------------------------
+
+  /** moderation: ask the server to remove a member (the owner only; the UI confirms first). */
+  kick(id: string): boolean {
+    const s = this.session
+    if (!s.canRemove || !this.peersStore.byId[id]) return false
+    this.removing.add(id)
+    return this.signaling.send(frames.kick(id))
+  }
 
   /** Who is speaking: polled from the receivers (cheap; no audio graph per peer). */
   private startLevelPolling() {
@@ -381,6 +456,10 @@ export class CallController {
   /** Leave: closing the session is how the protocol leaves a room. */
   leave() {
     const s = this.session
+    this.password = ''
+    this.earlier.clear()
+    this.removing.clear()
+    s.isOwner = false
     this.joinToken++
     this.clearJoinTimeout()
     this.stopLevelPolling()

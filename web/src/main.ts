@@ -15,7 +15,8 @@ const call = new CallController({ log: params.has('debug') ? console.log.bind(co
 const session = useSession(pinia)
 // a client-side choice for testing TURN: ?relay=1 forces iceTransportPolicy "relay"
 session.relayOnly = params.get('relay') === '1' || params.get('relay') === 'true'
-const room = params.get('room')
+// ?room=ID, or the original client's share links: ?roomrequest=ID
+const room = params.get('room') ?? params.get('roomrequest')
 if (room) session.setRoom(room.slice(0, 128))
 
 const app = createApp(App, { call })

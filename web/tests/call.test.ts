@@ -3,6 +3,7 @@ import { setActivePinia, createPinia } from 'pinia'
 import { CallController } from '../src/call'
 import { FakeWebSocket, FakePC, FakeStream, FakeTrack, fakePCFactory, fakeStreamFactory, flush, resetFakes } from './fakes'
 import type { LocalMedia } from '../src/lib/media'
+import { CHAT_PROTOCOL } from '../src/lib/peers'
 
 function setup(media?: Partial<LocalMedia>) {
   const timers: Array<() => void> = []
@@ -150,9 +151,10 @@ describe('CallController', () => {
     ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
     await flush()
     FakePC.instances[0].channels[0].open()
+    const theirs = FakePC.instances[0].remoteChannel(CHAT_PROTOCOL)
     expect(call.sendChat('  hi  ')).toBe(true)
     expect(call.sendChat('   ')).toBe(false)
-    const sent = FakePC.instances[0].channels[0].sent.map((x) => JSON.parse(x))
+    const sent = theirs.sent.map((x) => JSON.parse(x))
     // on open the channel first carries our camera/mic state, then the chat
     expect(sent[0]).toEqual({ type: 'media', video: true, audio: true })
     expect(sent[1]).toMatchObject({ type: 'chat', text: 'hi', username: 'Me' })
@@ -194,8 +196,7 @@ describe('CallController', () => {
     const ws = await joinRoom(call)
     ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
     await flush()
-    const ch = FakePC.instances[0].channels[0]
-    ch.open()
+    const ch = FakePC.instances[0].remoteChannel(CHAT_PROTOCOL)
     call.toggleCamera()
     expect(JSON.parse(ch.sent.at(-1)!)).toEqual({ type: 'media', video: false, audio: true })
     ch.onmessage!({ data: JSON.stringify({ type: 'media', video: false, audio: false }) })
@@ -267,5 +268,124 @@ describe('CallController', () => {
     await flush()
     expect(call.session.media.sharing).toBe(false)
     expect(FakePC.instances[0].transceivers[1].sender.track).toBe(stream.getVideoTracks()[0])
+  })
+
+  it('asks the server what it offers on every socket; an older host that does not know hello is no error', async () => {
+    const { call } = setup()
+    call.start()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    expect(ws.sent[0]).toEqual({ type: 'hello' })
+    ws.receive({ type: 'hello', from: '', data: { capabilities: ['kick', 'password'] } })
+    expect(call.session.capabilities).toEqual(['kick', 'password'])
+    expect(call.session.passwordRooms).toBe(true)
+    expect(call.session.error).toBeNull()
+
+    const { call: old } = setup()
+    old.start()
+    const ws2 = FakeWebSocket.last()
+    ws2.open()
+    ws2.receive({ type: 'error', message: { errorType: 'badRequest', errorText: 'Unknown message type "hello".' } })
+    expect(old.session.capabilities).toEqual([])
+    expect(old.session.error).toBeNull()
+  })
+
+  it('a room password goes out only when filled, only where a policy takes it, and again on rejoin', async () => {
+    const { call, timers } = setup()
+    call.start()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    // no "password" capability: never sent (it would reach the others in the login notice)
+    await call.join('vault', 'Me', 's3cret')
+    expect(ws.sentOf('login').at(-1)).toEqual({ type: 'login', data: { roomrequest: 'vault', username: 'Me' } })
+    ws.receive({ type: 'error', message: { errorType: 'full', errorText: '' } })
+
+    ws.receive({ type: 'hello', from: '', data: { capabilities: ['password'] } })
+    await call.join('vault', 'Me', '')
+    expect(ws.sentOf('login').at(-1)).toEqual({ type: 'login', data: { roomrequest: 'vault', username: 'Me' } })
+    ws.receive({ type: 'error', message: { errorType: 'passwordRequired', errorText: 'This room needs a password.' } })
+    expect(call.session.phase).toBe('login')
+    expect(call.session.error?.type).toBe('passwordRequired')
+
+    await call.join('vault', 'Me', 's3cret')
+    expect(ws.sentOf('login').at(-1)).toEqual({ type: 'login', data: { roomrequest: 'vault', username: 'Me', password: 's3cret' } })
+    ws.receive({ type: 'joined', data: 'me', members: [], iceServers: [] })
+    expect(call.session.phase).toBe('room')
+    // never kept where it could leak
+    expect(JSON.stringify(call.session.$state)).not.toContain('s3cret')
+
+    // a network loss: the rejoin sends it again
+    ws.drop()
+    timers.shift()!()
+    const ws2 = FakeWebSocket.last()
+    ws2.open()
+    expect(ws2.sent[0]).toEqual({ type: 'hello' })
+    expect(ws2.sentOf('login')).toEqual([{ type: 'login', data: { roomrequest: 'vault', username: 'Me', password: 's3cret' } }])
+    // leaving forgets it
+    ws2.receive({ type: 'joined', data: 'me2', members: [], iceServers: [] })
+    call.leave()
+    const ws3 = FakeWebSocket.last()
+    ws3.open()
+    ws3.receive({ type: 'hello', from: '', data: { capabilities: ['password'] } })
+    await call.join('vault', 'Me')
+    expect(ws3.sentOf('login')).toEqual([{ type: 'login', data: { roomrequest: 'vault', username: 'Me' } }])
+  })
+
+  it('kicked: the session ends with who removed us, and does not reconnect', async () => {
+    const { call, timers, stream } = setup()
+    const ws = await joinRoom(call)
+    ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
+    await flush()
+    const sockets = FakeWebSocket.instances.length
+    ws.receive({ type: 'kicked', from: '', data: { room: 'room1', by: 'Boss' } })
+    ws.drop(4001)
+    expect(call.session.phase).toBe('login')
+    expect(call.session.error).toMatchObject({ type: 'kicked', by: 'Boss' })
+    expect(call.session.reconnecting).toBe(false)
+    expect(FakePC.instances[0].closed).toBe(true)
+    expect(call.peersStore.count).toBe(0)
+    expect(stream.getTracks().every((t) => t.readyState === 'ended')).toBe(true)
+    expect(timers).toHaveLength(0)
+    expect(FakeWebSocket.instances).toHaveLength(sockets)
+  })
+
+  it('a policy close (1008) ends the session with its reason; a network loss still reconnects', async () => {
+    const { call, timers } = setup()
+    const ws = await joinRoom(call)
+    ws.onclose?.({ code: 1008, reason: 'banned here' })
+    expect(call.session.phase).toBe('login')
+    expect(call.session.error).toEqual({ type: 'closed', text: 'banned here' })
+    expect(timers).toHaveLength(0)
+
+    const { call: c2, timers: t2 } = setup()
+    const ws2 = await joinRoom(c2)
+    ws2.drop(1006)
+    expect(c2.session.phase).toBe('room')
+    expect(c2.session.reconnecting).toBe(true)
+    expect(t2).toHaveLength(1)
+  })
+
+  it('moderation: the owner (first in the room) may remove others; ownership passes as earlier members leave', async () => {
+    const { call } = setup()
+    call.start()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    ws.receive({ type: 'hello', from: '', data: { capabilities: ['kick'] } })
+    await call.join('room1', 'Me')
+    ws.receive({ type: 'joined', data: 'me', members: [{ sessionId: 'a', username: 'A' }], iceServers: [] })
+    expect(call.session.isOwner).toBe(false)
+    expect(call.session.canRemove).toBe(false)
+    ws.receive({ type: 'login', from: 'b', data: { username: 'B' } })
+    expect(call.kick('b')).toBe(false)
+    expect(ws.sentOf('kick')).toEqual([])
+    ws.receive({ type: 'logout', from: 'a', data: { username: 'A', sessionId: 'a' } })
+    expect(call.session.canRemove).toBe(true)
+    expect(call.kick('b')).toBe(true)
+    expect(ws.sentOf('kick')).toEqual([{ type: 'kick', to: 'b' }])
+    ws.receive({ type: 'logout', from: 'b', data: { username: 'B', sessionId: 'b' } })
+    expect(call.chat.entries.at(-1)).toMatchObject({ notice: 'youRemoved', params: { name: 'B' } })
+    // without the capability there is nothing to offer
+    ws.receive({ type: 'hello', from: '', data: { capabilities: [] } })
+    expect(call.session.canRemove).toBe(false)
   })
 })

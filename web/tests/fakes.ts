@@ -86,7 +86,10 @@ export class FakeChannel {
   onopen: (() => void) | null = null
   onclose: (() => void) | null = null
   onmessage: ((e: { data: unknown }) => void) | null = null
-  constructor(readonly label: string) {}
+  constructor(
+    readonly label: string,
+    readonly protocol = '',
+  ) {}
   send(s: string) {
     this.sent.push(s)
   }
@@ -153,8 +156,8 @@ export class FakePC {
     return t
   }
 
-  createDataChannel(label: string) {
-    const ch = new FakeChannel(label)
+  createDataChannel(label: string, init: RTCDataChannelInit = {}) {
+    const ch = new FakeChannel(label, init.protocol ?? '')
     this.channels.push(ch)
     this.queueNegotiation()
     return ch
@@ -238,6 +241,13 @@ export class FakePC {
   }
   emitCandidate(c: RTCIceCandidateInit) {
     this.onicecandidate?.({ candidate: { toJSON: () => c } })
+  }
+  /** the other side's "chat" channel arrives (and opens); protocol '' is what the original client makes */
+  remoteChannel(protocol: string, open = true) {
+    const ch = new FakeChannel('chat', protocol)
+    this.ondatachannel?.({ channel: ch })
+    if (open) ch.open()
+    return ch
   }
 }
 

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, vi } from 'vitest'
-import { PeerManager, isPolite, parseChat, type PeerCallbacks } from '../src/lib/peers'
+import { PeerManager, isPolite, parseChat, CHAT_PROTOCOL, type PeerCallbacks } from '../src/lib/peers'
 import { FakePC, FakeStream, FakeTrack, FakeChannel, fakePCFactory, fakeStreamFactory, flush, resetFakes } from './fakes'
 
 function setup(selfId = 'm', opts: { stream?: FakeStream | null; relay?: boolean } = {}) {
@@ -47,7 +47,7 @@ describe('PeerManager', () => {
       ['audio', 'sendrecv', 'audio'],
       ['video', 'sendrecv', 'video'],
     ])
-    expect(pc.channels.map((c) => c.label)).toEqual(['chat'])
+    expect(pc.channels.map((c) => [c.label, c.protocol])).toEqual([['chat', CHAT_PROTOCOL]])
     expect(sent).toEqual([{ type: 'offer', to: 'n', username: 'Me', data: { type: 'offer', sdp: expect.any(String) } }])
     expect(cb.onPeer).toHaveBeenCalledWith('n', 'Newbie')
 
@@ -67,6 +67,8 @@ describe('PeerManager', () => {
     expect(pc.transceivers.map((t) => t.direction)).toEqual(['sendrecv', 'sendrecv'])
     expect(pc.transceivers[0].sender.replaceTrack).toHaveBeenCalledWith(stream!.getAudioTracks()[0])
     expect(pc.transceivers[1].sender.replaceTrack).toHaveBeenCalledWith(stream!.getVideoTracks()[0])
+    // the answerer opens its own chat channel too (the original client listens only on the one it made)
+    expect(pc.channels.map((c) => [c.label, c.protocol])).toEqual([['chat', CHAT_PROTOCOL]])
     // no extra offer from the newcomer
     expect(sent.filter((f) => f.type === 'offer')).toHaveLength(0)
   })
@@ -133,6 +135,7 @@ describe('PeerManager', () => {
     await flush()
     const pc = FakePC.instances[0]
     await pm.handleDescription('n', { type: 'answer', sdp: 'a' })
+    pc.remoteChannel(CHAT_PROTOCOL) // one of ours: it can take restart offers
     pc.setConnection('connected')
     expect(cb.onState).toHaveBeenLastCalledWith('n', 'connected')
     pc.setIce('failed')
@@ -161,6 +164,7 @@ describe('PeerManager', () => {
     await flush()
     const pc = FakePC.instances[0]
     await pm.handleDescription('n', { type: 'answer', sdp: 'a' })
+    pc.remoteChannel(CHAT_PROTOCOL) // one of ours: it can take restart offers
     // a fake clock: the grace (10 ms here) passes exactly, not by sleeping
     vi.useFakeTimers()
     try {
@@ -174,19 +178,99 @@ describe('PeerManager', () => {
     }
   })
 
-  it('chat goes to every open channel; incoming chat is named by the host-stamped username', async () => {
+  it('chat goes on the channel the peer made; incoming chat is named by the host-stamped username', async () => {
     const { pm, cb } = setup('m')
     pm.handleLogin('n1', 'One')
     pm.handleLogin('n2', 'Two')
     await flush()
-    const [c1, c2] = FakePC.instances.map((p) => p.channels[0])
-    c1.open()
+    const [own1, own2] = FakePC.instances.map((p) => p.channels[0])
+    own1.open()
+    const theirs1 = FakePC.instances[0].remoteChannel(CHAT_PROTOCOL)
     expect(cb.onChannel).toHaveBeenCalledWith('n1', true)
+    // n2's channel has not arrived: its copy waits
     expect(pm.sendChat({ id: 'x', username: 'Me', text: 'hi', ts: 1 })).toBe(1)
-    expect(JSON.parse(c1.sent[0])).toEqual({ type: 'chat', id: 'x', username: 'Me', text: 'hi', ts: 1 })
-    expect(c2.sent).toEqual([])
-    c1.onmessage!({ data: JSON.stringify({ type: 'chat', username: 'Impostor', text: 'yo', ts: 5 }) })
+    expect(JSON.parse(theirs1.sent[0])).toEqual({ type: 'chat', id: 'x', username: 'Me', text: 'hi', ts: 1 })
+    expect(own1.sent).toEqual([])
+    expect(own2.sent).toEqual([])
+    // both of ours listen on both channels
+    own1.onmessage!({ data: JSON.stringify({ type: 'chat', username: 'Impostor', text: 'yo', ts: 5 }) })
     expect(cb.onChat).toHaveBeenCalledWith('n1', { id: '', username: 'One', text: 'yo', ts: 5 })
+    theirs1.onmessage!({ data: JSON.stringify({ type: 'chat', text: 'yo2', ts: 6 }) })
+    expect(cb.onChat).toHaveBeenCalledWith('n1', { id: '', username: 'One', text: 'yo2', ts: 6 })
+    // n2's channel arrives: the waiting line goes out once, and only there
+    const theirs2 = FakePC.instances[1].remoteChannel(CHAT_PROTOCOL)
+    expect(theirs2.sent.map((x) => JSON.parse(x).text)).toEqual(['hi'])
+    expect(own2.sent).toEqual([])
+  })
+
+  it('the original client as newcomer: one offer only, chat in its format on its channel, no media frames', async () => {
+    const { pm, sent, cb } = setup('m')
+    pm.setMediaState({ video: true, audio: true })
+    pm.handleLogin('old', 'Legacy')
+    await flush()
+    const pc = FakePC.instances[0]
+    expect(sent.filter((f) => f.type === 'offer')).toHaveLength(1)
+    await pm.handleDescription('old', { type: 'answer', sdp: 'a' })
+    const own = pc.channels[0]
+    own.open()
+    const theirs = pc.remoteChannel('') // the original sets no channel protocol
+    expect(pm.peers.get('old')!.kind).toBe('legacy')
+    // nothing it would print as "undefined : undefined"
+    pm.setMediaState({ video: false, audio: true })
+    expect(pm.sendChat({ id: 'x', username: 'Me', text: 'hello old friend', ts: 1 })).toBe(1)
+    expect(theirs.sent.map((x) => JSON.parse(x))).toEqual([{ sender: 'Me', chatInput: 'hello old friend' }])
+    expect(own.sent).toEqual([])
+    // it sends on the channel we made, in its own format
+    own.onmessage!({ data: JSON.stringify({ sender: 'Whoever', chatInput: 'hi new' }) })
+    expect(cb.onChat).toHaveBeenCalledWith('old', expect.objectContaining({ username: 'Legacy', text: 'hi new' }))
+    // ICE trouble: no restart offer (it would build a second connection)
+    pc.setConnection('connected')
+    pc.setIce('failed')
+    pc.onnegotiationneeded!()
+    await flush()
+    expect(pc.restartCalls).toBe(0)
+    expect(sent.filter((f) => f.type === 'offer')).toHaveLength(1)
+    expect(cb.onState).toHaveBeenLastCalledWith('old', 'failed')
+  })
+
+  it('the original client as existing member: we answer, open our channel, and never offer', async () => {
+    const { pm, sent, cb } = setup('n')
+    await pm.handleDescription('old', { type: 'offer', sdp: 'o' }, 'Legacy')
+    await flush()
+    const pc = FakePC.instances[0]
+    expect(sent.map((f) => f.type)).toEqual(['answer'])
+    // chat typed before we know what it is waits
+    expect(pm.sendChat({ id: 'x', username: 'Me', text: 'early', ts: 1 })).toBe(0)
+    pc.channels[0].open()
+    expect(pc.channels[0].sent).toEqual([])
+    const theirs = pc.remoteChannel('')
+    expect(theirs.sent.map((x) => JSON.parse(x))).toEqual([{ sender: 'Me', chatInput: 'early' }])
+    pc.setIce('disconnected')
+    pm.restartIce(pm.peers.get('old')!)
+    pc.onnegotiationneeded!()
+    await flush()
+    expect(sent.map((f) => f.type)).toEqual(['answer'])
+    expect(cb.onState).not.toHaveBeenCalledWith('old', 'failed') // ICE may still recover by itself
+  })
+
+  it('with one of ours the channel carries typed frames and restarts are allowed', async () => {
+    const { pm, sent } = setup('n')
+    pm.setMediaState({ video: true, audio: false })
+    await pm.handleDescription('m', { type: 'offer', sdp: 'o' }, 'M')
+    await flush()
+    const pc = FakePC.instances[0]
+    const theirs = pc.remoteChannel(CHAT_PROTOCOL)
+    expect(JSON.parse(theirs.sent[0])).toEqual({ type: 'media', video: true, audio: false })
+    pc.connectionState = 'connected'
+    pc.iceConnectionState = 'connected'
+    pm.restartIce(pm.peers.get('m')!)
+    await flush()
+    expect(pc.restartCalls).toBe(1)
+    expect(sent.filter((f) => f.type === 'offer')).toHaveLength(1)
+    expect(pm.peers.get('m')!.state).toBe('reconnecting')
+    // the connection never dropped: no state event comes, the answer settles it
+    await pm.handleDescription('m', { type: 'answer', sdp: 'a2' })
+    expect(pm.peers.get('m')!.state).toBe('connected')
   })
 
   it('accepts a chat channel opened by the other side', async () => {
@@ -245,5 +329,8 @@ describe('parseChat', () => {
     expect(parseChat('x'.repeat(5000), 'H')?.text.length).toBe(2000)
     expect(parseChat('{"type":"media","video":false,"audio":true}', 'H')).toBeNull()
     expect(parseChat('{"type":"somethingNew"}', 'H')).toBeNull()
+    // the original client's chat
+    expect(parseChat('{"sender":"kim","chatInput":"안녕"}', 'Host')).toMatchObject({ username: 'Host', text: '안녕' })
+    expect(parseChat('{"sender":"kim","chatInput":"hi"}', '')).toMatchObject({ username: 'kim', text: 'hi' })
   })
 })

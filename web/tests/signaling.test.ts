@@ -64,7 +64,7 @@ describe('Signaling', () => {
     sig.connect()
     FakeWebSocket.last().open()
     FakeWebSocket.last().drop()
-    expect(closes).toEqual([{ code: 1006, reason: '', willReconnect: true }])
+    expect(closes).toEqual([{ code: 1006, reason: '', willReconnect: true, final: false }])
     expect(timers).toHaveLength(1)
     expect(timers[0].ms).toBeGreaterThanOrEqual(80)
     expect(timers[0].ms).toBeLessThanOrEqual(120)
@@ -76,6 +76,34 @@ describe('Signaling', () => {
     FakeWebSocket.last().open()
     FakeWebSocket.last().drop()
     expect(timers[0].ms).toBeLessThanOrEqual(120) // back to the first step
+  })
+
+  it('does not come back after a close that means so (4001, 1008, 4xxx), until asked to', () => {
+    for (const code of [4001, 1008, 4000, 4999]) {
+      const { sig, timers } = make()
+      const closes: any[] = []
+      sig.on('close', (c) => closes.push(c))
+      sig.connect()
+      FakeWebSocket.last().open()
+      const n = FakeWebSocket.instances.length
+      FakeWebSocket.last().drop(code)
+      expect(closes).toEqual([{ code, reason: '', willReconnect: false, final: true }])
+      expect(sig.status).toBe('idle')
+      expect(timers).toHaveLength(0)
+      expect(FakeWebSocket.instances).toHaveLength(n)
+      // nothing is queued for a socket that is not coming
+      expect(sig.send({ type: 'login' })).toBe(false)
+      sig.connect() // the user asks again
+      expect(FakeWebSocket.instances).toHaveLength(n + 1)
+    }
+    // network losses and restarts still reconnect
+    for (const code of [1006, 1001, 1000, 1009, 1011]) {
+      const { sig, timers } = make()
+      sig.connect()
+      FakeWebSocket.last().open()
+      FakeWebSocket.last().drop(code)
+      expect(timers).toHaveLength(1)
+    }
   })
 
   it('drops queued frames with the socket that closed (a new socket is a new session)', () => {

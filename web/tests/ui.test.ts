@@ -91,4 +91,88 @@ describe('UI', () => {
     expect(el.querySelector('.tile.remote')).toBeNull()
     expect(el.querySelector('[role=log]')?.textContent).toContain('Mike left')
   })
+
+  it('login: a password field only where the server takes one; a refusal says why and asks again', async () => {
+    const { el } = mount()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    await nextTick()
+    expect(el.querySelector('#room-password')).toBeNull()
+    ws.receive({ type: 'hello', from: '', data: { capabilities: ['password'] } })
+    await nextTick()
+    const pw = el.querySelector('#room-password') as HTMLInputElement
+    expect(pw.type).toBe('password')
+    expect(el.querySelector('label[for=room-password]')?.textContent).toContain('Room password')
+    const fill = (id: string, v: string) => {
+      const i = el.querySelector(id) as HTMLInputElement
+      i.value = v
+      i.dispatchEvent(new Event('input'))
+    }
+    fill('#room', 'vault')
+    fill('#username', 'Me')
+    fill('#room-password', 'guess')
+    ;(el.querySelector('form') as HTMLFormElement).dispatchEvent(new Event('submit'))
+    await flush()
+    expect(ws.sentOf('login').at(-1)).toEqual({ type: 'login', data: { roomrequest: 'vault', username: 'Me', password: 'guess' } })
+    ws.receive({ type: 'error', message: { errorType: 'wrongPassword', errorText: "That is not this room's password." } })
+    await flush()
+    expect(el.querySelector('[role=alert]')!.textContent).toContain('That password is wrong for this room')
+    expect((el.querySelector('#room-password') as HTMLInputElement).value).toBe('')
+    expect(document.activeElement?.id).toBe('room-password')
+    expect(location.search).not.toContain('guess')
+    ws.receive({ type: 'error', message: { errorType: 'passwordRequired', errorText: '' } })
+    await flush()
+    expect(el.querySelector('[role=alert]')!.textContent).toContain('This room has a password')
+  })
+
+  it('room: the owner gets a remove control on each remote tile, which asks first', async () => {
+    const { el } = mount()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    ws.receive({ type: 'hello', from: '', data: { capabilities: ['kick'] } })
+    ;(el.querySelector('#room') as HTMLInputElement).value = 'r1'
+    el.querySelector('#room')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('#username') as HTMLInputElement).value = 'Me'
+    el.querySelector('#username')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('form') as HTMLFormElement).dispatchEvent(new Event('submit'))
+    await flush()
+    ws.receive({ type: 'joined', data: 'me', members: [], iceServers: [] })
+    await nextTick()
+    ws.receive({ type: 'login', from: 'mike', data: { username: 'Mike' } })
+    await flush()
+    const remove = el.querySelector('.tile.remote button.remove') as HTMLButtonElement
+    expect(remove.getAttribute('aria-label')).toBe('Remove Mike from the room')
+    remove.click()
+    await flush()
+    const dialog = el.querySelector('.tile.remote [role=alertdialog]')!
+    expect(dialog.textContent).toContain('Remove Mike from the room?')
+    expect(ws.sentOf('kick')).toEqual([])
+    // cancel first: nothing sent
+    ;[...dialog.querySelectorAll('button')].find((b) => b.textContent?.includes('Cancel'))!.click()
+    await flush()
+    expect(el.querySelector('[role=alertdialog]')).toBeNull()
+    expect(ws.sentOf('kick')).toEqual([])
+    remove.click()
+    await flush()
+    ;(el.querySelector('.tile.remote .confirm-remove') as HTMLButtonElement).click()
+    await flush()
+    expect(ws.sentOf('kick')).toEqual([{ type: 'kick', to: 'mike' }])
+  })
+
+  it('room: no remove control for someone who is not the owner', async () => {
+    const { el } = mount()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    ws.receive({ type: 'hello', from: '', data: { capabilities: ['kick'] } })
+    ;(el.querySelector('#room') as HTMLInputElement).value = 'r1'
+    el.querySelector('#room')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('#username') as HTMLInputElement).value = 'Me'
+    el.querySelector('#username')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('form') as HTMLFormElement).dispatchEvent(new Event('submit'))
+    await flush()
+    ws.receive({ type: 'joined', data: 'me', members: [{ sessionId: 'boss', username: 'Boss' }], iceServers: [] })
+    await flush()
+    expect(el.querySelector('.tile.remote .name')?.textContent).toBe('Boss')
+    expect(el.querySelector('button.remove')).toBeNull()
+  })
 })

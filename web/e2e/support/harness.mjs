@@ -1,6 +1,6 @@
 // Shared e2e plumbing: start the real host binary,
 // launch Debian's Chromium through playwright-core, and page helpers.
-import { spawn } from 'node:child_process'
+import { spawn, execFileSync } from 'node:child_process'
 import { mkdtempSync, mkdirSync, rmSync, existsSync, readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
@@ -29,16 +29,32 @@ export const CHROMIUM_ARGS = [
 ]
 
 /**
- * Start a host on ports the OS picks; resolves with { base, port, turnPort, stop() }
- * once it logs its https://localhost:PORT/ line. It gets a temporary policy
- * cache and none of this process's WEBRTC_CHAT_* settings.
+ * Build policy crates and drop them into `dir` the way an operator does
+ * (scripts/install-policy.sh: wasm32-wasip2, atomic rename). `policies` is a
+ * list of crate names, installed in that order (10-, 20-, …).
  */
-export async function startHost({ roomMax = 10, timeoutMs = 90_000, args: extraArgs = [] } = {}) {
+export function installPolicies(policies, dir) {
+  policies.forEach((crate, i) => {
+    execFileSync('bash', [resolve(WEB_DIR, '..', 'scripts', 'install-policy.sh'), crate, dir, String(10 * (i + 1))], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      timeout: 600_000,
+    })
+  })
+}
+
+/**
+ * Start a host on ports the OS picks; resolves with { base, port, turnPort, stop() }
+ * once it logs its https://localhost:PORT/ line (and, with `policies`, the
+ * policy chain they make). It gets a temporary policy cache and none of this
+ * process's WEBRTC_CHAT_* settings.
+ */
+export async function startHost({ roomMax = 10, timeoutMs = 90_000, args: extraArgs = [], policies = [] } = {}) {
   const cmd = resolve(WEB_DIR, process.env.HOST_BIN ?? '../target/debug/host')
   if (!existsSync(cmd)) throw new Error(`host binary not found at ${cmd} (set HOST_BIN, or build it: cargo build -p host)`)
   const tmp = mkdtempSync(pjoin(tmpdir(), 'webrtc-chat-e2e-'))
   mkdirSync(pjoin(tmp, 'ssl'))
   mkdirSync(pjoin(tmp, 'plugins'))
+  if (policies.length) installPolicies(policies, pjoin(tmp, 'plugins'))
   const args = [
     '--bind', '127.0.0.1',
     '--https-port', '0',
@@ -56,6 +72,7 @@ export async function startHost({ roomMax = 10, timeoutMs = 90_000, args: extraA
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, NO_COLOR: '1' } })
   let log = ''
   const serving = /https:\/\/localhost:(\d+)\//
+  const chain = policies.length ? `policy chain: ${policies.map((c, i) => `${10 * (i + 1)}-${c}`).join(' → ')} → default` : null
   const cleanup = () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     rmSync(tmp, { recursive: true, force: true })
@@ -69,7 +86,7 @@ export async function startHost({ roomMax = 10, timeoutMs = 90_000, args: extraA
       const onData = (d) => {
         log += d.toString()
         const m = serving.exec(log)
-        if (m) {
+        if (m && (!chain || log.includes(chain))) {
           clearTimeout(timer)
           res(Number(m[1]))
         }

@@ -5,6 +5,16 @@
 // track changes) uses "perfect negotiation": the side whose session id sorts
 // lower is polite (it rolls back its own offer on glare), the other ignores
 // the colliding offer.
+//
+// Chat channels, as the original client (kyj9447/WebRTC-Vue) does them: each
+// side creates a data channel labelled "chat" on every connection, listens on
+// the one it created and sends on the one the other side created. Ours carry
+// the channel protocol CHAT_PROTOCOL; a peer whose channel does not is an
+// original ("legacy") client: it gets chat as {"sender","chatInput"} and
+// nothing else (no `media` frames, which it would print), and never a second
+// offer — it builds a new RTCPeerConnection for every offer, so an ICE restart
+// would break it. Until the peer's channel arrives we do not know which it
+// is: chat waits, and we send no offer but our first.
 import { frames, type ClientFrame } from './protocol'
 
 export type PeerState = 'new' | 'connecting' | 'connected' | 'reconnecting' | 'failed' | 'closed'
@@ -48,7 +58,14 @@ export interface PeerManagerOptions {
 }
 
 export const CHAT_LABEL = 'chat'
+/** The data channel protocol that marks this client (the original sets none). */
+export const CHAT_PROTOCOL = 'webrtc-chat/2'
 export const MAX_CHAT_LEN = 2000
+/** chat typed before a peer's channel told us what it is; older lines are dropped */
+const MAX_PENDING_CHAT = 50
+
+/** What the other side is, learnt from the chat channel it created. */
+export type PeerKind = 'unknown' | 'modern' | 'legacy'
 
 /** Perfect negotiation role: the lexicographically smaller session id is polite. */
 export function isPolite(selfId: string, remoteId: string): boolean {
@@ -59,7 +76,15 @@ export class Peer {
   makingOffer = false
   ignoreOffer = false
   settingRemoteAnswer = false
-  channel: RTCDataChannel | null = null
+  /** the chat channel we created */
+  own: RTCDataChannel | null = null
+  /** the chat channel the other side created */
+  remote: RTCDataChannel | null = null
+  kind: PeerKind = 'unknown'
+  /** we made the first offer (an existing member offering to a newcomer) */
+  initiator = false
+  offersSent = 0
+  pendingChat: ChatPayload[] = []
   stream: MediaStream | null = null
   senders: Partial<Record<MediaKind, RTCRtpSender>> = {}
   pendingCandidates: RTCIceCandidateInit[] = []
@@ -113,6 +138,7 @@ export class PeerManager {
     const make = this.o.createPeerConnection ?? ((c: RTCConfiguration) => new RTCPeerConnection(c))
     const pc = make(this.config())
     const peer = new Peer(id, username, pc, isPolite(this.o.selfId, id))
+    peer.initiator = initiator
     this.peers.set(id, peer)
     this.o.callbacks.onPeer?.(id, username)
     this.o.callbacks.onState(id, 'new')
@@ -131,7 +157,7 @@ export class PeerManager {
       this.o.callbacks.onStream(id, stream)
     }
     pc.ondatachannel = (e) => {
-      if (e.channel.label === CHAT_LABEL) this.bindChannel(peer, e.channel)
+      if (e.channel.label === CHAT_LABEL) this.bindRemote(peer, e.channel)
     }
     pc.onconnectionstatechange = () => this.onConnectionState(peer)
     pc.oniceconnectionstatechange = () => this.onIceState(peer)
@@ -144,22 +170,76 @@ export class PeerManager {
         const t = pc.addTransceiver(track ?? kind, init)
         peer.senders[kind] = t.sender
       }
-      this.bindChannel(peer, pc.createDataChannel(CHAT_LABEL))
+      this.createOwnChannel(peer)
     }
     return peer
   }
 
-  private bindChannel(peer: Peer, ch: RTCDataChannel) {
-    // Keep the first channel; an old client may open its own too — listen on both.
-    if (!peer.channel || peer.channel.readyState === 'closed') peer.channel = ch
+  /** Our own "chat" channel: the initiator's goes into the first offer, the answerer's once it has answered. */
+  private createOwnChannel(peer: Peer) {
+    if (peer.own || peer.closed) return
+    const ch = peer.pc.createDataChannel(CHAT_LABEL, { protocol: CHAT_PROTOCOL })
+    peer.own = ch
     ch.onopen = () => {
-      if (peer.channel !== ch && peer.channel?.readyState !== 'open') peer.channel = ch
       this.o.callbacks.onChannel?.(peer.id, true)
-      if (this.mediaState) this.sendOn(ch, { type: 'media', ...this.mediaState })
+      this.flush(peer)
     }
     ch.onclose = () => {
       if (!peer.closed) this.o.callbacks.onChannel?.(peer.id, false)
     }
+    this.listen(peer, ch)
+  }
+
+  /** The other side's "chat" channel: it tells us what the peer is, and we send on it. */
+  private bindRemote(peer: Peer, ch: RTCDataChannel) {
+    if (peer.remote && peer.remote.readyState !== 'closed') {
+      this.listen(peer, ch) // a surplus channel: still heard, never used to send
+      return
+    }
+    peer.remote = ch
+    const kind: PeerKind = ch.protocol === CHAT_PROTOCOL ? 'modern' : 'legacy'
+    if (peer.kind !== kind) {
+      peer.kind = kind
+      this.log('peer', peer.id, 'is', kind)
+    }
+    const opened = () => {
+      this.o.callbacks.onChannel?.(peer.id, true)
+      if (peer.kind === 'modern' && this.mediaState) this.sendOn(ch, { type: 'media', ...this.mediaState })
+      this.flush(peer)
+    }
+    ch.onopen = opened
+    ch.onclose = () => {
+      if (!peer.closed) this.o.callbacks.onChannel?.(peer.id, false)
+    }
+    this.listen(peer, ch)
+    if (ch.readyState === 'open') opened()
+  }
+
+  /** The channel we send on: the one the peer created (the only one the original listens on). */
+  private sendChannel(peer: Peer): RTCDataChannel | null {
+    if (peer.remote?.readyState === 'open') return peer.remote
+    // one of ours listens on both; its own channel will do while the other is not open
+    if (peer.kind === 'modern' && peer.own?.readyState === 'open') return peer.own
+    return null
+  }
+
+  /** Chat typed before the peer's kind was known goes out once it is. */
+  private flush(peer: Peer) {
+    if (peer.kind === 'unknown' || !this.sendChannel(peer)) return
+    const list = peer.pendingChat
+    peer.pendingChat = []
+    for (const m of list) this.chatTo(peer, m)
+  }
+
+  /** Sends one chat line in the form this peer reads; false when it cannot go now. */
+  private chatTo(peer: Peer, msg: ChatPayload): boolean {
+    const ch = this.sendChannel(peer)
+    if (!ch || peer.kind === 'unknown') return false
+    const frame = peer.kind === 'legacy' ? { sender: this.o.username, chatInput: msg.text } : { type: 'chat', ...msg }
+    return this.sendOn(ch, frame)
+  }
+
+  private listen(peer: Peer, ch: RTCDataChannel) {
     ch.onmessage = (e) => {
       if (typeof e.data !== 'string') return
       const media = parseMediaState(e.data)
@@ -174,11 +254,18 @@ export class PeerManager {
 
   private async makeOffer(peer: Peer) {
     if (peer.closed) return
+    // Only our first offer may go to a peer that is not (yet) known to be one of
+    // ours: the original client makes a new connection for every offer.
+    if (peer.kind !== 'modern' && !(peer.initiator && peer.offersSent === 0)) {
+      this.log('no renegotiation with', peer.id, `(${peer.kind})`)
+      return
+    }
     const pc = peer.pc
     try {
       peer.makingOffer = true
       await pc.setLocalDescription()
       if (peer.closed || !pc.localDescription) return
+      peer.offersSent++
       this.o.send(frames.offer(peer.id, this.o.username, pc.localDescription))
     } catch (err) {
       this.log('offer failed', peer.id, err)
@@ -223,10 +310,17 @@ export class PeerManager {
       await pc.setRemoteDescription(description)
       peer.settingRemoteAnswer = false
       await this.flushCandidates(peer)
+      // a restart of a connection that never dropped fires no state change: settle it here
+      const ice = pc.iceConnectionState
+      if (peer.state === 'reconnecting' && pc.connectionState === 'connected' && (ice === 'connected' || ice === 'completed')) {
+        this.setState(peer, 'connected')
+      }
       if (description.type === 'offer') {
         await this.attachLocal(peer)
         await pc.setLocalDescription()
         if (!peer.closed && pc.localDescription) this.o.send(frames.answer(from, pc.localDescription))
+        // after answering, the offer's data section is negotiated: no new negotiation needed
+        this.createOwnChannel(peer)
       }
     } catch (err) {
       peer.settingRemoteAnswer = false
@@ -318,6 +412,14 @@ export class PeerManager {
   /** ICE restart on failure, a bounded number of times; then the tile shows "failed". */
   restartIce(peer: Peer) {
     if (peer.closed) return
+    if (peer.kind !== 'modern') {
+      // an original client cannot take a restart offer (it would build a new
+      // connection); ICE may still recover by itself, else the tile says so
+      this.log('no ICE restart for', peer.id, `(${peer.kind})`)
+      const pc = peer.pc
+      if (pc.iceConnectionState === 'failed' || pc.connectionState === 'failed') this.setState(peer, 'failed')
+      return
+    }
     const max = this.o.maxIceRestarts ?? 3
     if (peer.restarts >= max) {
       this.setState(peer, 'failed')
@@ -354,10 +456,12 @@ export class PeerManager {
     peer.closed = true
     this.peers.delete(id)
     if (peer.disconnectTimer) clearTimeout(peer.disconnectTimer)
-    try {
-      peer.channel?.close()
-    } catch {
-      /* ignore */
+    for (const ch of [peer.own, peer.remote]) {
+      try {
+        ch?.close()
+      } catch {
+        /* ignore */
+      }
     }
     const pc = peer.pc
     pc.onicecandidate = pc.ontrack = pc.onnegotiationneeded = pc.ondatachannel = null
@@ -370,19 +474,17 @@ export class PeerManager {
     for (const id of [...this.peers.keys()]) this.remove(id)
   }
 
-  /** Send a chat message to every peer with an open channel. Returns how many got it. */
+  /**
+   * Send a chat message to every peer, each in the form it reads. Returns how
+   * many got it now; peers whose kind is not known yet get it when it is.
+   */
   sendChat(msg: ChatPayload): number {
-    const text = JSON.stringify({ type: 'chat', ...msg })
     let n = 0
     for (const peer of this.peers.values()) {
-      const ch = peer.channel
-      if (ch && ch.readyState === 'open') {
-        try {
-          ch.send(text)
-          n++
-        } catch (err) {
-          this.log('chat send failed', peer.id, err)
-        }
+      if (this.chatTo(peer, msg)) n++
+      else if (peer.kind === 'unknown' || !this.sendChannel(peer)) {
+        peer.pendingChat.push(msg)
+        if (peer.pendingChat.length > MAX_PENDING_CHAT) peer.pendingChat.shift()
       }
     }
     return n
@@ -390,19 +492,22 @@ export class PeerManager {
 
   private mediaState: MediaState | null = null
 
-  private sendOn(ch: RTCDataChannel, obj: unknown) {
+  private sendOn(ch: RTCDataChannel, obj: unknown): boolean {
     try {
       ch.send(JSON.stringify(obj))
+      return true
     } catch (err) {
       this.log('channel send failed', err)
+      return false
     }
   }
 
-  /** Tell every peer (now, and each new one as its channel opens) whether we send camera / mic. */
+  /** Tell every peer of ours (now, and each new one as its channel opens) whether we send camera / mic. */
   setMediaState(state: MediaState) {
     this.mediaState = { ...state }
     for (const p of this.peers.values()) {
-      if (p.channel?.readyState === 'open') this.sendOn(p.channel, { type: 'media', ...state })
+      const ch = p.kind === 'modern' ? this.sendChannel(p) : null
+      if (ch) this.sendOn(ch, { type: 'media', ...state })
     }
   }
 
@@ -420,9 +525,10 @@ export class PeerManager {
     return out
   }
 
+  /** Peers we can chat with now. */
   openChannels(): number {
     let n = 0
-    for (const p of this.peers.values()) if (p.channel?.readyState === 'open') n++
+    for (const p of this.peers.values()) if (p.kind !== 'unknown' && this.sendChannel(p)) n++
     return n
   }
 
@@ -472,10 +578,12 @@ export function parseChat(data: string, fallbackName: string): ChatPayload | nul
     if (m && typeof m === 'object' && !Array.isArray(m)) {
       if (typeof m.type === 'string' && m.type !== 'chat' && m.type !== 'message') return null // a control frame
       if (typeof m.text === 'string') text = m.text
+      else if (typeof m.chatInput === 'string') text = m.chatInput // the original client
       else if (typeof m.message === 'string') text = m.message
       else if (typeof m.data === 'string') text = m.data
       // the name the host stamped on this peer wins over what the peer claims
       if (!username && typeof m.username === 'string') username = m.username
+      if (!username && typeof m.sender === 'string') username = m.sender
       if (typeof m.id === 'string') id = m.id
       if (typeof m.ts === 'number' && Number.isFinite(m.ts)) ts = m.ts
     } else if (typeof m === 'string') {

@@ -8,6 +8,8 @@ export type ErrorType =
   | 'rateLimited'
   | 'forbidden'
   | 'internal'
+  | 'passwordRequired'
+  | 'wrongPassword'
 
 export interface Member {
   sessionId: string
@@ -53,6 +55,17 @@ export interface ErrorFrame {
   errorType: string
   errorText: string
 }
+/** The answer to `hello`: what the server's policy chain offers (e.g. "password", "kick"). */
+export interface HelloFrame {
+  type: 'hello'
+  capabilities: string[]
+}
+/** moderation: the room's owner removed us; close 4001 follows. */
+export interface KickedFrame {
+  type: 'kicked'
+  room: string | null
+  by: string | null
+}
 export interface RandomCheckResultFrame {
   type: 'randomCheckResult'
   ok: boolean
@@ -68,6 +81,8 @@ export type ServerFrame =
   | LogoutFrame
   | ErrorFrame
   | RandomCheckResultFrame
+  | HelloFrame
+  | KickedFrame
 
 function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
@@ -191,6 +206,17 @@ export function parseServerFrame(text: string): ServerFrame | null {
       if (room === null) return null
       return { type: 'randomCheckResult', ok: d.result === 'ok', room }
     }
+    case 'hello': {
+      const d = isObj(m.data) ? m.data : {}
+      const capabilities = Array.isArray(d.capabilities)
+        ? d.capabilities.filter((c): c is string => typeof c === 'string' && c.length > 0 && c.length <= 32)
+        : []
+      return { type: 'hello', capabilities }
+    }
+    case 'kicked': {
+      const d = isObj(m.data) ? m.data : {}
+      return { type: 'kicked', room: str(d.room), by: str(d.by) }
+    }
     default:
       return null
   }
@@ -201,10 +227,13 @@ export function parseServerFrame(text: string): ServerFrame | null {
 export type ClientFrame = Record<string, unknown> & { type: string }
 
 export const frames = {
-  login: (roomrequest: string, username: string): ClientFrame => ({
+  /** `password` goes out only when non-empty (and only to a server that declared "password"). */
+  login: (roomrequest: string, username: string, password = ''): ClientFrame => ({
     type: 'login',
-    data: { roomrequest, username },
+    data: password ? { roomrequest, username, password } : { roomrequest, username },
   }),
+  hello: (): ClientFrame => ({ type: 'hello' }),
+  kick: (to: string): ClientFrame => ({ type: 'kick', to }),
   offer: (to: string, username: string, description: RTCSessionDescriptionInit): ClientFrame => ({
     type: 'offer',
     to,
@@ -222,6 +251,15 @@ export const frames = {
     data: candidate,
   }),
   randomCheck: (id: string): ClientFrame => ({ type: 'randomCheck', data: id }),
+}
+
+/**
+ * Close codes after which the client must not come back on its own: a policy
+ * refused or removed this session (1008, 4000–4999, e.g. 4001 "removed by the
+ * room owner"). Anything else (1006 network loss, 1001 restart, …) reconnects.
+ */
+export function isFinalClose(code: number): boolean {
+  return code === 1008 || (code >= 4000 && code <= 4999)
 }
 
 export const ROOM_MAX_LEN = 128

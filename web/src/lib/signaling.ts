@@ -1,13 +1,16 @@
 // One WebSocket to the host, speaking protocol.md. Reconnects with backoff while
-// wanted; frames queued before the socket opens are sent on open (and dropped
-// if that socket closes first: a new socket is a new session).
-import { parseServerFrame, type ClientFrame, type ServerFrame } from './protocol'
+// wanted, except after a close that means "do not come back" (isFinalClose:
+// 1008, 4000–4999 — a policy refused or removed us); frames queued before the
+// socket opens are sent on open (and dropped if that socket closes first: a
+// new socket is a new session).
+import { isFinalClose, parseServerFrame, type ClientFrame, type ServerFrame } from './protocol'
 
 export type SignalingStatus = 'idle' | 'connecting' | 'open' | 'closed'
 
 export interface SignalingEvents {
   open: () => void
-  close: (info: { code: number; reason: string; willReconnect: boolean }) => void
+  /** `final`: the server told us not to come back; no reconnect follows until connect() is called again */
+  close: (info: { code: number; reason: string; willReconnect: boolean; final: boolean }) => void
   frame: (frame: ServerFrame) => void
   status: (status: SignalingStatus) => void
 }
@@ -109,9 +112,12 @@ export class Signaling {
       if (this.ws !== ws) return
       this.ws = null
       this.queue = []
-      this.setStatus('closed')
+      const final = isFinalClose(ev.code)
+      if (final) this.wanted = false
+      // 'closed' means "down, coming back"; after a final close no socket is coming: 'idle'
+      this.setStatus(final ? 'idle' : 'closed')
       const willReconnect = this.wanted
-      this.emit('close', { code: ev.code, reason: ev.reason, willReconnect })
+      this.emit('close', { code: ev.code, reason: ev.reason, willReconnect, final })
       if (willReconnect) this.scheduleReconnect()
     }
     ws.onerror = () => {

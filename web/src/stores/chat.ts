@@ -1,7 +1,7 @@
 import { defineStore } from 'pinia'
 import type { MessageKey } from '../i18n'
 
-export type NoticeKey = Extract<MessageKey, 'joined' | 'left' | 'youJoined' | 'reconnecting' | 'reconnected'>
+export type NoticeKey = Extract<MessageKey, 'joined' | 'left' | 'youJoined' | 'reconnecting' | 'reconnected' | 'youRemoved'>
 
 export interface NoticeEntry {
   seq: number

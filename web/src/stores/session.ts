@@ -10,6 +10,8 @@ export type FieldIssue = 'empty' | 'long' | 'chars'
 export interface ServerError {
   type: string
   text: string
+  /** kicked: the name of who removed us */
+  by?: string
 }
 
 export const useSession = defineStore('session', {
@@ -27,6 +29,10 @@ export const useSession = defineStore('session', {
     random: 'idle' as RandomState,
     randomTries: 0,
     iceServers: [] as RTCIceServer[],
+    /** what the server's policies offer, from its `hello` answer ("password", "kick", …) */
+    capabilities: [] as string[],
+    /** moderation: we are the longest-present member, so the room's owner */
+    isOwner: false,
     relayOnly: false,
     media: {
       hasVideo: false,
@@ -42,6 +48,10 @@ export const useSession = defineStore('session', {
     inRoom: (s) => s.phase === 'room',
     busy: (s) => s.phase === 'joining',
     receiveOnly: (s) => !s.media.hasVideo && !s.media.hasAudio && s.phase !== 'login',
+    /** the server lets logins carry a room password (password-rooms policy) */
+    passwordRooms: (s) => s.capabilities.includes('password'),
+    /** we may remove others: the server has moderation and we own the room */
+    canRemove: (s) => s.capabilities.includes('kick') && s.isOwner && s.phase === 'room',
   },
   actions: {
     setRoom(room: string) {
@@ -55,6 +65,7 @@ export const useSession = defineStore('session', {
       this.error = err
       this.selfId = null
       this.reconnecting = false
+      this.isOwner = false
     },
     showToast(key: string, params?: Record<string, string>) {
       this.toast = { key, params, at: Date.now() }
