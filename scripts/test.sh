@@ -66,4 +66,7 @@ echo "== web: unit tests (vitest)"
 echo "== web: end-to-end tests (chromium + real host)"
 (cd web && HOST_BIN="$PWD/../target/debug/host" npm run e2e)
 
+echo "== TURN from Chromium: relay-only data channels over UDP, TCP and TLS"
+scripts/turn-chromium-check.sh
+
 echo "== all tests passed"

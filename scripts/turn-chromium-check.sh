@@ -5,13 +5,15 @@
 # example) on 127.0.0.1, over turn:?transport=udp, turn:?transport=tcp and
 # turns: (self-signed certificate; Chromium runs with
 # --ignore-certificate-errors), and checks a data channel ping/pong.
-# Everything stays on 127.0.0.1. Not part of `cargo test`; prints PASS/FAIL
-# per transport and exits non-zero on any failure.
+# Everything stays on 127.0.0.1, on ports the OS picks (read from the
+# server's `listening` line; PORT / TLS_PORT choose them instead).
+# scripts/test.sh runs it; prints PASS/FAIL per transport and exits non-zero
+# on any failure.
 # Needs: chromium, openssl, cargo.
 set -euo pipefail
 
-PORT=${PORT:-34796}
-TLS_PORT=${TLS_PORT:-35349}
+PORT=${PORT:-0}
+TLS_PORT=${TLS_PORT:-0}
 SECRET=check-secret-$$
 for tool in chromium openssl; do
   command -v "$tool" >/dev/null 2>&1 || { echo "turn-chromium-check: '$tool' not found (apt-get install -y $tool)" >&2; exit 1; }
@@ -36,6 +38,10 @@ TURN_TLS_CERT="$WORK/cert.pem" TURN_TLS_KEY="$WORK/key.pem" TURN_TLS_PORT="$TLS_
 SERVER_PID=$!
 for _ in $(seq 50); do grep -q listening "$WORK/server.log" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$WORK/server.log" || { cat "$WORK/server.log" >&2; exit 1; }
+# The ports actually bound: `listening udp=127.0.0.1:P tcp=127.0.0.1:P tls=127.0.0.1:T`.
+PORT=$(sed -n 's/^listening udp=[^ ]*:\([0-9]*\) .*/\1/p' "$WORK/server.log")
+TLS_PORT=$(sed -n 's/^listening .* tls=[^ ]*:\([0-9]*\)$/\1/p' "$WORK/server.log")
+[ -n "$PORT" ] && [ -n "$TLS_PORT" ] || { echo "turn-chromium-check: no ports in: $(cat "$WORK/server.log")" >&2; exit 1; }
 
 USER_NAME="$(( $(date +%s) + 3600 )):chromium"
 PASSWORD=$(printf '%s' "$USER_NAME" | openssl dgst -sha1 -hmac "$SECRET" -binary | base64)
@@ -71,10 +77,20 @@ EOF
 fail=0
 check() { # NAME URL EXPECTED_RELAY_PROTOCOL
   page "$1" "$2"
-  local out
-  out=$(timeout 20 chromium --headless=new --no-sandbox --disable-gpu --ignore-certificate-errors \
-        --enable-logging=stderr --v=0 --user-data-dir="$WORK/profile-$1" "file://$WORK/$1.html" 2>&1 \
-        | grep -o "TURNCHECK $1 .*" | sed 's/", source.*//' || true)
+  local out browser
+  # The page stays open: stop Chromium once it has logged a result (20 s at most).
+  timeout 20 chromium --headless=new --no-sandbox --disable-gpu --ignore-certificate-errors \
+    --enable-logging=stderr --v=0 --user-data-dir="$WORK/profile-$1" "file://$WORK/$1.html" \
+    >"$WORK/$1.log" 2>&1 &
+  browser=$!
+  for _ in $(seq 200); do
+    grep -q "TURNCHECK $1 RESULT" "$WORK/$1.log" 2>/dev/null && break
+    kill -0 "$browser" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$browser" 2>/dev/null || true
+  wait "$browser" 2>/dev/null || true
+  out=$(grep -o "TURNCHECK $1 .*" "$WORK/$1.log" | sed 's/", source.*//' || true)
   if echo "$out" | grep -q "RESULT pong:ping relayProtocol=$3"; then
     echo "PASS $1 ($2)"
   else
