@@ -15,6 +15,7 @@ use crate::policy::{EngineSettings, PolicyChain, PolicyEngine, SandboxLimits};
 use crate::signaling::queue::SendBudget;
 use crate::signaling::rooms::Outbound;
 use crate::signaling::rooms::RoomRegistry;
+use crate::signaling::session;
 use crate::signaling::{Hub, SessionLimits};
 use crate::{https, metrics, tls};
 use axum::extract::ws::Utf8Bytes;
@@ -190,14 +191,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// for the sessions to end.
 async fn drain(hub: &Hub, shutdown: CancellationToken) {
     hub.draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     shutdown.cancel();
     let handles = hub.registry.all_handles();
     tracing::info!("shutting down: closing {} sessions", handles.len());
     for h in handles {
         h.deliver(Outbound::Close(
-            1001,
-            Utf8Bytes::from_static("server shutting down"),
+            session::CLOSE_GOING_AWAY,
+            Utf8Bytes::from_static(session::SHUTTING_DOWN),
         ));
     }
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;

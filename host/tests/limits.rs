@@ -489,3 +489,51 @@ async fn silent_connections_are_closed_within_15_seconds() {
         );
     }
 }
+
+/// A WebSocket upgraded while shutdown is draining (its connection was
+/// already open) is told the server is going away, like the others.
+#[tokio::test]
+async fn sessions_registered_during_shutdown_are_closed_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = Host::start(&["--rate-limit", "0", "--send-queue-bytes", "268435456"]);
+    let (mut a, mut b) = pair(&host, "r").await;
+    let mut slow = host.client().await;
+    slow.login("r", "slow").await;
+    a.recv().await;
+    b.recv().await;
+    // A receiver whose socket is full keeps the drain waiting (up to 5 s).
+    let (slow_id, pinger) = never_reading(slow).await;
+    let big = "x".repeat(60_000);
+    for _ in 0..300 {
+        a.send(json!({"type":"offer","to":slow_id,"data":big}))
+            .await;
+    }
+    // An HTTP/1.1 connection kept alive from before the shutdown.
+    let mut tls = common::tls_connect_alpn(host.port, &[b"http/1.1"]).await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\nok") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "healthz answered");
+        head.push(byte[0]);
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &host.pid().to_string()])
+        .status()
+        .unwrap();
+    host.wait_log("shutting down: closing", common::WAIT);
+    let url = format!("wss://localhost:{}/ws", host.port);
+    let (mut late, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let code = loop {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(common::WAIT, late.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    pinger.abort();
+}

@@ -48,7 +48,8 @@ pub(crate) fn stun_header(p: &[u8]) -> Option<(u16, u8)> {
     Some((method, class))
 }
 
-/// Decodes an XOR-PEER-ADDRESS value (RFC 5389 §15.2).
+/// Decodes an XOR-PEER-ADDRESS value (RFC 5389 §15.2): exactly 8 bytes for
+/// IPv4, 20 for IPv6, anything else is `None`.
 pub(crate) fn decode_xor_address(v: &[u8], transaction: &[u8; 12]) -> Option<SocketAddr> {
     if v.len() < 4 {
         return None;
@@ -256,7 +257,13 @@ impl Gate {
                         continue;
                     }
                     let Some(peer) = decode_xor_address(&a.value, &m.transaction_id.0) else {
-                        continue; // malformed: the crate answers 400
+                        // The crate would zero-fill a short value into an
+                        // address nobody checked: refuse it here.
+                        tracing::debug!(client = %src, %username, "TURN permission refused: malformed XOR-PEER-ADDRESS");
+                        return match build_error(&m, 400, "Bad Request", Some(&key)) {
+                            Some(b) => Verdict::Answer(b),
+                            None => Verdict::Answer(Vec::new()),
+                        };
                     };
                     if let Err(why) = self.policy.check(peer.ip()) {
                         crate::stats::Counters::add(&self.counters.refused_peers, 1);

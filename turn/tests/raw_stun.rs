@@ -173,3 +173,92 @@ async fn unauthenticated_flood_reuses_one_nonce() {
     assert!(seen.contains(&nonce.text));
     server.close().await;
 }
+
+/// A raw attribute value, as a hostile client may shape it.
+struct RawAttr(stun::attributes::AttrType, Vec<u8>);
+
+impl Setter for RawAttr {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.add(self.0, &self.1);
+        Ok(())
+    }
+}
+
+/// A short XOR-PEER-ADDRESS would be zero-filled by the `turn` crate into
+/// an address the peer check never saw (here 10.0.0.0): it is refused.
+#[tokio::test]
+async fn a_peer_address_that_does_not_decode_exactly_is_refused() {
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("judy");
+    let (user, pass) = credentials(SECRET, "judy", Duration::from_secs(600));
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.connect(server.addr(Transport::Udp).expect("udp"))
+        .await
+        .expect("connect");
+    let r = exchange(
+        &sock,
+        vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ],
+    )
+    .await;
+    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+    nonce.get_from(&r).expect("nonce");
+    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
+    let signed = |method, extra: Option<RawAttr>| -> Vec<Box<dyn Setter>> {
+        let mut s: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ];
+        if let Some(a) = extra {
+            s.push(Box::new(a));
+        }
+        s.push(Box::new(Username::new(
+            stun::attributes::ATTR_USERNAME,
+            user.clone(),
+        )));
+        s.push(Box::new(Realm::new(
+            stun::attributes::ATTR_REALM,
+            REALM.into(),
+        )));
+        s.push(Box::new(nonce.clone()));
+        s.push(Box::new(mi.clone()));
+        s
+    };
+    let r = exchange(&sock, signed(METHOD_ALLOCATE, None)).await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
+
+    // IPv4 family, port, and one address byte: 10 ^ 0x21 (magic cookie).
+    let short = RawAttr(
+        stun::attributes::ATTR_XOR_PEER_ADDRESS,
+        vec![0, 1, 0x21 ^ 0x13, 0x12 ^ 0x88, 10 ^ 0x21],
+    );
+    let r = exchange(
+        &sock,
+        signed(stun::message::METHOD_CREATE_PERMISSION, Some(short)),
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE, "short peer address: {r}");
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(&r).expect("error code");
+    assert_eq!(code.code.0, 400);
+    // An unknown family is refused the same way.
+    let odd = RawAttr(
+        stun::attributes::ATTR_XOR_PEER_ADDRESS,
+        vec![0, 3, 0, 1, 1, 2, 3, 4],
+    );
+    let r = exchange(
+        &sock,
+        signed(stun::message::METHOD_CREATE_PERMISSION, Some(odd)),
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE, "unknown family: {r}");
+    server.close().await;
+}

@@ -115,6 +115,10 @@ describe('validateField', () => {
     expect(validateField('a\u200bb', 64)).toMatchObject({ ok: false, reason: 'chars' })
     expect(validateField('a\u202eb', 64)).toMatchObject({ ok: false, reason: 'chars' })
     expect(validateField('a\nb', 64)).toMatchObject({ ok: false, reason: 'chars' })
+    for (const bad of ['a\u061cb', 'a\u2028b', 'a\u034fb', '\u3164', 'a\u{e0041}b', 'a\u00adb']) {
+      expect(validateField(bad, 64)).toMatchObject({ ok: false, reason: 'chars' })
+    }
+    expect(validateField('\u2764\ufe0f', 64)).toMatchObject({ ok: true })
   })
 })
 

@@ -5,15 +5,25 @@
 pub const MAX_ROOM_CHARS: usize = 128;
 pub const MAX_NAME_CHARS: usize = 64;
 
-/// Control, bidi-override/isolate and zero-width characters.
+/// Control, bidi-override/isolate, zero-width and otherwise invisible
+/// characters: a name must look like what it is.
 fn is_refused(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
+            '\u{00AD}' // soft hyphen
+            | '\u{034F}' // combining grapheme joiner
+            | '\u{061C}' // Arabic letter mark (bidi)
+            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
+            | '\u{17B4}' | '\u{17B5}' // Khmer inherent vowels (invisible)
+            | '\u{180E}' // Mongolian vowel separator
+            | '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
+            | '\u{2028}' | '\u{2029}' // line and paragraph separators
             | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
-            | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
-            | '\u{2066}'..='\u{2069}' // bidi isolates
+            | '\u{2060}'..='\u{206F}' // word joiner, invisible operators, bidi isolates, deprecated format
             | '\u{FEFF}' // zero-width no-break space
+            | '\u{FFF9}'..='\u{FFFB}' // interlinear annotation
+            | '\u{1D173}'..='\u{1D17A}' // musical formatting
+            | '\u{E0000}'..='\u{E007F}' // tag characters
         )
 }
 
@@ -29,7 +39,7 @@ pub fn check<'a>(what: &str, raw: &'a str, max_chars: usize) -> Result<&'a str, 
     }
     if name.chars().any(is_refused) {
         return Err(format!(
-            "The {what} contains control, bidi-override or zero-width characters."
+            "The {what} contains control, bidi-override or invisible characters."
         ));
     }
     Ok(name)
@@ -56,9 +66,21 @@ mod tests {
             "a\u{2066}b",
             "a\nb",
             "\u{FEFF}x",
+            "a\u{061C}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{034F}b",
+            "\u{3164}",
+            "a\u{115F}b",
+            "a\u{FFA0}b",
+            "a\u{E0041}\u{E007F}b",
+            "a\u{2067}b",
+            "a\u{00AD}b",
         ] {
             assert!(check("name", bad, 64).is_err(), "{bad:?}");
         }
         assert!(check("name", "Zoë 😀 김", 64).is_ok());
+        // Emoji variation selectors are part of how emoji are written.
+        assert!(check("name", "\u{2764}\u{FE0F}", 64).is_ok());
     }
 }

@@ -18,6 +18,9 @@ use super::rooms::{Outbound, SessionHandle};
 
 /// Close codes the host itself uses.
 pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The close reason of shutdown.
+pub const SHUTTING_DOWN: &str = "server shutting down";
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
@@ -44,17 +47,21 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
         host: &host,
     };
 
-    let admitted = hub
+    // Shutdown tells the sessions it finds; one registered after that (its
+    // upgrade was under way) sees the flag, which is set before the search.
+    if hub.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        handle.deliver(Outbound::Close(
+            CLOSE_GOING_AWAY,
+            Utf8Bytes::from_static(SHUTTING_DOWN),
+        ));
+    } else if let Err(reason) = hub
         .chain
         .load_full()
         .on_connect(&id, &peer.to_string())
-        .await;
-    if let Err(reason) = admitted {
+        .await
+    {
         tracing::info!(session = %id, %peer, "connection refused by policy: {reason}");
-        handle.deliver(Outbound::Close(
-            CLOSE_POLICY,
-            Utf8Bytes::from(reason.chars().take(100).collect::<String>()),
-        ));
+        handle.deliver(Outbound::Close(CLOSE_POLICY, close_reason(&reason)));
     } else {
         read_loop(&hub, &sender, &mut stream).await;
     }
@@ -80,6 +87,19 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
         while let Some(Ok(_)) = stream.next().await {}
     })
     .await;
+}
+
+/// Longest close reason: a close frame's payload is at most 125 bytes, two
+/// of them the code.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason`, cut at a character boundary to fit a close frame.
+pub fn close_reason(reason: &str) -> Utf8Bytes {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Utf8Bytes::from(&reason[..end])
 }
 
 /// How long a closing session waits for the client's side of the close.
@@ -317,6 +337,18 @@ mod tests {
         assert!(matches!(b.take(), Err(Flooding::Warn)));
         assert!(matches!(b.take(), Err(Flooding::Warn)));
         assert!(matches!(b.take(), Err(Flooding::Persisting)));
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        // 100 characters of 3 bytes each: 300 bytes, which no close frame holds.
+        let long = "가".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= MAX_CLOSE_REASON, "{} bytes", cut.len());
+        assert_eq!(cut.as_str(), "가".repeat(41));
+        assert_eq!(close_reason("short").as_str(), "short");
+        let emoji = "😀".repeat(40);
+        assert_eq!(close_reason(&emoji).len(), 120);
     }
 
     #[test]

@@ -270,8 +270,8 @@ export function validateField(value: string, max: number): { value: string; ok: 
   const v = value.trim()
   if (v.length === 0) return { value: v, ok: false, reason: 'empty' }
   if ([...v].length > max) return { value: v, ok: false, reason: 'long' }
-  // control, bidi-override and zero-width characters are refused by the host
-  if (/[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/.test(v)) {
+  // control, bidi-override, zero-width and invisible characters are refused by the host (host/src/signaling/names.rs)
+  if (/[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb\u{1d173}-\u{1d17a}\u{e0000}-\u{e007f}]/u.test(v)) {
     return { value: v, ok: false, reason: 'chars' }
   }
   return { value: v, ok: true }
