@@ -49,10 +49,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.ssl_dir.display()
         );
     }
-    let tls_config = cert.server_config(&config.ssl_dir)?;
+    // One certificate for HTTPS and TURN over TLS, swapped on renewal.
+    let served_cert = tls::ReloadingCert::new(&config.ssl_dir, &cert)?;
+    let tls_config = served_cert.server_config(tls::HTTPS_ALPN)?;
     // TURN over TLS only with a real certificate: browsers refuse a
-    // self-signed one for `turns:` without a way to accept it.
-    let turn_tls = (!cert.self_signed).then(|| tls_config.clone());
+    // self-signed one for `turns:` without a way to accept it. No ALPN
+    // list: TURN clients may offer "stun.turn" (RFC 7443) or nothing.
+    let turn_tls = if cert.self_signed {
+        None
+    } else {
+        Some(served_cert.server_config(&[])?)
+    };
     let (ice, turn_server) = crate::turn::start(&config, turn_tls).await?;
     let turn_server = turn_server.map(Arc::new);
 
@@ -134,10 +141,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let metrics_stop = CancellationToken::new();
 
-    let tls = crate::tls::ReloadingConfig::new(&config.ssl_dir, tls_config);
-    let _cert_watcher = if cert.self_signed { None } else { tls.watch() };
+    let _cert_watcher = if cert.self_signed {
+        None
+    } else {
+        served_cert.watch()
+    };
     let limiter = state.per_ip.clone();
-    let server = tokio::spawn(https::serve(listener, tls, app, state, shutdown.clone()));
+    let server = tokio::spawn(https::serve(
+        listener,
+        tls_config,
+        app,
+        state,
+        shutdown.clone(),
+    ));
     if let Some(http_port) = config.http_port {
         let addr = std::net::SocketAddr::new(config.bind, http_port);
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

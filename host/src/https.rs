@@ -325,7 +325,7 @@ fn request_host(headers: &HeaderMap, uri: &Uri) -> String {
 /// WebSocket upgrades) and HTTP/2.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<crate::tls::ReloadingConfig>,
+    tls: Arc<rustls::ServerConfig>,
     app: Router,
     state: AppState,
     shutdown: CancellationToken,
@@ -346,8 +346,8 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        // The certificate of the moment (it is reloaded when renewed).
-        let acceptor = TlsAcceptor::from(tls.current());
+        // The certificate of the moment is resolved per handshake.
+        let acceptor = TlsAcceptor::from(tls.clone());
         let app = app.clone();
         tokio::spawn(async move {
             let _slot = slot.clone();

@@ -108,23 +108,25 @@ impl CertifiedKey {
         })
     }
 
-    pub fn server_config(&self, dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Invalid {
-                dir: dir.display().to_string(),
-                reason: e.to_string(),
-            })?
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Invalid {
-                dir: dir.display().to_string(),
-                reason: format!("{e} (does privkey1.pem belong to cert1.pem?)"),
-            })?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+    /// The chain with its key loaded for signing, checked to belong together.
+    pub fn signing(&self, dir: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let invalid = |reason: String| TlsError::Invalid {
+            dir: dir.display().to_string(),
+            reason,
+        };
+        let key = provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| invalid(e.to_string()))?;
+        let ck = rustls::sign::CertifiedKey::new(self.chain.clone(), key);
+        ck.keys_match()
+            .map_err(|e| invalid(format!("{e} (does privkey1.pem belong to cert1.pem?)")))?;
+        Ok(Arc::new(ck))
     }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -155,35 +157,60 @@ fn self_signed() -> Result<CertifiedKey, TlsError> {
     })
 }
 
-/// The serving TLS configuration, swapped whole when certbot renews the
-/// files in the ssl directory: new handshakes use the new certificate,
+/// The certificate every TLS listener serves (HTTPS and TURN over TLS
+/// resolve it per handshake), swapped whole when certbot renews the files
+/// in the ssl directory: new handshakes use the new certificate,
 /// established connections (and calls) carry on.
-pub struct ReloadingConfig {
+#[derive(Debug)]
+pub struct ReloadingCert {
     dir: PathBuf,
-    current: arc_swap::ArcSwap<ServerConfig>,
+    current: arc_swap::ArcSwap<rustls::sign::CertifiedKey>,
 }
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// ALPN protocols of the HTTPS listener.
+pub const HTTPS_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Quiet time after the last file event before the files are read: certbot
 /// writes several files in a row.
 const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
-impl ReloadingConfig {
-    pub fn new(dir: &Path, initial: Arc<ServerConfig>) -> Arc<Self> {
-        Arc::new(Self {
+impl ReloadingCert {
+    pub fn new(dir: &Path, initial: &CertifiedKey) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
             dir: dir.to_path_buf(),
-            current: arc_swap::ArcSwap::new(initial),
-        })
+            current: arc_swap::ArcSwap::new(initial.signing(dir)?),
+        }))
     }
 
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.load_full()
+    /// A server configuration that serves this certificate, whatever it
+    /// is at the time of each handshake, offering `alpn`.
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid {
+                dir: self.dir.display().to_string(),
+                reason: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
     }
 
     /// Reads the directory again; a broken or half-written set of files
     /// keeps the running certificate.
     pub fn reload(&self) {
         let loaded = CertifiedKey::load_or_self_signed(&self.dir)
-            .and_then(|ck| Ok((ck.server_config(&self.dir)?, ck.self_signed)));
+            .and_then(|ck| Ok((ck.signing(&self.dir)?, ck.self_signed)));
         match loaded {
             Ok((_, true)) => {
                 tracing::warn!(
@@ -243,7 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ck = CertifiedKey::load_or_self_signed(dir.path()).unwrap();
         assert!(ck.self_signed);
-        ck.server_config(dir.path()).unwrap();
+        ck.signing(dir.path()).unwrap();
     }
 
     #[test]
@@ -266,7 +293,7 @@ mod tests {
         let ck = CertifiedKey::load_or_self_signed(dir.path()).unwrap();
         assert!(!ck.self_signed);
         assert_eq!(ck.chain.len(), 1);
-        ck.server_config(dir.path()).unwrap();
+        ck.signing(dir.path()).unwrap();
     }
 
     #[test]
@@ -282,7 +309,7 @@ mod tests {
         let ck = CertifiedKey::load_or_self_signed(dir.path()).unwrap();
         assert!(!ck.self_signed);
         assert_eq!(ck.chain[0].as_ref(), cert.cert.der().as_ref());
-        ck.server_config(dir.path()).unwrap();
+        ck.signing(dir.path()).unwrap();
     }
 
     #[test]

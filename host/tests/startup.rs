@@ -181,13 +181,17 @@ async fn renewed_certificates_are_served_without_a_restart_or_a_dropped_call() {
     let ssl = dir.path().join("ssl");
     let first = write_cert(&ssl, "first.example");
     let host = common::Host::start_in(dir, &[]);
+    let turns = host.turn_tls_addr().port();
     assert_eq!(common::server_cert(host.port).await, first);
+    assert_eq!(common::server_cert(turns).await, first);
     let mut a = host.client().await;
     a.login("call", "a").await;
 
     let second = write_cert(&ssl, "second.example");
     host.wait_log("certificate reloaded", std::time::Duration::from_secs(15));
     assert_eq!(common::server_cert(host.port).await, second);
+    // TURN over TLS serves the renewed certificate too.
+    assert_eq!(common::server_cert(turns).await, second);
     // The established socket carries on.
     a.send(serde_json::json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
         .await;

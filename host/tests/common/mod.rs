@@ -202,6 +202,17 @@ impl Host {
             .map_or(0, |v| v.trim().parse().expect("a counter"))
     }
 
+    /// The TURN-over-TLS address from the start-up log (a real certificate only).
+    pub fn turn_tls_addr(&self) -> std::net::SocketAddr {
+        let line = self
+            .startup
+            .iter()
+            .find(|l| l.contains("STUN/TURN on"))
+            .expect("TURN address logged at start");
+        let rest = line.split("Tls ").nth(1).expect("a TURN-over-TLS listener");
+        rest.split([',', ' ']).next().unwrap().parse().unwrap()
+    }
+
     pub fn plugins_dir(&self) -> PathBuf {
         self.dir.path().join("plugins")
     }
