@@ -265,6 +265,65 @@ async fn shutdown_tells_clients_and_exits() {
 }
 
 #[tokio::test]
+async fn draining_is_not_ready_and_delivers_queued_frames_before_1001() {
+    // Room for all of b's frames in its queue: more than the socket buffers
+    // hold, so most of them are still in the host when the drain begins.
+    let mut host = Host::start(&["--rate-limit", "0", "--send-queue-bytes", "67108864"]);
+    let metrics = host.metrics_addr();
+    let (mut a, mut b) = pair(&host, "r").await;
+    let mut c = host.client().await;
+    c.login("r", "c").await;
+    a.recv().await;
+    b.recv().await;
+    assert!(
+        common::http_get(&metrics, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // `b` reads nothing until the drain has begun; a's frames are queued for
+    // it. The host handles a's frames in order: once `c` has the last one,
+    // every frame for `b` is in b's queue.
+    const N: u64 = 200;
+    let pad = "x".repeat(50_000);
+    for seq in 0..N {
+        a.send(json!({"type":"candidate","to":b.id,"data":{"seq":seq,"pad":pad}}))
+            .await;
+    }
+    a.send(json!({"type":"candidate","to":c.id,"data":"done"}))
+        .await;
+    assert_eq!(c.recv().await["data"], "done");
+
+    host.send_sigterm();
+    // Draining: /readyz says 503 while `b` has not taken its close.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let ready = common::try_http_get(&metrics, "/readyz")
+            .await
+            .unwrap_or_else(|e| panic!("the drain ended without /readyz saying 503 ({e})"));
+        if ready.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never said 503 while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Everything queued for `b` arrives, in order, then the 1001.
+    for seq in 0..N {
+        let f = b.recv().await;
+        assert_eq!(f["data"]["seq"], seq, "{f}");
+    }
+    assert_eq!(b.close_code().await, Some(1001));
+    let status = host
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits within 10 s");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
 async fn metrics_reflect_a_scripted_session() {
     let host = Host::start(&[]);
     let addr = host.metrics_addr();

@@ -159,9 +159,19 @@ impl Host {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.send_sigterm();
+        self.wait_exit(within)
+    }
+
+    /// Sends SIGTERM (the host starts draining) without waiting.
+    pub fn send_sigterm(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits (bounded) for the host to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -470,13 +480,20 @@ pub async fn https_get(port: u16, path: &str) -> (u16, String, Vec<u8>) {
 
 /// A plain-HTTP GET of the metrics listener's `path`.
 pub async fn http_get(addr: &str, path: &str) -> String {
+    try_http_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// A plain-HTTP GET, or the error when the listener is gone.
+pub async fn try_http_get(addr: &str, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tcp = TcpStream::connect(addr).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
+    tcp.write_all(req.as_bytes()).await?;
     let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.unwrap();
-    raw
+    tcp.read_to_string(&mut raw).await?;
+    Ok(raw)
 }
 
 /// The certificate the server presents in a fresh handshake (DER).
