@@ -464,3 +464,69 @@ fn cluster_flags_fail_with_one_clear_line() {
     assert!(err.contains("is not a Redis URL"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+async fn turn_allocates(server: std::net::SocketAddr, username: &str, password: &str) -> bool {
+    use std::sync::Arc;
+    use turn::client::{Client as TurnClient, ClientConfig};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = TurnClient::new(ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: username.into(),
+        password: password.into(),
+        realm: "webrtc-chat".into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(sock),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    let ok = client.allocate().await.is_ok();
+    client.close().await.unwrap();
+    ok
+}
+
+/// Polls (bounded) until allocating with the credential gives `wanted`.
+async fn wait_turn(server: std::net::SocketAddr, user: &str, pass: &str, wanted: bool) {
+    let deadline = Instant::now() + SLOW;
+    while turn_allocates(server, user, pass).await != wanted {
+        assert!(
+            Instant::now() < deadline,
+            "TURN on {server} did not {} the credential within {SLOW:?}",
+            if wanted { "honour" } else { "refuse" }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn turn_credentials_are_honoured_on_every_host_while_the_session_lives() {
+    let redis = Redis::start();
+    let hosts = cluster(
+        &redis,
+        3,
+        &["--turn-allow-loopback", "--turn-grace-secs", "1"],
+    )
+    .await;
+    let mut alice = hosts[0].client().await;
+    alice.login("relay", "alice").await; // host 0 owns the room
+    let mut bob = hosts[1].client().await;
+    let joined = bob.login("relay", "bob").await;
+    let turn = &joined["iceServers"][1];
+    let user = turn["username"].as_str().unwrap().to_string();
+    let pass = turn["credential"].as_str().unwrap().to_string();
+    // Host 2 has no part in bob's room, host 1 is bob's, host 0 the owner.
+    for h in hosts.iter().rev() {
+        wait_turn(h.turn_addr(), &user, &pass, true).await;
+    }
+    // A forged credential stays refused.
+    assert!(!turn_allocates(hosts[2].turn_addr(), &user, "forged").await);
+    // Bob's session ends: after the grace, no host honours it any more.
+    drop(bob);
+    for h in &hosts {
+        wait_turn(h.turn_addr(), &user, &pass, false).await;
+    }
+    drop(alice);
+}

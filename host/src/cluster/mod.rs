@@ -53,6 +53,11 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 const CLAIM_GRACE: Duration = Duration::from_secs(10);
 
 const UNAVAILABLE: &str = "unavailable";
+/// A host's record of its TURN sessions lapses this long after its last
+/// heartbeat.
+const SESSIONS_TTL: Duration = Duration::from_secs(30);
+/// Every this many ticks each host re-reads the others' TURN sessions.
+const RECONCILE_TICKS: u32 = 5;
 
 /// Where a local session's room lives when another host owns it.
 #[derive(Clone, Debug)]
@@ -88,6 +93,10 @@ enum MirrorOp {
     },
     /// Forget the recorded member list before a takeover restores it.
     Clear { room: RoomId },
+    /// A local session holds TURN credentials: every host honours them.
+    Announce(SessionId),
+    /// … no longer: it ended.
+    Retract(SessionId),
 }
 
 struct Ack {
@@ -135,6 +144,10 @@ pub struct Cluster {
     /// Runs the ticker at once (a new subscription: write our state now).
     wake: tokio::sync::Notify,
     seq: AtomicU64,
+    /// Local sessions announced to the other hosts' TURN servers.
+    turn_local: Mutex<HashSet<SessionId>>,
+    /// Other hosts' sessions this host's TURN server honours.
+    turn_remote: Mutex<HashSet<String>>,
     pub stats: Stats,
 }
 
@@ -168,6 +181,8 @@ impl Cluster {
             subscribed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             seq: AtomicU64::new(seq_base),
+            turn_local: Mutex::default(),
+            turn_remote: Mutex::default(),
             stats: Stats::default(),
         }))
     }
@@ -305,6 +320,7 @@ impl Cluster {
                 };
                 let previous = self.routes.lock().insert(id.clone(), route);
                 hub.ice.session_seen(id);
+                self.announce_turn(id);
                 // Joined a room elsewhere: out of the room it had here …
                 if let Some(d) = hub.registry.leave(id) {
                     dispatch::announce_departure(hub, &d);
@@ -334,7 +350,13 @@ impl Cluster {
     /// After a frame was handled here: a session that joined a room of this
     /// host leaves the room it had on another.
     pub fn handled_locally(&self, hub: &Hub, session: &str) {
-        if self.routes.lock().get(session).is_none() || hub.registry.room_of(session).is_none() {
+        if hub.registry.room_of(session).is_none() || self.is_proxy(session) {
+            return;
+        }
+        if let Some(id) = hub.registry.session_key(session) {
+            self.announce_turn(&id);
+        }
+        if self.routes.lock().get(session).is_none() {
             return;
         }
         if let Some(old) = self.routes.lock().remove(session) {
@@ -348,10 +370,20 @@ impl Cluster {
         }
     }
 
+    /// Once per session: its TURN credentials are honoured on every host.
+    fn announce_turn(&self, id: &SessionId) {
+        if self.turn_local.lock().insert(id.clone()) {
+            let _ = self.mirror.send(MirrorOp::Announce(id.clone()));
+        }
+    }
+
     /// A local session ended: the hosts that knew it are told.
     pub fn session_closed(&self, session: &str) {
         if self.is_proxy(session) {
             return;
+        }
+        if let Some(id) = self.turn_local.lock().take(session) {
+            let _ = self.mirror.send(MirrorOp::Retract(id));
         }
         self.routes.lock().remove(session);
         self.pending.lock().remove(session);
@@ -421,6 +453,59 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// `+HOST SESSION` / `-HOST SESSION`: another host's session began or
+    /// ended holding TURN credentials.
+    fn on_turn_message(&self, hub: &Hub, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let (sign, rest) = text.split_at(text.len().min(1));
+        let Some((host, session)) = rest.split_once(' ') else {
+            return;
+        };
+        if host == &*self.id {
+            return;
+        }
+        match sign {
+            "+" => {
+                hub.ice.session_seen(session);
+                self.turn_remote.lock().insert(session.to_string());
+            }
+            "-" if self.turn_remote.lock().remove(session) => {
+                hub.ice.session_ended(session);
+            }
+            _ => {}
+        }
+    }
+
+    /// Re-reads which sessions the live hosts serve (a missed message, a
+    /// host that died): TURN honours exactly those, plus this host's own.
+    async fn reconcile_turn(&self, hub: &Hub) -> store::Result<()> {
+        let hosts: Vec<String> = self
+            .store
+            .live_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| *h != *self.id)
+            .collect();
+        let live: HashSet<String> = self
+            .store
+            .sessions_of(&hosts)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut known = self.turn_remote.lock();
+        for s in live.difference(&known) {
+            hub.ice.session_seen(s);
+        }
+        for s in known.difference(&live) {
+            hub.ice.session_ended(s);
+        }
+        *known = live;
+        Ok(())
     }
 
     /// The inbox of the proxy for `session` of host `edge`, made on first use.
@@ -576,8 +661,11 @@ impl Cluster {
             let connected =
                 tokio::time::timeout(store::CALL_LIMIT, self.store.client.get_async_pubsub()).await;
             if let Ok(Ok(mut pubsub)) = connected
-                && let Ok(Ok(())) =
-                    tokio::time::timeout(store::CALL_LIMIT, pubsub.subscribe(&channel)).await
+                && let Ok(Ok(())) = tokio::time::timeout(
+                    store::CALL_LIMIT,
+                    pubsub.subscribe(&[channel.as_str(), store::TURN_CHANNEL]),
+                )
+                .await
             {
                 tracing::debug!("cluster: subscribed to {channel}");
                 // A new connection may be a new (empty) Redis: this host's
@@ -589,7 +677,11 @@ impl Cluster {
                 self.wake.notify_one();
                 let mut messages = pubsub.into_on_message();
                 while let Some(m) = messages.next().await {
-                    self.on_message(&hub, m.get_payload_bytes());
+                    if m.get_channel_name() == store::TURN_CHANNEL {
+                        self.on_turn_message(&hub, m.get_payload_bytes());
+                    } else {
+                        self.on_message(&hub, m.get_payload_bytes());
+                    }
                 }
                 self.subscribed.store(false, Ordering::Relaxed);
                 tracing::debug!("cluster: subscription to {channel} ended");
@@ -625,6 +717,12 @@ impl Cluster {
                     }
                 }
                 MirrorOp::Clear { room } => self.store.put_members(&room, &[]).await,
+                MirrorOp::Announce(s) => {
+                    self.store
+                        .announce(&self.id, &[s.to_string()], SESSIONS_TTL)
+                        .await
+                }
+                MirrorOp::Retract(s) => self.store.retract(&self.id, &s).await,
             };
             if let Err(e) = done {
                 // Written again in full once Redis answers.
@@ -663,7 +761,9 @@ impl Cluster {
     async fn ticker(self: Arc<Self>, hub: Arc<Hub>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u32 = 0;
         loop {
+            ticks = ticks.wrapping_add(1);
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
@@ -715,6 +815,10 @@ impl Cluster {
                 }
             } else {
                 self.renew(&hub).await;
+                let _ = self.store.refresh_sessions(&self.id, SESSIONS_TTL).await;
+                if ticks.is_multiple_of(RECONCILE_TICKS) {
+                    let _ = self.reconcile_turn(&hub).await;
+                }
             }
             // Only after every live host had time to heartbeat (after an
             // outage too) is a missing heartbeat a death.
@@ -779,7 +883,16 @@ impl Cluster {
                 .collect();
             self.store.put_members(&room, &members).await?;
         }
-        Ok(())
+        let announced: Vec<String> = self
+            .turn_local
+            .lock()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        self.store
+            .announce(&self.id, &announced, SESSIONS_TTL)
+            .await?;
+        self.reconcile_turn(hub).await
     }
 
     /// Declares hosts without a heartbeat dead: their sessions leave this

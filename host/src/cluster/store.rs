@@ -14,6 +14,12 @@ const PREFIX: &str = "webrtc-chat";
 pub fn host_channel(host: &str) -> String {
     format!("{PREFIX}:host:{host}")
 }
+/// Where hosts tell each other which sessions hold TURN credentials.
+pub const TURN_CHANNEL: &str = "webrtc-chat:turn";
+
+fn sessions_key(host: &str) -> String {
+    format!("{PREFIX}:sessions:{host}")
+}
 fn alive_key(host: &str) -> String {
     format!("{PREFIX}:alive:{host}")
 }
@@ -165,6 +171,80 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// Ids of the hosts with a current heartbeat.
+    pub async fn live_hosts(&self) -> Result<Vec<String>> {
+        let mut con = self.con.clone();
+        let pattern = format!("{PREFIX}:alive:*");
+        let prefix = format!("{PREFIX}:alive:");
+        bounded(async move {
+            let mut hosts = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut con)
+                    .await?;
+                hosts.extend(
+                    keys.iter()
+                        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)),
+                );
+                if next == 0 {
+                    return Ok(hosts);
+                }
+                cursor = next;
+            }
+        })
+        .await
+    }
+
+    /// Records that `host` serves `sessions` holding TURN credentials (the
+    /// record lapses `ttl` after the host's last refresh) and tells the
+    /// other hosts.
+    pub async fn announce(&self, host: &str, sessions: &[String], ttl: Duration) -> Result<()> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for s in sessions {
+            pipe.sadd(sessions_key(host), s).ignore();
+            pipe.publish(TURN_CHANNEL, format!("+{host} {s}")).ignore();
+        }
+        pipe.pexpire(sessions_key(host), ttl.as_millis() as i64)
+            .ignore();
+        bounded(pipe.query_async::<()>(&mut con)).await
+    }
+
+    /// The session ended on `host`.
+    pub async fn retract(&self, host: &str, session: &str) -> Result<()> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.srem(sessions_key(host), session).ignore();
+        pipe.publish(TURN_CHANNEL, format!("-{host} {session}"))
+            .ignore();
+        bounded(pipe.query_async::<()>(&mut con)).await
+    }
+
+    /// Keeps `host`'s session record from lapsing.
+    pub async fn refresh_sessions(&self, host: &str, ttl: Duration) -> Result<()> {
+        let mut con = self.con.clone();
+        bounded(con.pexpire::<_, ()>(sessions_key(host), ttl.as_millis() as i64)).await
+    }
+
+    /// The sessions each of `hosts` recorded.
+    pub async fn sessions_of(&self, hosts: &[String]) -> Result<Vec<Vec<String>>> {
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for h in hosts {
+            pipe.smembers(sessions_key(h));
+        }
+        bounded(pipe.query_async(&mut con)).await
     }
 
     /// Which of `hosts` have a current heartbeat.

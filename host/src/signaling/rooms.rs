@@ -111,6 +111,11 @@ impl RoomRegistry {
         self.inner.lock().rooms.keys().cloned().collect()
     }
 
+    /// The registry's own id of a connected session.
+    pub fn session_key(&self, id: &str) -> Option<SessionId> {
+        Some(self.inner.lock().sessions.get_key_value(id)?.0.clone())
+    }
+
     /// The sending side of a connected session.
     pub fn handle_of(&self, id: &str) -> Option<SessionHandle> {
         Some(self.inner.lock().sessions.get(id)?.handle.clone())
