@@ -11,6 +11,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v turnutils_uclient >/dev/null 2>&1 || missing+=(coturn)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# Python policies are built in a venv (scripts/install-policy.sh).
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} (apt-get)"
   if [ "$(id -u)" -ne 0 ]; then
@@ -28,7 +30,9 @@ fi
 echo "== docs: every relative link resolves inside the repository"
 python3 scripts/check-links.py
 
-echo "== cargo test (workspace: host, turn, policy examples, sigload)"
+echo "== cargo test (workspace: host, turn, policy examples in Rust, JavaScript and Python, sigload)"
+# The JavaScript and Python examples are built by scripts/install-policy.sh,
+# which installs its pinned toolchains into .toolchains/ on first use.
 # sigload's smoke test runs against the host binary cargo builds here (a
 # missing host binary fails it).
 cargo test --workspace

@@ -220,3 +220,34 @@ pub fn build_policy(package: &str) -> anyhow::Result<PathBuf> {
     );
     Ok(wasm)
 }
+
+/// Builds and installs a policy with `scripts/install-policy.sh` — the
+/// operator's own command, for any language it takes (a crate name or
+/// directory, a `.js` or a `.py` file) — into `dir` as `ORDER-NAME.wasm`,
+/// and returns that path. JavaScript and Python toolchains are installed
+/// on first use (into `.toolchains/` of the workspace).
+pub fn install_policy(source: &Path, dir: &Path, order: u32) -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("host/ lives in the workspace")?;
+    let output = std::process::Command::new(root.join("scripts/install-policy.sh"))
+        .arg(source)
+        .arg(dir)
+        .arg(order.to_string())
+        .output()
+        .context("running scripts/install-policy.sh")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "install-policy.sh {} failed:\n{}{stdout}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // "installed DIR/ORDER-NAME.wasm (N KiB)"
+    let installed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("installed "))
+        .and_then(|l| l.rsplit_once(" (").map(|(p, _)| PathBuf::from(p)))
+        .context("install-policy.sh did not say what it installed")?;
+    Ok(installed)
+}

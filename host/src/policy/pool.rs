@@ -17,6 +17,15 @@ use super::engine::{SandboxLimits, one_line};
 use super::imports::{PolicyContext, StoreData};
 use super::quarantine::Quarantine;
 
+/// Core instances, tables and memories one policy instance may create.
+/// Real guests need more than a hand-written Rust policy's handful: a
+/// componentize-py component creates 14 core instances (38 when built with
+/// `--stub-wasi`), componentize-qjs about 10. Memory is bounded by the
+/// memory cap per linear memory and by `MAX_MEMORIES`.
+const MAX_CORE_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 4;
+
 /// Idle instances kept per policy; more are made on demand and dropped after.
 const POOL_SIZE: usize = 8;
 
@@ -90,9 +99,9 @@ impl LoadedPolicy {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
-                .instances(16)
-                .tables(16)
-                .memories(4)
+                .instances(MAX_CORE_INSTANCES)
+                .tables(MAX_TABLES)
+                .memories(MAX_MEMORIES)
                 .table_elements(100_000)
                 .trap_on_grow_failure(true)
                 .build(),
