@@ -160,6 +160,25 @@ pub struct Config {
     #[arg(long, env = "WEBRTC_CHAT_TURN_GRACE_SECS", default_value_t = 30)]
     pub turn_grace_secs: u64,
 
+    /// TURN allocations one signaling session may hold, whatever credential it uses.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_QUOTA_PER_SESSION", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_quota_per_session: u32,
+
+    /// TURN allocations one client IPv4 address or IPv6 /64 may hold.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_QUOTA_PER_IP", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_quota_per_ip: u32,
+
+    /// TURN allocations in total.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_QUOTA_TOTAL", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_quota_total: u32,
+
+    /// Kbit/s one TURN allocation may relay, both directions together; 0 turns the cap off.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_BANDWIDTH_KBPS", default_value_t = 8000)]
+    pub turn_bandwidth_kbps: u32,
+
     /// Do not run the built-in STUN/TURN server (e.g. with an external coturn, see --turn-external).
     #[arg(long, env = "WEBRTC_CHAT_NO_TURN")]
     pub no_turn: bool,

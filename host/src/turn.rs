@@ -94,6 +94,11 @@ pub async fn start(
         allow_loopback: config.turn_allow_loopback,
         allow_peers: config.turn_allow_peers.clone(),
         credential_grace: Duration::from_secs(config.turn_grace_secs),
+        max_allocations_per_session: config.turn_quota_per_session as usize,
+        max_allocations_per_ip: config.turn_quota_per_ip as usize,
+        max_allocations_total: config.turn_quota_total as usize,
+        max_bandwidth_per_allocation: (config.turn_bandwidth_kbps > 0)
+            .then(|| u64::from(config.turn_bandwidth_kbps) * 1000 / 8),
         ..TurnConfig::default()
     };
     cfg.validate()?;

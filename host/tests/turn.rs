@@ -311,3 +311,60 @@ async fn turns_is_offered_and_served_with_a_real_certificate() {
         cert.cert.der().to_vec()
     );
 }
+
+/// Every join hands the session a new credential (a later expiry): the
+/// allocation quota counts the session, not the credential.
+#[tokio::test]
+async fn the_allocation_quota_counts_sessions_not_credentials() {
+    let host = Host::start(&["--turn-allow-loopback", "--turn-quota-per-session", "1"]);
+    let mut a = host.client().await;
+    let (user1, pass1) = turn_credential(&a.login("r1", "a").await);
+    let first = turn_client(host.turn_addr(), &user1, &pass1).await;
+    let _relay = first
+        .allocate()
+        .await
+        .expect("the session's first allocation");
+    // A second join, a second later: a new username for the same session.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (user2, pass2) = turn_credential(&a.login("r2", "a").await);
+    assert_ne!(user1, user2);
+    let second = turn_client(host.turn_addr(), &user2, &pass2).await;
+    let err = second
+        .allocate()
+        .await
+        .err()
+        .expect("a second allocation of the same session is over the quota");
+    assert!(err.to_string().contains("486"), "486 expected, got {err}");
+    // Another session is not affected.
+    let mut b = host.client().await;
+    let (user_b, pass_b) = turn_credential(&b.login("r3", "b").await);
+    let other = turn_client(host.turn_addr(), &user_b, &pass_b).await;
+    other.allocate().await.expect("another session allocates");
+}
+
+/// --turn-bandwidth-kbps caps what one allocation relays (16 KiB burst).
+#[tokio::test]
+async fn the_bandwidth_per_allocation_is_capped() {
+    let host = Host::start(&["--turn-allow-loopback", "--turn-bandwidth-kbps", "8"]);
+    let mut a = host.client().await;
+    let (user, pass) = turn_credential(&a.login("r", "a").await);
+    let client = turn_client(host.turn_addr(), &user, &pass).await;
+    let relay = client.allocate().await.expect("allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let packet = [7u8; 1000];
+    for _ in 0..60 {
+        relay
+            .send_to(&packet, peer.local_addr().unwrap())
+            .await
+            .unwrap();
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 1500];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(500), peer.recv_from(&mut buf)).await
+    {
+        got += 1;
+    }
+    // 1000 B/s with a 16 KiB burst: about 17 of the 60 packets pass.
+    assert!((1..=25).contains(&got), "{got} of 60 packets relayed");
+}

@@ -75,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         realm: "bench".into(),
         secret: secret.into_bytes(),
         allow_loopback: true,
-        max_allocations_per_credential: 1000,
+        max_allocations_per_session: 1000,
         max_allocations_per_ip: 1000,
         ..TurnConfig::default()
     };

@@ -96,9 +96,10 @@ pub struct TurnConfig {
     pub allow_loopback: bool,
     /// Extra peer networks allowed even though they are private/reserved.
     pub allow_peers: Vec<ipnet::IpNet>,
-    /// Most live allocations one credential (username) may hold.
-    pub max_allocations_per_credential: usize,
-    /// Most live allocations one client IP address may hold.
+    /// Most live allocations one session may hold, whatever credential
+    /// (expiry) it uses: each (re)join hands out a new username.
+    pub max_allocations_per_session: usize,
+    /// Most live allocations one client IPv4 address or IPv6 /64 may hold.
     pub max_allocations_per_ip: usize,
     /// Most live allocations in the whole server.
     pub max_allocations_total: usize,
@@ -129,8 +130,8 @@ impl std::fmt::Debug for TurnConfig {
             .field("allow_loopback", &self.allow_loopback)
             .field("allow_peers", &self.allow_peers)
             .field(
-                "max_allocations_per_credential",
-                &self.max_allocations_per_credential,
+                "max_allocations_per_session",
+                &self.max_allocations_per_session,
             )
             .field("max_allocations_per_ip", &self.max_allocations_per_ip)
             .field("max_allocations_total", &self.max_allocations_total)
@@ -158,7 +159,7 @@ impl Default for TurnConfig {
             secret: Vec::new(),
             allow_loopback: false,
             allow_peers: Vec::new(),
-            max_allocations_per_credential: 10,
+            max_allocations_per_session: 10,
             max_allocations_per_ip: 50,
             max_allocations_total: 1000,
             max_lifetime: Duration::from_secs(600),
@@ -190,7 +191,7 @@ impl TurnConfig {
         }
         if self.max_allocations_total == 0
             || self.max_allocations_per_ip == 0
-            || self.max_allocations_per_credential == 0
+            || self.max_allocations_per_session == 0
         {
             return Err(Error::Config("allocation quotas must be at least 1".into()));
         }

@@ -152,6 +152,19 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The network a client is counted by for quotas: its IPv4 address, or the
+/// /64 of its IPv6 address (one subscriber holds a whole /64).
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(segments.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Why a peer was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerRefusal {

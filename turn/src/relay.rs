@@ -1,5 +1,5 @@
-//! Owns relay sockets: the allocation registry (quotas per credential, per
-//! client IP and in total; closing relays whose session is gone or whose
+//! Owns relay sockets: the allocation registry (quotas per session, per
+//! client network and in total; closing relays whose session is gone or whose
 //! TCP connection ended) and the relay `Conn` that refuses forbidden peers
 //! in both directions, plus the `RelayAddressGenerator` that makes them.
 
@@ -39,7 +39,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Allocation limits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    pub(crate) per_credential: usize,
+    /// Per session id, whatever credential (expiry) it comes with: every
+    /// join mints a new username for the same session.
+    pub(crate) per_session: usize,
+    /// Per IPv4 address or IPv6 /64.
     pub(crate) per_ip: usize,
     pub(crate) total: usize,
 }
@@ -47,7 +50,7 @@ pub(crate) struct Limits {
 /// Why an allocation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QuotaRefusal {
-    PerCredential,
+    PerSession,
     PerIp,
     Total,
 }
@@ -55,8 +58,8 @@ pub(crate) enum QuotaRefusal {
 impl std::fmt::Display for QuotaRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            QuotaRefusal::PerCredential => "allocations per credential",
-            QuotaRefusal::PerIp => "allocations per client IP",
+            QuotaRefusal::PerSession => "allocations per session",
+            QuotaRefusal::PerIp => "allocations per client address (IPv6: per /64)",
             QuotaRefusal::Total => "allocations in total",
         })
     }
@@ -75,7 +78,7 @@ struct Entry {
 struct Inner {
     next_id: u64,
     entries: HashMap<u64, Entry>,
-    per_credential: HashMap<String, usize>,
+    per_session: HashMap<String, usize>,
     per_ip: HashMap<IpAddr, usize>,
 }
 
@@ -109,31 +112,33 @@ impl Registry {
         if g.entries.len() >= self.limits.total {
             return Err(QuotaRefusal::Total);
         }
-        let ip = crate::peer::canonical(ctx.client.ip());
+        let ip = crate::peer::client_network(ctx.client.ip());
         if g.per_ip.get(&ip).copied().unwrap_or(0) >= self.limits.per_ip {
             return Err(QuotaRefusal::PerIp);
         }
-        if g.per_credential.get(&ctx.username).copied().unwrap_or(0) >= self.limits.per_credential {
-            return Err(QuotaRefusal::PerCredential);
+        // Not a REST username (cannot happen once authenticated): the
+        // whole name stands for the session.
+        let session = parse_username(&ctx.username)
+            .map_or(ctx.username.as_str(), |(_, s)| s)
+            .to_owned();
+        if g.per_session.get(&session).copied().unwrap_or(0) >= self.limits.per_session {
+            return Err(QuotaRefusal::PerSession);
         }
         g.next_id += 1;
         let id = g.next_id;
         let kill = CancellationToken::new();
-        let session = parse_username(&ctx.username)
-            .map(|(_, s)| s.to_owned())
-            .unwrap_or_default();
         g.entries.insert(
             id,
             Entry {
                 username: ctx.username.clone(),
-                session,
+                session: session.clone(),
                 client: ctx.client,
                 listener: ctx.listener,
                 kill: kill.clone(),
             },
         );
         *g.per_ip.entry(ip).or_insert(0) += 1;
-        *g.per_credential.entry(ctx.username.clone()).or_insert(0) += 1;
+        *g.per_session.entry(session).or_insert(0) += 1;
         Ok(Lease {
             id,
             registry: Arc::clone(self),
@@ -146,9 +151,9 @@ impl Registry {
         let mut g = lock(&self.inner);
         if let Some(e) = g.entries.remove(&id) {
             e.kill.cancel();
-            let ip = crate::peer::canonical(e.client.ip());
+            let ip = crate::peer::client_network(e.client.ip());
             dec(&mut g.per_ip, &ip);
-            dec(&mut g.per_credential, &e.username);
+            dec(&mut g.per_session, &e.session);
         }
     }
 
@@ -489,15 +494,16 @@ mod tests {
     #[test]
     fn quotas_count_and_release() {
         let r = Registry::new(Limits {
-            per_credential: 2,
+            per_session: 2,
             per_ip: 3,
             total: 4,
         });
         let a1 = r.reserve(&ctx("1:a", "1.1.1.1:1")).expect("a1");
         let _a2 = r.reserve(&ctx("1:a", "1.1.1.1:2")).expect("a2");
+        // A new credential (another expiry) of the same session counts too.
         assert_eq!(
-            r.reserve(&ctx("1:a", "2.2.2.2:1")).err(),
-            Some(QuotaRefusal::PerCredential)
+            r.reserve(&ctx("2:a", "2.2.2.2:1")).err(),
+            Some(QuotaRefusal::PerSession)
         );
         let _b1 = r.reserve(&ctx("1:b", "1.1.1.1:3")).expect("b1");
         assert_eq!(
@@ -517,6 +523,24 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let r = Registry::new(Limits {
+            per_session: 9,
+            per_ip: 2,
+            total: 9,
+        });
+        let _a = r.reserve(&ctx("1:a", "[2001:db8:1:2::1]:1")).expect("a");
+        let _b = r.reserve(&ctx("1:b", "[2001:db8:1:2::2]:1")).expect("b");
+        assert_eq!(
+            r.reserve(&ctx("1:c", "[2001:db8:1:2:ffff::3]:1")).err(),
+            Some(QuotaRefusal::PerIp)
+        );
+        let _d = r
+            .reserve(&ctx("1:d", "[2001:db8:1:3::1]:1"))
+            .expect("another /64");
+    }
+
+    #[test]
     fn bandwidth_bucket() {
         let b = Bandwidth::new(1000);
         let t0 = lock(&b.state).1;
@@ -533,7 +557,7 @@ mod tests {
     #[test]
     fn close_unhonoured_cancels_only_gone_sessions() {
         let r = Registry::new(Limits {
-            per_credential: 9,
+            per_session: 9,
             per_ip: 9,
             total: 9,
         });

@@ -189,7 +189,7 @@ impl TurnServer {
             counters: Arc::clone(&counters),
         });
         let registry = Registry::new(Limits {
-            per_credential: cfg.max_allocations_per_credential,
+            per_session: cfg.max_allocations_per_session,
             per_ip: cfg.max_allocations_per_ip,
             total: cfg.max_allocations_total,
         });

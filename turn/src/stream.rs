@@ -160,7 +160,7 @@ async fn accept_loop(
                 "TURN {kind} connection refused: too many connections");
             continue;
         }
-        let ip = crate::peer::canonical(peer.ip());
+        let ip = crate::peer::client_network(peer.ip());
         {
             let mut m = lock(&per_ip);
             let n = m.entry(ip).or_insert(0);

@@ -268,9 +268,9 @@ async fn tls_relays_both_ways() {
 }
 
 #[tokio::test]
-async fn quota_per_credential_and_total() {
+async fn quota_per_session_and_total() {
     let mut cfg = loopback_config();
-    cfg.max_allocations_per_credential = 1;
+    cfg.max_allocations_per_session = 1;
     cfg.max_allocations_total = 2;
     let (server, dir) = start(cfg).await;
     let udp = server.addr(Transport::Udp).expect("udp");
