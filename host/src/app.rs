@@ -209,7 +209,19 @@ async fn drain(hub: &Hub, shutdown: CancellationToken) {
     hub.draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
     shutdown.cancel();
-    let handles = hub.registry.all_handles();
+    // In a cluster the other hosts take this host's rooms over first; the
+    // members of other hosts in them stay connected.
+    if let Some(cluster) = &hub.cluster {
+        cluster.leave().await;
+    }
+    let remote = |id: &str| hub.cluster.as_ref().is_some_and(|c| c.is_proxy(id));
+    let handles: Vec<_> = hub
+        .registry
+        .all_sessions()
+        .into_iter()
+        .filter(|(id, _)| !remote(id))
+        .map(|(_, h)| h)
+        .collect();
     tracing::info!("shutting down: closing {} sessions", handles.len());
     for h in handles {
         h.deliver(Outbound::Close(
@@ -218,7 +230,8 @@ async fn drain(hub: &Hub, shutdown: CancellationToken) {
         ));
     }
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while hub.registry.session_count() > 0 && tokio::time::Instant::now() < deadline {
+    let proxies = || hub.cluster.as_ref().map_or(0, |c| c.proxy_count());
+    while hub.registry.session_count() > proxies() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!("stopped");

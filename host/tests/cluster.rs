@@ -530,3 +530,34 @@ async fn turn_credentials_are_honoured_on_every_host_while_the_session_lives() {
     }
     drop(alice);
 }
+
+#[tokio::test]
+async fn a_host_shut_down_hands_its_rooms_over() {
+    let redis = Redis::start();
+    let mut hosts = cluster(&redis, 3, &[]).await;
+    let mut alice = hosts[0].client().await;
+    alice.login("upgrade", "alice").await; // host 0 owns the room
+    let mut bob = hosts[1].client().await;
+    bob.login("upgrade", "bob").await;
+    let mut carol = hosts[2].client().await;
+    carol.login("upgrade", "carol").await;
+    assert_eq!(bob.recv().await["username"], "carol");
+
+    // SIGTERM, as in a rolling upgrade: alice (on host 0) is closed with
+    // 1001; bob and carol, on the other hosts, stay in the call.
+    let status = hosts[0].terminate(SLOW).expect("host 0 exits");
+    assert!(status.success());
+    assert_eq!(alice.close_code().await, Some(1001));
+    for c in [&mut bob, &mut carol] {
+        let logout = recv_within(c, SLOW).await;
+        assert_eq!(logout["type"], "logout", "{logout}");
+        assert_eq!(logout["data"]["sessionId"], alice.id.as_str());
+    }
+    bob.send(json!({"type":"candidate","to":carol.id,"data":{"candidate":"c"}}))
+        .await;
+    assert_eq!(carol.recv().await["from"], bob.id.as_str());
+    let mut dave = hosts[1].client().await;
+    let joined = dave.login("upgrade", "dave").await;
+    assert_eq!(joined["members"].as_array().unwrap().len(), 2, "{joined}");
+    hosts.remove(0);
+}

@@ -144,6 +144,8 @@ pub struct Cluster {
     /// Runs the ticker at once (a new subscription: write our state now).
     wake: tokio::sync::Notify,
     seq: AtomicU64,
+    /// Shutting down: the record in Redis is left as it was for the takeover.
+    leaving: AtomicBool,
     /// Local sessions announced to the other hosts' TURN servers.
     turn_local: Mutex<HashSet<SessionId>>,
     /// Other hosts' sessions this host's TURN server honours.
@@ -181,6 +183,7 @@ impl Cluster {
             subscribed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             seq: AtomicU64::new(seq_base),
+            leaving: AtomicBool::new(false),
             turn_local: Mutex::default(),
             turn_remote: Mutex::default(),
             stats: Stats::default(),
@@ -220,8 +223,26 @@ impl Cluster {
         }
     }
 
-    fn is_proxy(&self, session: &str) -> bool {
+    /// Whether `session` is another host's, in a room this host owns.
+    pub fn is_proxy(&self, session: &str) -> bool {
         self.proxies.lock().contains_key(session)
+    }
+
+    pub fn proxy_count(&self) -> usize {
+        self.proxies.lock().len()
+    }
+
+    /// Shutdown: stops recording, and tells the other hosts to treat this
+    /// one as gone now (log its sessions out, take its rooms over from the
+    /// record) rather than after its heartbeat lapses.
+    pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+        match self.store.goodbye(&self.id).await {
+            Ok(()) => tracing::info!("cluster: the other hosts take this host's rooms over"),
+            Err(e) => tracing::warn!(
+                "cluster: could not say goodbye ({e}); the other hosts take over when the heartbeat lapses"
+            ),
+        }
     }
 
     // ----- the edge: a local client's frames -----
@@ -457,7 +478,7 @@ impl Cluster {
 
     /// `+HOST SESSION` / `-HOST SESSION`: another host's session began or
     /// ended holding TURN credentials.
-    fn on_turn_message(&self, hub: &Hub, payload: &[u8]) {
+    fn on_turn_message(self: &Arc<Self>, hub: &Arc<Hub>, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
             return;
         };
@@ -469,6 +490,14 @@ impl Cluster {
             return;
         }
         match sign {
+            "!" => {
+                // A host leaving: from now on nothing it sends counts.
+                let gone: Arc<str> = Arc::from(host);
+                if self.dead.lock().insert(gone.clone()) {
+                    let (this, hub) = (self.clone(), hub.clone());
+                    tokio::spawn(async move { this.bury(&hub, gone).await });
+                }
+            }
             "+" => {
                 hub.ice.session_seen(session);
                 self.turn_remote.lock().insert(session.to_string());
@@ -696,6 +725,9 @@ impl Cluster {
         mut rx: mpsc::UnboundedReceiver<MirrorOp>,
     ) {
         while let Some(op) = rx.recv().await {
+            if self.leaving.load(Ordering::SeqCst) {
+                continue;
+            }
             let done = match op {
                 MirrorOp::Joined {
                     room,
@@ -767,6 +799,9 @@ impl Cluster {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
+            }
+            if self.leaving.load(Ordering::SeqCst) {
+                continue;
             }
             let started = Instant::now();
             match self.store.heartbeat(&self.id, ALIVE_TTL).await {
@@ -932,8 +967,14 @@ impl Cluster {
         if !self.dead.lock().insert(dead.clone()) {
             return;
         }
+        self.bury(hub, dead).await;
+    }
+
+    /// A host is gone (dead, or said goodbye): its sessions leave this
+    /// host's rooms and its rooms with members here get a new owner.
+    async fn bury(self: &Arc<Self>, hub: &Arc<Hub>, dead: Arc<str>) {
         self.stats.hosts_died.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(host = %dead, "cluster: a host stopped heartbeating; its sessions are logged out and its rooms taken over");
+        tracing::warn!(host = %dead, "cluster: a host is gone (heartbeat lapsed, or it shut down); its sessions are logged out and its rooms taken over");
         // Its sessions in this host's rooms are gone.
         for p in self.proxies.lock().values().filter(|p| p.edge == dead) {
             let _ = p.inbox.send(Work::Gone);

@@ -218,6 +218,17 @@ impl Store {
         bounded(pipe.query_async::<()>(&mut con)).await
     }
 
+    /// `host` is shutting down: its heartbeat and session record go, and
+    /// every host hears it at once.
+    pub async fn goodbye(&self, host: &str) -> Result<()> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.del(alive_key(host)).ignore();
+        pipe.del(sessions_key(host)).ignore();
+        pipe.publish(TURN_CHANNEL, format!("!{host} -")).ignore();
+        bounded(pipe.query_async::<()>(&mut con)).await
+    }
+
     /// The session ended on `host`.
     pub async fn retract(&self, host: &str, session: &str) -> Result<()> {
         let mut con = self.con.clone();

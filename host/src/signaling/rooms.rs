@@ -173,6 +173,16 @@ impl RoomRegistry {
             .collect()
     }
 
+    /// Every connected session's id and handle.
+    pub fn all_sessions(&self) -> Vec<(SessionId, SessionHandle)> {
+        self.inner
+            .lock()
+            .sessions
+            .iter()
+            .map(|(id, e)| (id.clone(), e.handle.clone()))
+            .collect()
+    }
+
     pub fn register(&self, id: SessionId, handle: SessionHandle, peer: SocketAddr) {
         self.inner.lock().sessions.insert(
             id,
