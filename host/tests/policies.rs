@@ -265,6 +265,19 @@ async fn broken_files_leave_the_running_chain_untouched() {
     let line = host.wait_log("22-wrong-world.wasm not loaded", RELOAD);
     assert!(line.contains("world"), "{line}");
 
+    // A component that needs what this host does not link (the default
+    // StarlingMonkey build of a JavaScript policy imports wasi:http).
+    std::fs::write(
+        dir.join("23-http.wasm"),
+        r#"(component (import "wasi:http/types@0.2.4" (instance)))"#,
+    )
+    .unwrap();
+    let line = host.wait_log("23-http.wasm not loaded", RELOAD);
+    assert!(
+        line.contains("imports wasi:http/types@0.2.4, which this host does not provide"),
+        "{line}"
+    );
+
     // Replacing a good policy with garbage keeps the good version.
     drop_in(
         &build_policy("one-to-one").unwrap(),

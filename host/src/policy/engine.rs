@@ -18,6 +18,19 @@ use super::imports::{PolicyContext, RoomView, StoreData};
 use super::kv::KvStore;
 use super::pool::LoadedPolicy;
 
+/// Import name prefixes the linker provides: the policy world and the WASI
+/// 0.2 interfaces `wasmtime_wasi::p2::add_to_linker_async` adds. Anything
+/// else (wasi:http, say) is refused with its name, before linking.
+const PROVIDED: &[&str] = &[
+    "webrtc-chat:policy/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+];
+
 /// The epoch ticks once a millisecond; deadlines are counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -51,6 +64,10 @@ pub enum LoadError {
         "does not fit the webrtc-chat:policy@0.1.0 world ({0}); regenerate its bindings from wit/policy.wit"
     )]
     WrongWorld(String),
+    #[error(
+        "imports {0}, which this host does not provide (only webrtc-chat:policy@0.1.0 and WASI 0.2 cli/clocks/filesystem/io/random/sockets); build it without that import (componentize-qjs or componentize-py: --stub-wasi; jco/componentize-js: --disable http; Rust: drop the crate that needs it)"
+    )]
+    UnknownImport(String),
     #[error("failed its canary call ({0})")]
     Canary(String),
 }
@@ -130,6 +147,14 @@ impl PolicyEngine {
             None => Component::new(&self.engine, bytes),
         }
         .map_err(|e| LoadError::Compile(root_cause(&e)))?;
+        if let Some(import) = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name)
+            .find(|name| !PROVIDED.iter().any(|p| name.starts_with(p)))
+        {
+            return Err(LoadError::UnknownImport(one_line(import)));
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
