@@ -302,3 +302,189 @@ async fn broken_files_leave_the_running_chain_untouched() {
         .await;
     assert_eq!(a.recv().await["data"]["result"], "ok");
 }
+
+/// `src` with a custom section appended: the same policy, but a new file
+/// version for the host (another content hash).
+fn new_version_of(src: &Path, dir: &Path, name: &str) {
+    let mut bytes = std::fs::read(src).unwrap();
+    // id 0 (custom), size 6, name "note" (4 bytes), payload "x".
+    bytes.extend_from_slice(&[0, 6, 4, b'n', b'o', b't', b'e', b'x']);
+    let part = dir.join(format!("{name}.part"));
+    std::fs::write(&part, bytes).unwrap();
+    std::fs::rename(&part, dir.join(name)).unwrap();
+}
+
+#[tokio::test]
+async fn policies_run_in_file_name_order_not_drop_order() {
+    let password = build_policy("password-rooms").unwrap();
+    let one_to_one = build_policy("one-to-one").unwrap();
+    let host = Host::start(&[]);
+    let dir = host.plugins_dir();
+    let login = |room: &str, name: &str, pw: &str| json!({"type":"login","data":{"roomrequest":room,"username":name,"password":pw}});
+
+    // password-rooms first (dropped last): it checks the password, then
+    // one-to-one joins.
+    drop_in(&one_to_one, &dir, "20-one-to-one.wasm");
+    drop_in(&password, &dir, "10-password-rooms.wasm");
+    host.wait_log(
+        "policy chain: 10-password-rooms → 20-one-to-one → default",
+        RELOAD,
+    );
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.send(login("first", "a", "pw")).await;
+    assert_eq!(a.recv().await["type"], "joined");
+    b.send(login("first", "b", "wrong")).await;
+    assert_error(&b.recv().await, "wrongPassword");
+
+    // one-to-one first: it decides every login, password-rooms never sees one.
+    std::fs::remove_file(dir.join("10-password-rooms.wasm")).unwrap();
+    std::fs::remove_file(dir.join("20-one-to-one.wasm")).unwrap();
+    host.wait_log("policy chain: default", RELOAD);
+    drop_in(&password, &dir, "20-password-rooms.wasm");
+    drop_in(&one_to_one, &dir, "10-one-to-one.wasm");
+    host.wait_log(
+        "policy chain: 10-one-to-one → 20-password-rooms → default",
+        RELOAD,
+    );
+    let (mut c, mut d) = (host.client().await, host.client().await);
+    c.send(login("second", "c", "pw")).await;
+    assert_eq!(c.recv().await["type"], "joined");
+    d.send(login("second", "d", "wrong")).await;
+    assert_eq!(d.recv().await["type"], "joined", "no password check");
+}
+
+#[tokio::test]
+async fn the_key_value_store_is_capped_at_4_mib_and_survives_a_reload() {
+    let wasm = hostile();
+    let host = Host::start(&[]);
+    let dir = host.plugins_dir();
+    drop_in(&wasm, &dir, "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let mut a = host.client().await;
+
+    a.send(json!({"type":"kv-put","data":"keep me"})).await;
+    assert_eq!(a.recv().await, json!({"type":"kv-put","from":"","ok":true}));
+    a.send(json!({"type":"kv-fill"})).await;
+    let filled = a.recv().await;
+    let stored = filled["stored"].as_u64().unwrap();
+    const CAP: u64 = 4 * 1024 * 1024;
+    // 16 000-byte values (plus their keys) until the next would pass 4 MiB.
+    assert!(
+        stored <= CAP && stored + 2 * 16_100 > CAP,
+        "{stored} bytes stored: {filled}"
+    );
+    assert!(
+        filled["error"].as_str().is_some_and(|e| e.contains("full")),
+        "{filled}"
+    );
+
+    // A new version of the same file keeps the policy's entries.
+    new_version_of(&wasm, &dir, "10-hostile.wasm");
+    host.wait_log("policy 10-hostile.wasm loaded", RELOAD);
+    a.send(json!({"type":"kv-get"})).await;
+    assert_eq!(a.recv().await["value"], "keep me");
+}
+
+#[tokio::test]
+async fn a_replaced_file_lifts_the_quarantine() {
+    let wasm = hostile();
+    let host = Host::start(&[]);
+    let dir = host.plugins_dir();
+    drop_in(&wasm, &dir, "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.login("q", "a").await;
+    b.login("q", "b").await;
+    a.recv().await;
+    for _ in 0..5 {
+        a.send(json!({"type":"trap"})).await;
+        assert_error(&a.recv().await, "internal");
+    }
+    host.wait_log("quarantined", RELOAD);
+    b.send(json!({"type":"candidate","to":a.id,"data":"x"}))
+        .await;
+    assert_error(&b.recv().await, "internal");
+
+    new_version_of(&wasm, &dir, "10-hostile.wasm");
+    host.wait_log("policy 10-hostile.wasm loaded", RELOAD);
+    b.send(json!({"type":"candidate","to":a.id,"data":"back"}))
+        .await;
+    assert_eq!(a.recv().await["data"], "back");
+}
+
+#[tokio::test]
+async fn the_host_refuses_illegal_policy_actions() {
+    let host = Host::start(&[]);
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.login("r", "a").await;
+    b.login("r", "b").await;
+    a.recv().await;
+
+    for (what, logged) in [
+        ("send-joined", "policy send refused"),
+        ("send-not-json", "policy send refused"),
+        ("close-1001", "policy close refused"),
+        ("join-other", "policy join refused"),
+        ("bad-error-type", "policy error refused"),
+    ] {
+        a.send(json!({"type":"illegal","data":{"what":what,"target":b.id}}))
+            .await;
+        host.wait_log(logged, RELOAD);
+    }
+    // None of it reached b, which is still in its room, open: the next
+    // thing it gets is a's candidate.
+    a.send(json!({"type":"candidate","to":b.id,"data":"after"}))
+        .await;
+    assert_eq!(b.recv().await["data"], "after");
+    b.send(json!({"type":"candidate","to":a.id,"data":"still here"}))
+        .await;
+    assert_eq!(a.recv().await["data"], "still here");
+}
+
+#[tokio::test]
+async fn wasi_gives_a_policy_no_files_environment_or_sockets() {
+    // Something to connect to, and a variable the host has.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let host = Host::start(&[]);
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let mut a = host.client().await;
+    a.send(json!({"type":"wasi","data":target})).await;
+    let got = a.recv().await;
+    assert_eq!(got["readDir"], false, "{got}");
+    assert_eq!(got["open"], false, "{got}");
+    assert_eq!(got["write"], false, "{got}");
+    assert_eq!(got["env"], 0, "{got}");
+    assert_eq!(got["args"], 0, "{got}");
+    assert!(got["tcp"].is_string(), "a socket was opened: {got}");
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "nothing connected");
+}
+
+#[tokio::test]
+async fn an_on_connect_deny_closes_new_sockets() {
+    let host = Host::start(&[]);
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let mut a = host.client().await;
+    a.login("r", "a").await;
+    a.send(json!({"type":"deny-connects"})).await;
+    assert_eq!(a.recv().await["ok"], true);
+
+    let mut refused = host.client().await;
+    match refused.next_message().await {
+        Some(tokio_tungstenite::tungstenite::Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), 1008);
+            assert_eq!(f.reason.as_str(), "no new connections");
+        }
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+    host.wait_log("connection refused by policy: no new connections", RELOAD);
+    // The session already in keeps working.
+    a.send(json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
+        .await;
+    assert_eq!(a.recv().await["type"], "randomCheckResult");
+}

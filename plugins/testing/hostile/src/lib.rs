@@ -1,12 +1,34 @@
-//! A policy that misbehaves on request, for the host's sandbox tests: a
-//! message of type `loop` spins forever, `trap` panics, `oom` allocates
-//! until it is stopped, `sleep` waits an hour on a WASI clock. Anything else passes to the next policy.
+//! A policy that misbehaves on request, for the host's sandbox tests:
+//! - `loop` spins forever, `trap` panics, `oom` allocates until it is
+//!   stopped, `sleep` waits an hour on a WASI clock;
+//! - `illegal` returns the action its `data` names, one the host must refuse
+//!   (`{"what": "send-joined" | "send-not-json" | "close-1001" |
+//!   "join-other" | "bad-error-type", "target": sessionId}`);
+//! - `kv-fill` stores 16 000-byte values until the key-value store refuses, and
+//!   answers `{"type":"kv-fill","stored":bytes,"error":text}`;
+//!   `kv-put` stores its `data` (a string), `kv-get` answers it back;
+//! - `wasi` tries files, the environment and a socket (to its `data`,
+//!   `"HOST:PORT"`), and answers what worked;
+//! - `deny-connects` makes `on-connect` deny every later socket.
+//!
+//! Anything else passes to the next policy.
 
-use webrtc_chat_policy::{Envelope, Policy, Verdict, register_policy};
+use serde_json::json;
+use webrtc_chat_policy::{
+    Action, CloseRequest, Envelope, ErrorReply, JoinRequest, Outbound, Policy, Scope, Verdict,
+    register_policy, send, state,
+};
 
 struct Hostile;
 
 impl Policy for Hostile {
+    fn on_connect(_session: &str, _peer_addr: &str) -> Verdict {
+        if state::kv_get(&Scope::Global, "deny-connects").is_some() {
+            return Verdict::Deny("no new connections".into());
+        }
+        Verdict::Next
+    }
+
     fn on_message(e: &Envelope) -> Verdict {
         match e.kind.as_str() {
             "loop" => {
@@ -28,9 +50,93 @@ impl Policy for Hostile {
                     std::hint::black_box(&hoard);
                 }
             }
+            "illegal" => Verdict::Done(vec![illegal(e)]),
+            "kv-fill" => {
+                let chunk = "x".repeat(16_000);
+                let (mut stored, mut error) = (0usize, String::new());
+                for i in 0..1000 {
+                    match state::kv_set(&Scope::Global, &format!("fill-{i}"), Some(&chunk)) {
+                        Ok(()) => stored += chunk.len(),
+                        Err(e) => {
+                            error = e;
+                            break;
+                        }
+                    }
+                }
+                reply(e, json!({"type":"kv-fill","stored":stored,"error":error}))
+            }
+            "kv-put" => {
+                let value = e.data_as::<String>().unwrap_or_default();
+                let stored = state::kv_set(&Scope::Global, "kept", Some(&value));
+                reply(e, json!({"type":"kv-put","ok":stored.is_ok()}))
+            }
+            "kv-get" => {
+                let value = state::kv_get(&Scope::Global, "kept");
+                reply(e, json!({"type":"kv-get","value":value}))
+            }
+            "wasi" => {
+                let target = e.data_as::<String>().unwrap_or_default();
+                reply(
+                    e,
+                    json!({
+                        "type": "wasi",
+                        "readDir": std::fs::read_dir("/").is_ok(),
+                        "open": std::fs::File::open("/etc/passwd").is_ok(),
+                        "write": std::fs::write("/tmp/hostile-policy", "x").is_ok(),
+                        "cwd": std::env::current_dir().is_ok(),
+                        "env": std::env::vars().count(),
+                        "args": std::env::args().count(),
+                        "tcp": std::net::TcpStream::connect(&target).map_err(|e| e.to_string()).err(),
+                    }),
+                )
+            }
+            "deny-connects" => {
+                let set = state::kv_set(&Scope::Global, "deny-connects", Some("1"));
+                reply(e, json!({"type":"deny-connects","ok":set.is_ok()}))
+            }
             _ => Verdict::Next,
         }
     }
 }
 
 register_policy!(Hostile);
+
+fn reply(e: &Envelope, frame: serde_json::Value) -> Verdict {
+    Verdict::Done(vec![send(&e.from, &frame)])
+}
+
+/// An action the host must refuse.
+fn illegal(e: &Envelope) -> Action {
+    let data = e.json().unwrap_or_default();
+    let what = data["what"].as_str().unwrap_or_default();
+    let target = data["target"].as_str().unwrap_or_default().to_string();
+    match what {
+        // A host type, forged.
+        "send-joined" => Action::Send(Outbound {
+            to: target,
+            frame: json!({"type":"joined","data":"forged"}).to_string(),
+        }),
+        "send-not-json" => Action::Send(Outbound {
+            to: target,
+            frame: "not json".into(),
+        }),
+        // 1001 is the host's own (going away).
+        "close-1001" => Action::Close(CloseRequest {
+            session: target,
+            code: 1001,
+            reason: "forged".into(),
+        }),
+        // Only the sender may be joined.
+        "join-other" => Action::Join(JoinRequest {
+            session: target,
+            room: "elsewhere".into(),
+            username: "moved".into(),
+            capacity: 10,
+        }),
+        _ => Action::Error(ErrorReply {
+            to: target,
+            error_type: "not a valid type!".into(),
+            error_text: "x".into(),
+        }),
+    }
+}
