@@ -488,3 +488,29 @@ async fn an_on_connect_deny_closes_new_sockets() {
         .await;
     assert_eq!(a.recv().await["type"], "randomCheckResult");
 }
+
+#[tokio::test]
+async fn the_default_policy_fails_call_by_call_but_is_never_quarantined() {
+    // The default passes its start-up call in 4 MiB, but a 6 MB `data`
+    // does not fit: each such call fails (closed), as a missed deadline
+    // on an overloaded machine would.
+    let host = Host::start(&[
+        "--policy-memory-mib",
+        "4",
+        "--max-frame-bytes",
+        "8388608",
+        "--send-queue-bytes",
+        "33554432",
+    ]);
+    let mut a = host.client().await;
+    let big = "x".repeat(6_000_000);
+    for _ in 0..7 {
+        a.send(json!({"type":"randomCheck","data":big})).await;
+        assert_error(&a.recv().await, "internal");
+    }
+    host.wait_log("exceeded its memory cap of 4 MiB", RELOAD);
+    // Still in service: the next ordinary call is answered.
+    a.send(json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}))
+        .await;
+    assert_eq!(a.recv().await["data"]["result"], "ok");
+}
