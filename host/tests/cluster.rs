@@ -437,7 +437,8 @@ async fn redis_restarted_mid_call_the_call_continues() {
 fn cluster_flags_fail_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(common::host_bin())
+        // No WEBRTC_CHAT_* of the caller's; a policy cache of its own.
+        let out = common::host_command()
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -446,13 +447,13 @@ fn cluster_flags_fail_with_one_clear_line() {
                 "--turn-port",
                 "0",
             ])
-            .args(["--metrics-addr", "off"])
+            .args(["--metrics-addr", "off", "--cache-dir"])
+            .arg(dir.path().join("cache"))
             .arg("--ssl-dir")
             .arg(dir.path().join("ssl"))
             .arg("--plugins-dir")
             .arg(dir.path().join("plugins"))
             .args(args)
-            .env("NO_COLOR", "1")
             .output()
             .unwrap();
         assert!(!out.status.success());
