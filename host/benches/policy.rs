@@ -47,7 +47,7 @@ fn main() {
     };
     let engine = PolicyEngine::new(settings(None)).unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
-    let cached_engine = PolicyEngine::new(settings(Some(cache_dir.path()))).unwrap();
+    let cached_engine = PolicyEngine::new(settings(Some(&cache_dir.path().join("cache")))).unwrap();
 
     // Load times.
     let mut cold = Vec::new();

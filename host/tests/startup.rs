@@ -9,7 +9,8 @@ fn run_host(args: &[&str]) -> (bool, String) {
     let out = common::host_command()
         .args(["--turn-port", "0", "--turn-tls-port", "0"])
         .args(["--metrics-addr", "127.0.0.1:0", "--cache-dir"])
-        .arg(cache.path())
+        // A subdirectory: the cache's key is kept beside it.
+        .arg(cache.path().join("cache"))
         .args(args)
         .output()
         .expect("run host");
@@ -348,13 +349,94 @@ async fn a_broken_plugin_already_in_place_does_not_stop_the_start() {
     assert_eq!(a.recv().await["data"]["result"], "ok");
 }
 
+/// A precompiled component is native code: one that was tampered with,
+/// is not the host user's, is writable by others or is a symlink is
+/// refused with one log line, and the policy is compiled afresh.
+#[test]
+fn a_tampered_or_foreign_cache_file_is_refused_and_compiled_afresh() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let cache = base.path().join("cache");
+    let cache_arg = cache.to_str().unwrap();
+    let run = || -> Vec<String> {
+        let mut host = common::Host::start(&["--cache-dir", cache_arg]);
+        assert!(host.terminate(std::time::Duration::from_secs(10)).is_some());
+        host.startup
+            .iter()
+            .filter(|l| l.contains("policy cache: refusing"))
+            .cloned()
+            .collect()
+    };
+    let cached = || -> std::path::PathBuf {
+        let files: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    };
+    assert!(run().is_empty());
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the cache directory is the host user's alone");
+    assert!(run().is_empty(), "an intact file is used");
+
+    // One byte of the compiled code changed.
+    let file = cached();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&file, &bytes).unwrap();
+    let refused = run();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("tampered"), "{refused:?}");
+    assert!(run().is_empty(), "compiled afresh and cached again");
+
+    // Writable by others.
+    let file = cached();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = run();
+    assert!(
+        refused.len() == 1 && refused[0].contains("writable"),
+        "{refused:?}"
+    );
+
+    // A symlink in its place.
+    let file = cached();
+    let elsewhere = base.path().join("elsewhere.cwasm");
+    std::fs::rename(&file, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+    let refused = run();
+    assert!(
+        refused.len() == 1 && refused[0].contains("symlink"),
+        "{refused:?}"
+    );
+
+    // Another user's file (checked when the tests run as root, who can
+    // give a file away).
+    let file = cached();
+    let given = std::process::Command::new("chown")
+        .args(["65534", file.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if given {
+        let refused = run();
+        assert!(
+            refused.len() == 1 && refused[0].contains("owned by uid 65534"),
+            "{refused:?}"
+        );
+    }
+}
+
 #[test]
 fn the_precompiled_policy_cache_is_reused_on_restart() {
     use std::os::unix::fs::MetadataExt;
-    let cache = tempfile::tempdir().unwrap();
-    let cache_arg = cache.path().to_str().unwrap();
+    let base = tempfile::tempdir().unwrap();
+    // A subdirectory: the cache's key is kept beside it.
+    let cache = base.path().join("cache");
+    let cache_arg = cache.to_str().unwrap();
     let cached = || -> Vec<(std::ffi::OsString, u64)> {
-        let mut v: Vec<_> = std::fs::read_dir(cache.path())
+        let mut v: Vec<_> = std::fs::read_dir(&cache)
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
