@@ -336,12 +336,36 @@ async fn a_killed_host_is_logged_out_and_its_room_lives_on() {
     let mut carol = hosts[2].client().await;
     carol.login("standup", "carol").await;
     assert_eq!(bob.recv().await["username"], "carol");
+    // Two who stay silent from now on, one on each surviving host.
+    let mut erin = hosts[1].client().await;
+    erin.login("standup", "erin").await;
+    let mut frank = hosts[2].client().await;
+    frank.login("standup", "frank").await;
+    for c in [&mut bob, &mut carol] {
+        assert_eq!(c.recv().await["username"], "erin");
+        assert_eq!(c.recv().await["username"], "frank");
+    }
+    assert_eq!(erin.recv().await["username"], "frank");
 
     kill9(&hosts[0]);
-    for c in [&mut bob, &mut carol] {
+    for c in [&mut bob, &mut carol, &mut erin, &mut frank] {
         let logout = recv_within(c, SLOW).await;
         assert_eq!(logout["type"], "logout", "{logout}");
         assert_eq!(logout["data"]["sessionId"], alice.id.as_str());
+    }
+    // They leave without having said a word since the takeover: whichever
+    // host now owns the room hears of it.
+    drop(erin);
+    drop(frank);
+    for c in [&mut bob, &mut carol] {
+        let mut gone = Vec::new();
+        for _ in 0..2 {
+            let logout = recv_within(c, SLOW).await;
+            assert_eq!(logout["type"], "logout", "{logout}");
+            gone.push(logout["data"]["username"].as_str().unwrap().to_string());
+        }
+        gone.sort();
+        assert_eq!(gone, ["erin", "frank"]);
     }
     // The room lives on, now owned by host 1 or 2.
     bob.send(json!({"type":"offer","to":carol.id,"data":{"sdp":"again"}}))

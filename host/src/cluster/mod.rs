@@ -452,13 +452,26 @@ impl Cluster {
                 }
             }
             Msg::Owner { src, s, room, name } => {
-                if hub.registry.handle_of(&s).is_some() {
-                    let route = Route {
-                        room: Arc::from(room),
-                        owner: Arc::from(src),
-                        username: Arc::from(name),
-                    };
-                    self.routes.lock().insert(Arc::from(s), route);
+                let owner: Arc<str> = Arc::from(src);
+                match hub.registry.session_key(&s) {
+                    Some(id) if !self.is_proxy(&id) => {
+                        let route = Route {
+                            room: Arc::from(room),
+                            owner: owner.clone(),
+                            username: Arc::from(name),
+                        };
+                        self.routes.lock().insert(id.clone(), route);
+                        // Told when the session ends.
+                        self.touched.lock().entry(id).or_default().insert(owner);
+                    }
+                    // It ended meanwhile: the new owner forgets it.
+                    _ => self.send(
+                        &owner,
+                        &Msg::Gone {
+                            src: self.id.to_string(),
+                            s,
+                        },
+                    ),
                 }
             }
             Msg::Deliver { s, t, .. } => {
@@ -611,6 +624,32 @@ impl Cluster {
         }
     }
 
+    /// A `login` relayed here names a room this host owns (or may claim):
+    /// a room is never made on a host without its lease.
+    async fn owns_target(&self, hub: &Hub, text: &str) -> bool {
+        let Ok(inbound) = frame::parse(text) else {
+            return true;
+        };
+        if inbound.kind != "login" {
+            return true;
+        }
+        let Some(room) = inbound.data.and_then(|d| login_room(d.get())) else {
+            return true;
+        };
+        if hub.registry.room_exists(&room) {
+            return true;
+        }
+        match self.store.claim(&room, &self.id, LEASE_TTL, "").await {
+            Ok(owner) if *owner == *self.id => {
+                self.claims
+                    .lock()
+                    .insert(Arc::from(room.as_str()), Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Handles a proxy's frames one at a time, in order, as a local
     /// session's reader does.
     async fn proxy_worker(
@@ -631,7 +670,12 @@ impl Cluster {
                         handle: &handle,
                         host: &host,
                     };
-                    dispatch::handle_text(&hub, &sender, &text).await;
+                    if self.owns_target(&hub, &text).await {
+                        dispatch::handle_text(&hub, &sender, &text).await;
+                    } else {
+                        // The room changed hands since the edge looked.
+                        unavailable(&hub, &sender);
+                    }
                     let room = hub.registry.room_of(&id).map(|r| r.to_string());
                     let name = hub.registry.username_of(&id).map(|n| n.to_string());
                     self.send(
@@ -1020,9 +1064,11 @@ impl Cluster {
         if *owner != *self.id {
             let owner: Arc<str> = Arc::from(owner);
             let mut routes = self.routes.lock();
+            let mut touched = self.touched.lock();
             for (s, _) in &mine {
                 if let Some(r) = routes.get_mut(s) {
                     r.owner = owner.clone();
+                    touched.entry(s.clone()).or_default().insert(owner.clone());
                 }
             }
             return;
