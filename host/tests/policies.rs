@@ -194,6 +194,55 @@ async fn hostile_policies_fail_closed_and_others_keep_talking() {
     host.wait_log("exceeded its memory cap of 32 MiB", RELOAD);
 }
 
+/// Limits per policy from a sidecar NAME.toml, watched like the .wasm:
+/// writing, changing or breaking it takes effect without a restart.
+#[tokio::test]
+async fn a_sidecar_toml_sets_one_policys_limits_without_a_restart() {
+    let host = Host::start(&[]);
+    let dir = host.plugins_dir();
+    // Generous deadline: the memory bomb must meet its cap first.
+    std::fs::write(
+        dir.join("10-hostile.toml"),
+        "memory_mib = 8\ndeadline_ms = 2000\n",
+    )
+    .unwrap();
+    drop_in(&hostile(), &dir, "10-hostile.wasm");
+    host.wait_log("memory cap 8 MiB, deadline 2000 ms", RELOAD);
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let mut a = host.client().await;
+    a.send(json!({"type":"oom"})).await;
+    assert_error(&a.recv().await, "internal");
+    host.wait_log("exceeded its memory cap of 8 MiB", RELOAD);
+
+    std::fs::write(
+        dir.join("10-hostile.toml"),
+        "memory_mib = 12\ndeadline_ms = 2000\n",
+    )
+    .unwrap();
+    host.wait_log("memory cap 12 MiB, deadline 2000 ms", RELOAD);
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    a.send(json!({"type":"oom"})).await;
+    assert_error(&a.recv().await, "internal");
+    host.wait_log("exceeded its memory cap of 12 MiB", RELOAD);
+
+    // A mistake is one line, and the policy keeps its last good settings.
+    std::fs::write(dir.join("10-hostile.toml"), "memory = 64\n").unwrap();
+    let line = host.wait_log("10-hostile.wasm not loaded", RELOAD);
+    assert!(
+        line.contains("10-hostile.toml are wrong")
+            && line.contains("allowed keys")
+            && line.contains("previous version keeps running"),
+        "{line}"
+    );
+    a.send(json!({"type":"oom"})).await;
+    assert_error(&a.recv().await, "internal");
+    host.wait_log("exceeded its memory cap of 12 MiB", RELOAD);
+
+    // Without a sidecar, the host's flags apply again.
+    std::fs::remove_file(dir.join("10-hostile.toml")).unwrap();
+    host.wait_log("memory cap 32 MiB, deadline 50 ms", RELOAD);
+}
+
 #[tokio::test]
 async fn an_endless_loop_is_stopped_at_the_default_deadline() {
     let host = Host::start(&[]);

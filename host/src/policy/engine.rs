@@ -142,6 +142,21 @@ impl PolicyEngine {
     /// milliseconds of CPU: run it off the async workers (`spawn_blocking`
     /// or a thread of its own with `Handle::block_on`).
     pub async fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<LoadedPolicy>, LoadError> {
+        self.load_with(name, bytes, self.limits).await
+    }
+
+    /// The host's sandbox limits (the flags), before any sidecar.
+    pub fn limits(&self) -> SandboxLimits {
+        self.limits
+    }
+
+    /// [`load`](Self::load) with limits of its own (a sidecar `NAME.toml`).
+    pub async fn load_with(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        limits: SandboxLimits,
+    ) -> Result<Arc<LoadedPolicy>, LoadError> {
         let component = match &self.cache {
             Some(cache) => cache.component(&self.engine, bytes),
             None => Component::new(&self.engine, bytes),
@@ -165,7 +180,7 @@ impl PolicyEngine {
             pre,
             self.engine.clone(),
             self.ctx.clone(),
-            self.limits,
+            limits,
         ));
         let canary = Envelope {
             kind: "webrtc-chat.canary".into(),

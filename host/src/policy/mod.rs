@@ -15,12 +15,14 @@ pub mod kv;
 mod pool;
 mod quarantine;
 pub mod reload;
+mod settings;
 
 pub use bindings::{Action, CloseRequest, Envelope, ErrorReply, JoinRequest, Outbound, Verdict};
 pub use chain::{Decision, PolicyChain};
 pub use engine::{EngineSettings, LoadError, PolicyEngine, SandboxLimits};
 pub use imports::{PolicyContext, RoomView};
 pub use pool::{CallError, LoadedPolicy, PolicyStats};
+pub use settings::PolicySettings;
 
 /// Where the chain in force lives: swapped whole on reload; a message uses
 /// the chain it started with.

@@ -1,5 +1,6 @@
-//! `PolicyDirectory`: the drop-in directory of `.wasm` policies. It watches
-//! the directory (non-recursively, debounced), loads changed files off the
+//! `PolicyDirectory`: the drop-in directory of `.wasm` policies, each with
+//! an optional sidecar `NAME.toml` of its own limits. It watches the
+//! directory (non-recursively, debounced), loads changed files off the
 //! async runtime (compile, validate against the world, canary call) and
 //! swaps the whole chain atomically. A file that fails any step leaves the
 //! running chain as it was.
@@ -14,7 +15,7 @@ use notify::{RecursiveMode, Watcher};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::{ChainSlot, LoadedPolicy, PolicyChain, PolicyEngine};
+use super::{ChainSlot, LoadedPolicy, PolicyChain, PolicyEngine, PolicySettings};
 
 /// Quiet time after the last file event before the directory is read: a
 /// file still being written produces events and is not loaded half-done.
@@ -81,7 +82,23 @@ impl PolicyDirectory {
                     continue;
                 }
             };
-            let hash: [u8; 32] = Sha256::digest(&bytes).into();
+            // The sidecar is part of what was loaded: changing it reloads.
+            let sidecar = path.with_extension("toml");
+            let settings_text = match std::fs::read_to_string(&sidecar) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    tracing::warn!("policy settings {} not read: {e}", sidecar.display());
+                    continue;
+                }
+            };
+            let mut hasher = Sha256::new();
+            hasher.update(&bytes);
+            if let Some(t) = &settings_text {
+                hasher.update([0]);
+                hasher.update(t.as_bytes());
+            }
+            let hash: [u8; 32] = hasher.finalize().into();
             let slot = slots.entry(name.clone()).or_default();
             if slot.loaded.as_ref().is_some_and(|(h, _)| *h == hash) || slot.failed == Some(hash) {
                 continue;
@@ -94,16 +111,37 @@ impl PolicyDirectory {
                 slot.failed = Some(hash);
                 continue;
             }
+            let settings = match settings_text.as_deref().map(PolicySettings::parse) {
+                None => PolicySettings::default(),
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    let keeps = if slot.loaded.is_some() {
+                        "its previous version keeps running"
+                    } else {
+                        "the running chain is unchanged"
+                    };
+                    tracing::warn!(
+                        "policy file {} not loaded: its settings {} are wrong: {e}; {keeps}",
+                        path.display(),
+                        sidecar.display()
+                    );
+                    slot.failed = Some(hash);
+                    continue;
+                }
+            };
+            let limits = settings.apply(self.engine.limits());
             let started = Instant::now();
             match self
                 .runtime
-                .block_on(self.engine.load(policy_name(name), &bytes))
+                .block_on(self.engine.load_with(policy_name(name), &bytes, limits))
             {
                 Ok(policy) => {
                     tracing::info!(
-                        "policy {name} loaded ({} KiB in {} ms)",
+                        "policy {name} loaded ({} KiB in {} ms; memory cap {} MiB, deadline {} ms)",
                         bytes.len() / 1024,
-                        started.elapsed().as_millis()
+                        started.elapsed().as_millis(),
+                        limits.memory_bytes >> 20,
+                        limits.deadline.as_millis()
                     );
                     slot.loaded = Some((hash, policy));
                     slot.failed = None;
@@ -175,7 +213,9 @@ impl PolicyDirectory {
         let mut last_stats = Instant::now();
         loop {
             match rx.recv_timeout(STATS_EVERY) {
-                Ok(Ok(event)) if touches_wasm(&event.paths) => {
+                // Opening a file is an event too (inotify's IN_OPEN): the
+                // scan's own reads must not start another scan.
+                Ok(Ok(event)) if !event.kind.is_access() && touches_wasm(&event.paths) => {
                     while rx.recv_timeout(DEBOUNCE).is_ok() {}
                     self.scan();
                 }
@@ -192,10 +232,11 @@ impl PolicyDirectory {
     }
 }
 
+/// A policy or its sidecar settings changed.
 fn touches_wasm(paths: &[PathBuf]) -> bool {
     paths
         .iter()
-        .any(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .any(|p| p.extension().is_some_and(|x| x == "wasm" || x == "toml"))
 }
 
 /// `50-password-rooms.wasm` → `50-password-rooms`: the policy's name in
