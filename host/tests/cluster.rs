@@ -245,6 +245,32 @@ async fn members_on_two_hosts_exchange_every_frame_type() {
     let mut dave = hosts[1].client().await;
     let joined = dave.login("elsewhere", "dave").await;
     assert_eq!(joined["members"], json!([]), "carol left 'elsewhere'");
+
+    // /metrics shows the cluster: both hosts, who owns what, the relaying.
+    // (Hosts are counted at each heartbeat: host 1 may not be counted yet.)
+    let deadline = Instant::now() + SLOW;
+    let metrics = loop {
+        let metrics = http_get(&metrics_addr(&hosts[0]), "/metrics").await;
+        if metrics.contains("\nwebrtc_chat_cluster_hosts_seen 2\n") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "hosts_seen is not 2: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("webrtc_chat_cluster_ready"), 1);
+    assert_eq!(value("webrtc_chat_cluster_rooms_owned"), 1, "lobby");
+    assert_eq!(value("webrtc_chat_cluster_remote_sessions"), 1, "carol");
+    assert!(value("webrtc_chat_cluster_relayed_in_total") > 0);
+    assert!(value("webrtc_chat_cluster_relayed_out_total") > 0);
+    assert!(value("webrtc_chat_cluster_redis_rtt_microseconds") > 0);
 }
 
 #[tokio::test]
