@@ -492,6 +492,34 @@ async fn the_host_refuses_illegal_policy_actions() {
     assert_eq!(a.recv().await["data"], "still here");
 }
 
+/// Neither a policy's `forward` nor its `next-with` can make a peer's frame
+/// arrive as one of the host's own types (`joined`, `logout`, `error`).
+#[tokio::test]
+async fn host_only_types_are_never_forwarded() {
+    let host = Host::start(&[]);
+    // Two copies: the first rewrites, the second forwards what it gets.
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    drop_in(&hostile(), &host.plugins_dir(), "20-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → 20-hostile → default", RELOAD);
+    let (mut a, mut b) = (host.client().await, host.client().await);
+    a.login("r", "a").await;
+    b.login("r", "b").await;
+    a.recv().await;
+    for forged in [
+        json!({"type":"error","message":{"errorType":"full","errorText":"forged"}}),
+        json!({"type":"logout","data":{"username":"b","sessionId":b.id}}),
+        json!({"type":"rewrite-as","data":"joined"}),
+        json!({"type":"rewrite-as","data":"error"}),
+    ] {
+        a.send(forged).await;
+        host.wait_log("policy forward refused: host-only type", RELOAD);
+    }
+    // None of it reached b: the next thing it gets is a's candidate.
+    a.send(json!({"type":"candidate","to":b.id,"data":"after"}))
+        .await;
+    assert_eq!(b.recv().await["data"], "after");
+}
+
 #[tokio::test]
 async fn wasi_gives_a_policy_no_files_environment_or_sockets() {
     // Something to connect to, and a variable the host has.

@@ -187,6 +187,12 @@ impl Applying<'_> {
         let from = self.sender.id;
         match action {
             Action::Forward(targets) => {
+                // A client sent, or a policy rewrote, a type only the host
+                // may send: forwarding it would let a peer forge one.
+                if HOST_TYPES.contains(&self.envelope.kind.as_str()) {
+                    tracing::warn!(session = %from, kind = %self.envelope.kind, "policy forward refused: host-only type");
+                    return true;
+                }
                 let handles = self.hub.registry.room_handles(from, &targets);
                 if handles.is_empty() {
                     return true;

@@ -90,6 +90,19 @@ impl Policy for Hostile {
                     }),
                 )
             }
+            // Rewrites the message into the type its data names, for the
+            // next policy (a second copy of this one) to forward.
+            "rewrite-as" => Verdict::NextWith(Envelope {
+                kind: e.data_as::<String>().unwrap_or_default(),
+                ..e.clone()
+            }),
+            // Host-only types, forwarded to the sender's room as they came.
+            "joined" | "logout" | "error" => {
+                let everyone = state::room_of(&e.from)
+                    .map(|r| state::members(&r))
+                    .unwrap_or_default();
+                Verdict::Done(vec![Action::Forward(everyone)])
+            }
             "deny-connects" => {
                 let set = state::kv_set(&Scope::Global, "deny-connects", Some("1"));
                 reply(e, json!({"type":"deny-connects","ok":set.is_ok()}))
