@@ -213,6 +213,19 @@ pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
     );
     let _ = writeln!(
         out,
+        "# HELP webrtc_chat_turn_relay_to_relay_bytes_total Of the bytes relayed to peers, those handed to another allocation of this server (relay-only peers meeting)."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE webrtc_chat_turn_relay_to_relay_bytes_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_relay_to_relay_bytes_total {}",
+        t.bytes_relay_to_relay
+    );
+    let _ = writeln!(
+        out,
         "# HELP webrtc_chat_turn_closed_session_gone_total Relays closed because their session ended."
     );
     let _ = writeln!(

@@ -157,6 +157,7 @@ pub(crate) struct Gate {
     pub(crate) listener: usize,
     pub(crate) ctx: CtxSlot,
     pub(crate) policy: Arc<PeerPolicy>,
+    pub(crate) registry: Arc<crate::relay::Registry>,
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) max_lifetime: Duration,
     pub(crate) nonces: Arc<NonceCache>,
@@ -265,7 +266,7 @@ impl Gate {
                             None => Verdict::Answer(Vec::new()),
                         };
                     };
-                    if let Err(why) = self.policy.check(peer.ip()) {
+                    if let Err(why) = crate::relay::check_peer(&self.policy, &self.registry, peer) {
                         crate::stats::Counters::add(&self.counters.refused_peers, 1);
                         tracing::info!(client = %src, %username, %peer, reason = %why,
                             "TURN permission refused: forbidden peer");

@@ -3,6 +3,8 @@
 //! multicast, broadcast, unspecified, reserved/documentation ranges, the
 //! IPv6 forms that embed such an IPv4 address (mapped, compatible, NAT64,
 //! 6to4) and the host's own addresses are refused unless configured.
+//! The server's own live relayed addresses are allowed on top of these
+//! rules (relay to relay, see the relay module), whatever their class.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -170,7 +172,8 @@ pub fn client_network(ip: IpAddr) -> IpAddr {
 pub enum PeerRefusal {
     /// Its class is not allowed.
     Class(PeerClass),
-    /// It is one of this host's own addresses.
+    /// It is one of this host's own addresses (and not a live relayed
+    /// address: those are allowed before this policy is asked).
     OwnAddress,
 }
 

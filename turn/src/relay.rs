@@ -2,6 +2,12 @@
 //! client network and in total; closing relays whose session is gone or whose
 //! TCP connection ended) and the relay `Conn` that refuses forbidden peers
 //! in both directions, plus the `RelayAddressGenerator` that makes them.
+//!
+//! Relay to relay: a peer that is one of this server's own live relay
+//! addresses (two clients that both relay) is allowed whatever its class,
+//! and its packets are handed to that allocation inside the process
+//! instead of through the network (which may not hairpin a NAT's public
+//! address). The server's other own addresses and ports stay refused.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,11 +16,20 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use webrtc_util::Conn;
 
 use crate::creds::parse_username;
-use crate::peer::PeerPolicy;
+use crate::peer::{PeerPolicy, PeerRefusal, canonical};
+
+/// A packet handed from one allocation to another inside the process:
+/// payload and the sender's relayed address.
+pub(crate) type LocalPacket = (Vec<u8>, SocketAddr);
+
+/// Packets one allocation may have waiting from other allocations (more
+/// are dropped, as a full socket buffer would).
+const LOCAL_QUEUE: usize = 512;
 
 /// Who is asking for the allocation being made: set by the listener gate
 /// for each Allocate request, read by the relay generator of that listener.
@@ -72,6 +87,15 @@ struct Entry {
     client: SocketAddr,
     listener: usize,
     kill: CancellationToken,
+    /// Its relayed address (canonical), once its socket is bound.
+    relay: Option<SocketAddr>,
+}
+
+/// Where packets for one live relayed address go inside the process.
+#[derive(Debug)]
+struct LocalRelay {
+    tx: mpsc::Sender<LocalPacket>,
+    kill: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -80,13 +104,33 @@ struct Inner {
     entries: HashMap<u64, Entry>,
     per_session: HashMap<String, usize>,
     per_ip: HashMap<IpAddr, usize>,
+    relays: HashMap<SocketAddr, LocalRelay>,
 }
 
-/// Live allocations, for quotas and for closing them from outside.
+/// Live allocations, for quotas, for closing them from outside and for
+/// relay-to-relay delivery.
 #[derive(Debug)]
 pub(crate) struct Registry {
     limits: Limits,
+    /// The addresses advertised in XOR-RELAYED-ADDRESS (canonical): only
+    /// peers on them are looked up among the live relays.
+    relay_ips: Vec<IpAddr>,
     inner: Mutex<Inner>,
+}
+
+/// Decides whether a relay may exchange packets with `peer`: one of this
+/// server's own live relayed addresses is allowed whatever its class;
+/// everything else is up to the [`PeerPolicy`] (which refuses the server's
+/// own addresses).
+pub(crate) fn check_peer(
+    policy: &PeerPolicy,
+    registry: &Registry,
+    peer: SocketAddr,
+) -> Result<(), PeerRefusal> {
+    if registry.is_live_relay(peer) {
+        return Ok(());
+    }
+    policy.check(peer.ip())
 }
 
 fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, k: &K) {
@@ -99,11 +143,51 @@ fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, k: &K) {
 }
 
 impl Registry {
-    pub(crate) fn new(limits: Limits) -> Arc<Self> {
+    /// A registry whose relays are advertised on `relay_ips`.
+    pub(crate) fn new(limits: Limits, relay_ips: Vec<IpAddr>) -> Arc<Self> {
         Arc::new(Self {
             limits,
+            relay_ips: relay_ips.into_iter().map(canonical).collect(),
             inner: Mutex::new(Inner::default()),
         })
+    }
+
+    fn canonical_relay(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        let ip = canonical(addr.ip());
+        self.relay_ips
+            .contains(&ip)
+            .then_some(SocketAddr::new(ip, addr.port()))
+    }
+
+    /// Records the relayed address of allocation `id`; returns the queue
+    /// that other allocations deliver to it through.
+    fn bind_relay(&self, id: u64, relay: SocketAddr) -> mpsc::Receiver<LocalPacket> {
+        let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
+        let relay = SocketAddr::new(canonical(relay.ip()), relay.port());
+        let mut g = lock(&self.inner);
+        if let Some(e) = g.entries.get_mut(&id) {
+            e.relay = Some(relay);
+            let kill = e.kill.clone();
+            g.relays.insert(relay, LocalRelay { tx, kill });
+        }
+        rx
+    }
+
+    /// True when `addr` is the relayed address of a live allocation here.
+    pub(crate) fn is_live_relay(&self, addr: SocketAddr) -> bool {
+        self.local_relay(addr).is_some()
+    }
+
+    /// The in-process queue of the live allocation relayed at `addr`.
+    /// Costs one comparison per advertised address when `addr` is not on
+    /// one of them.
+    fn local_relay(&self, addr: SocketAddr) -> Option<mpsc::Sender<LocalPacket>> {
+        let addr = self.canonical_relay(addr)?;
+        let g = lock(&self.inner);
+        g.relays
+            .get(&addr)
+            .filter(|r| !r.kill.is_cancelled())
+            .map(|r| r.tx.clone())
     }
 
     /// Counts one more allocation for `ctx`, or says which quota is full.
@@ -135,6 +219,7 @@ impl Registry {
                 client: ctx.client,
                 listener: ctx.listener,
                 kill: kill.clone(),
+                relay: None,
             },
         );
         *g.per_ip.entry(ip).or_insert(0) += 1;
@@ -151,6 +236,9 @@ impl Registry {
         let mut g = lock(&self.inner);
         if let Some(e) = g.entries.remove(&id) {
             e.kill.cancel();
+            if let Some(relay) = e.relay {
+                g.relays.remove(&relay);
+            }
             let ip = crate::peer::client_network(e.client.ip());
             dec(&mut g.per_ip, &ip);
             dec(&mut g.per_session, &e.session);
@@ -186,6 +274,11 @@ impl Registry {
                 e.kill.cancel();
             }
         }
+    }
+
+    #[cfg(test)]
+    fn relays_is_empty(&self) -> bool {
+        lock(&self.inner).relays.is_empty()
     }
 
     /// Number of live allocations.
@@ -273,6 +366,8 @@ pub(crate) struct FilteredRelayConn {
     relay_addr: SocketAddr,
     bandwidth: Option<Bandwidth>,
     counters: Arc<crate::stats::Counters>,
+    /// Packets from other allocations of this server (relay to relay).
+    local: tokio::sync::Mutex<mpsc::Receiver<LocalPacket>>,
 }
 
 impl FilteredRelayConn {
@@ -292,14 +387,25 @@ impl Conn for FilteredRelayConn {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        // Only the crate's one read loop per allocation calls this.
+        let mut local = self.local.lock().await;
         loop {
             tokio::select! {
                 _ = self.lease.kill.cancelled() => {
                     return Err(webrtc_util::Error::ErrAlreadyClosed);
                 }
+                Some((pkt, from)) = local.recv() => {
+                    // Checked by the sending allocation (it aimed at us).
+                    let n = pkt.len().min(buf.len());
+                    buf[..n].copy_from_slice(&pkt[..n]);
+                    if self.within_bandwidth(n) {
+                        crate::stats::Counters::add(&self.counters.bytes_from_peers, n as u64);
+                        return Ok((n, from));
+                    }
+                }
                 r = self.socket.recv_from(buf) => {
                     let (n, from) = r?;
-                    if !self.policy.allows(from.ip()) {
+                    if check_peer(&self.policy, &self.lease.registry, from).is_err() {
                         tracing::debug!(relay = %self.relay_addr, peer = %from,
                             "dropped a packet from a forbidden peer");
                         continue;
@@ -321,6 +427,17 @@ impl Conn for FilteredRelayConn {
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         if self.lease.kill.is_cancelled() {
             return Err(webrtc_util::Error::ErrAlreadyClosed);
+        }
+        if let Some(tx) = self.lease.registry.local_relay(target) {
+            // Relay to relay: handed over in the process; a full queue
+            // drops, as a congested path would.
+            if self.within_bandwidth(buf.len())
+                && tx.try_send((buf.to_vec(), self.relay_addr)).is_ok()
+            {
+                crate::stats::Counters::add(&self.counters.bytes_to_peers, buf.len() as u64);
+                crate::stats::Counters::add(&self.counters.bytes_relay_to_relay, buf.len() as u64);
+            }
+            return Ok(buf.len());
         }
         if let Err(why) = self.policy.check(target.ip()) {
             tracing::debug!(relay = %self.relay_addr, peer = %target, reason = %why,
@@ -463,6 +580,7 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
             .map_err(|e| turn::Error::Other(e.to_string()))?
             .port();
         let relay_addr = SocketAddr::new(relay_ip, port);
+        let local = self.registry.bind_relay(lease.id, relay_addr);
         crate::stats::Counters::add(&self.counters.allocations_made, 1);
         tracing::debug!(client = %ctx.client, %relay_addr, "TURN allocation made");
         let conn = FilteredRelayConn {
@@ -472,6 +590,7 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
             relay_addr,
             bandwidth: self.bandwidth.map(Bandwidth::new),
             counters: Arc::clone(&self.counters),
+            local: tokio::sync::Mutex::new(local),
         };
         Ok((Arc::new(conn), relay_addr))
     }
@@ -493,11 +612,14 @@ mod tests {
 
     #[test]
     fn quotas_count_and_release() {
-        let r = Registry::new(Limits {
-            per_session: 2,
-            per_ip: 3,
-            total: 4,
-        });
+        let r = Registry::new(
+            Limits {
+                per_session: 2,
+                per_ip: 3,
+                total: 4,
+            },
+            Vec::new(),
+        );
         let a1 = r.reserve(&ctx("1:a", "1.1.1.1:1")).expect("a1");
         let _a2 = r.reserve(&ctx("1:a", "1.1.1.1:2")).expect("a2");
         // A new credential (another expiry) of the same session counts too.
@@ -524,11 +646,14 @@ mod tests {
 
     #[test]
     fn ipv6_clients_are_counted_per_64() {
-        let r = Registry::new(Limits {
-            per_session: 9,
-            per_ip: 2,
-            total: 9,
-        });
+        let r = Registry::new(
+            Limits {
+                per_session: 9,
+                per_ip: 2,
+                total: 9,
+            },
+            Vec::new(),
+        );
         let _a = r.reserve(&ctx("1:a", "[2001:db8:1:2::1]:1")).expect("a");
         let _b = r.reserve(&ctx("1:b", "[2001:db8:1:2::2]:1")).expect("b");
         assert_eq!(
@@ -538,6 +663,40 @@ mod tests {
         let _d = r
             .reserve(&ctx("1:d", "[2001:db8:1:3::1]:1"))
             .expect("another /64");
+    }
+
+    #[test]
+    fn own_public_address_allowed_only_on_live_relay_ports() {
+        let own: IpAddr = "8.8.8.8".parse().expect("ip");
+        let policy = PeerPolicy {
+            own: vec![own],
+            ..PeerPolicy::default()
+        };
+        let r = Registry::new(
+            Limits {
+                per_session: 9,
+                per_ip: 9,
+                total: 9,
+            },
+            vec![own],
+        );
+        let relay: SocketAddr = "8.8.8.8:50000".parse().expect("addr");
+        let a = r.reserve(&ctx("1:a", "1.1.1.1:1")).expect("a");
+        let _rx = r.bind_relay(a.id, relay);
+        assert_eq!(check_peer(&policy, &r, relay), Ok(()));
+        let mapped: SocketAddr = "[::ffff:8.8.8.8]:50000".parse().expect("addr");
+        assert_eq!(check_peer(&policy, &r, mapped), Ok(()));
+        let service: SocketAddr = "8.8.8.8:3478".parse().expect("addr");
+        assert_eq!(
+            check_peer(&policy, &r, service),
+            Err(PeerRefusal::OwnAddress)
+        );
+        // Closed (by the reaper, then released): refused again.
+        r.close_unhonoured(|_| false);
+        assert_eq!(check_peer(&policy, &r, relay), Err(PeerRefusal::OwnAddress));
+        drop(a);
+        assert_eq!(check_peer(&policy, &r, relay), Err(PeerRefusal::OwnAddress));
+        assert!(r.relays_is_empty());
     }
 
     #[test]
@@ -556,11 +715,14 @@ mod tests {
 
     #[test]
     fn close_unhonoured_cancels_only_gone_sessions() {
-        let r = Registry::new(Limits {
-            per_session: 9,
-            per_ip: 9,
-            total: 9,
-        });
+        let r = Registry::new(
+            Limits {
+                per_session: 9,
+                per_ip: 9,
+                total: 9,
+            },
+            Vec::new(),
+        );
         let a = r.reserve(&ctx("1:alive", "1.1.1.1:1")).expect("a");
         let b = r.reserve(&ctx("1:gone", "1.1.1.1:2")).expect("b");
         assert_eq!(r.close_unhonoured(|s| s == "alive"), 1);

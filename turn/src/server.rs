@@ -188,11 +188,18 @@ impl TurnServer {
             directory: Arc::clone(&directory),
             counters: Arc::clone(&counters),
         });
-        let registry = Registry::new(Limits {
-            per_session: cfg.max_allocations_per_session,
-            per_ip: cfg.max_allocations_per_ip,
-            total: cfg.max_allocations_total,
-        });
+        let registry = Registry::new(
+            Limits {
+                per_session: cfg.max_allocations_per_session,
+                per_ip: cfg.max_allocations_per_ip,
+                total: cfg.max_allocations_total,
+            },
+            [relay_v4, relay_v6]
+                .into_iter()
+                .flatten()
+                .map(|(_, adv)| adv)
+                .collect(),
+        );
         let shutdown = CancellationToken::new();
         // Stops the tasks started so far if a later step fails.
         let started = shutdown.clone().drop_guard();
@@ -259,6 +266,7 @@ impl TurnServer {
                     listener: i,
                     ctx: Arc::clone(&ctx),
                     policy: Arc::clone(&policy),
+                    registry: Arc::clone(&registry),
                     auth: Arc::clone(&auth),
                     max_lifetime: cfg.effective_max_lifetime(),
                     nonces: Arc::clone(&nonces),

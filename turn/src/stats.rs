@@ -23,6 +23,9 @@ pub struct TurnStats {
     /// Payload bytes relayed to peers, and from peers back to clients.
     pub bytes_to_peers: u64,
     pub bytes_from_peers: u64,
+    /// Of `bytes_to_peers`, those handed to another allocation of this
+    /// server inside the process (relay to relay).
+    pub bytes_relay_to_relay: u64,
 }
 
 /// The live counters behind [`TurnStats`].
@@ -35,6 +38,7 @@ pub(crate) struct Counters {
     pub(crate) closed_session_gone: AtomicU64,
     pub(crate) bytes_to_peers: AtomicU64,
     pub(crate) bytes_from_peers: AtomicU64,
+    pub(crate) bytes_relay_to_relay: AtomicU64,
 }
 
 impl Counters {
@@ -53,6 +57,7 @@ impl Counters {
             closed_session_gone: get(&self.closed_session_gone),
             bytes_to_peers: get(&self.bytes_to_peers),
             bytes_from_peers: get(&self.bytes_from_peers),
+            bytes_relay_to_relay: get(&self.bytes_relay_to_relay),
         }
     }
 }
