@@ -566,6 +566,23 @@ async fn an_on_connect_deny_closes_new_sockets() {
     assert_eq!(a.recv().await["type"], "randomCheckResult");
 }
 
+/// What a policy's `on-connect` answers with `done` is applied, not dropped.
+#[tokio::test]
+async fn on_connect_actions_are_applied() {
+    let host = Host::start(&[]);
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let mut a = host.client().await;
+    a.send(json!({"type":"greet-connects"})).await;
+    assert_eq!(a.recv().await["ok"], true);
+    let mut greeted = host.client().await;
+    let first = greeted.recv().await;
+    assert_eq!(first["type"], "greeting", "{first}");
+    assert_eq!(first["from"], "");
+    // And the session goes on as usual.
+    greeted.login("r", "g").await;
+}
+
 #[tokio::test]
 async fn the_default_policy_fails_call_by_call_but_is_never_quarantined() {
     // The default passes its start-up call in 4 MiB, but a 6 MB `data`

@@ -122,33 +122,7 @@ async fn handle_here(hub: &Hub, sender: &Sender<'_>, text: &str) {
 pub async fn handle_disconnect(hub: &Hub, sender: &Sender<'_>) {
     let chain = hub.chain.load_full();
     let actions = chain.on_disconnect(sender.id).await;
-    if !actions.is_empty() {
-        let inbound = Inbound {
-            kind: "disconnect".into(),
-            to: None,
-            data: None,
-            extras: Vec::new(),
-        };
-        let mut ctx = Applying {
-            hub,
-            sender,
-            inbound: &inbound,
-            envelope: Envelope {
-                kind: "disconnect".into(),
-                from: sender.id.to_string(),
-                to: None,
-                data: None,
-            },
-            rewritten: false,
-            rendered: None,
-        };
-        for action in actions {
-            // A departing session forwards nothing.
-            if !matches!(action, Action::Forward(_)) && !ctx.apply(action) {
-                break;
-            }
-        }
-    }
+    apply_without_message(hub, sender, "disconnect", actions);
     if let Some(cluster) = &hub.cluster {
         cluster.session_closed(sender.id);
     }
@@ -157,6 +131,48 @@ pub async fn handle_disconnect(hub: &Hub, sender: &Sender<'_>) {
     hub.kv.drop_scope(&Scope::Session(sender.id.to_string()));
     if let Some(d) = departure {
         announce_departure(hub, &d);
+    }
+}
+
+/// Applies the actions a policy returned from `on-connect`, checked like any
+/// other (a `done` is never dropped).
+pub fn handle_connect_actions(hub: &Hub, sender: &Sender<'_>, actions: Vec<Action>) {
+    apply_without_message(hub, sender, "connect", actions);
+}
+
+/// Applies actions that no client frame carries (`on-connect`,
+/// `on-disconnect`): there is nothing to forward.
+fn apply_without_message(hub: &Hub, sender: &Sender<'_>, kind: &str, actions: Vec<Action>) {
+    if actions.is_empty() {
+        return;
+    }
+    let inbound = Inbound {
+        kind: kind.into(),
+        to: None,
+        data: None,
+        extras: Vec::new(),
+    };
+    let mut ctx = Applying {
+        hub,
+        sender,
+        inbound: &inbound,
+        envelope: Envelope {
+            kind: kind.into(),
+            from: sender.id.to_string(),
+            to: None,
+            data: None,
+        },
+        rewritten: false,
+        rendered: None,
+    };
+    for action in actions {
+        if matches!(action, Action::Forward(_)) {
+            tracing::warn!(session = %sender.id, "policy forward refused: no message to forward on {kind}");
+            continue;
+        }
+        if !ctx.apply(action) {
+            break;
+        }
     }
 }
 

@@ -54,16 +54,22 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, host: Strin
             CLOSE_GOING_AWAY,
             Utf8Bytes::from_static(SHUTTING_DOWN),
         ));
-    } else if let Err(reason) = hub
-        .chain
-        .load_full()
-        .on_connect(&id, &peer.to_string())
-        .await
-    {
-        tracing::info!(session = %id, %peer, "connection refused by policy: {reason}");
-        handle.deliver(Outbound::Close(CLOSE_POLICY, close_reason(&reason)));
     } else {
-        read_loop(&hub, &sender, &mut stream).await;
+        match hub
+            .chain
+            .load_full()
+            .on_connect(&id, &peer.to_string())
+            .await
+        {
+            Err(reason) => {
+                tracing::info!(session = %id, %peer, "connection refused by policy: {reason}");
+                handle.deliver(Outbound::Close(CLOSE_POLICY, close_reason(&reason)));
+            }
+            Ok(actions) => {
+                dispatch::handle_connect_actions(&hub, &sender, actions);
+                read_loop(&hub, &sender, &mut stream).await;
+            }
+        }
     }
 
     dispatch::handle_disconnect(&hub, &sender).await;

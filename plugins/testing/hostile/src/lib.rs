@@ -22,9 +22,12 @@ use webrtc_chat_policy::{
 struct Hostile;
 
 impl Policy for Hostile {
-    fn on_connect(_session: &str, _peer_addr: &str) -> Verdict {
+    fn on_connect(session: &str, _peer_addr: &str) -> Verdict {
         if state::kv_get(&Scope::Global, "deny-connects").is_some() {
             return Verdict::Deny("no new connections".into());
+        }
+        if state::kv_get(&Scope::Global, "greet-connects").is_some() {
+            return Verdict::Done(vec![send(session, &json!({"type":"greeting"}))]);
         }
         Verdict::Next
     }
@@ -102,6 +105,10 @@ impl Policy for Hostile {
                     .map(|r| state::members(&r))
                     .unwrap_or_default();
                 Verdict::Done(vec![Action::Forward(everyone)])
+            }
+            "greet-connects" => {
+                let set = state::kv_set(&Scope::Global, "greet-connects", Some("1"));
+                reply(e, json!({"type":"greet-connects","ok":set.is_ok()}))
             }
             "deny-connects" => {
                 let set = state::kv_set(&Scope::Global, "deny-connects", Some("1"));
