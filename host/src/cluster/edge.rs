@@ -1,0 +1,179 @@
+//! The edge: a local client's frames about a room another host owns are
+//! relayed to that owner, one at a time, and its membership followed.
+
+use super::*;
+
+impl Cluster {
+    /// Relays `text` to the owner of the room it concerns when another
+    /// host owns it. True when the frame was dealt with here (relayed, or
+    /// refused because the cluster is unreachable); false when the caller
+    /// handles it locally.
+    pub async fn route(&self, hub: &Hub, sender: &Sender<'_>, text: &str) -> bool {
+        if self.is_proxy(sender.id) {
+            return false;
+        }
+        let Ok(inbound) = frame::parse(text) else {
+            return false;
+        };
+        let data = inbound.data.map(|d| d.get());
+        let target = match &*inbound.kind {
+            "login" => data.and_then(login_room),
+            "randomCheck" => data
+                .and_then(|d| serde_json::from_str::<String>(d).ok())
+                .map(|s| s.trim().to_string()),
+            _ => None,
+        };
+        let joining = inbound.kind == "login";
+        let current = self.routes.lock().get(sender.id).cloned();
+        let owner: Arc<str> = if let Some(room) = &target {
+            if hub.registry.room_exists(room) {
+                return false;
+            }
+            let found = if joining {
+                self.store
+                    .claim(room, &self.id, LEASE_TTL, "")
+                    .await
+                    .map(Some)
+            } else {
+                self.store.owner(room).await
+            };
+            match found {
+                Ok(Some(o)) if *o == *self.id => {
+                    if joining {
+                        self.claims
+                            .lock()
+                            .insert(Arc::from(room.as_str()), Instant::now());
+                    }
+                    return false;
+                }
+                Ok(Some(o)) => Arc::from(o),
+                Ok(None) => return false,
+                Err(e) => {
+                    tracing::debug!(session = %sender.id, "cluster lookup failed: {e}");
+                    unavailable(hub, sender);
+                    return true;
+                }
+            }
+        } else if let Some(r) = current {
+            r.owner
+        } else {
+            return false;
+        };
+        self.relay(hub, sender, text, owner).await;
+        true
+    }
+
+    pub(super) async fn relay(&self, hub: &Hub, sender: &Sender<'_>, text: &str, owner: Arc<str>) {
+        let id = sender.id;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id.clone(), tx);
+        self.touched
+            .lock()
+            .entry(id.clone())
+            .or_default()
+            .insert(owner.clone());
+        self.send(
+            &owner,
+            &Msg::Frame {
+                src: self.id.to_string(),
+                s: id.to_string(),
+                h: sender.host.to_string(),
+                t: text.to_string(),
+            },
+        );
+        let ack = match tokio::time::timeout(ACK_WAIT, rx).await {
+            Ok(Ok(ack)) => ack,
+            _ => {
+                self.pending.lock().remove(&**id);
+                unavailable(hub, sender);
+                return;
+            }
+        };
+        match ack.room {
+            Some(room) => {
+                let route = Route {
+                    room: Arc::from(room),
+                    owner: owner.clone(),
+                    username: Arc::from(ack.name.unwrap_or_default()),
+                };
+                let previous = self.routes.lock().insert(id.clone(), route);
+                hub.ice.session_seen(id);
+                self.announce_turn(id);
+                // Joined a room elsewhere: out of the room it had here …
+                if let Some(d) = hub.registry.leave(id) {
+                    dispatch::announce_departure(hub, &d);
+                }
+                // … or on a third host.
+                if let Some(p) = previous
+                    && p.owner != owner
+                {
+                    self.send(
+                        &p.owner,
+                        &Msg::Leave {
+                            src: self.id.to_string(),
+                            s: id.to_string(),
+                        },
+                    );
+                }
+            }
+            None => {
+                let mut routes = self.routes.lock();
+                if routes.get(&**id).is_some_and(|r| r.owner == owner) {
+                    routes.remove(&**id);
+                }
+            }
+        }
+    }
+
+    /// After a frame was handled here: a session that joined a room of this
+    /// host leaves the room it had on another.
+    pub fn handled_locally(&self, hub: &Hub, session: &str) {
+        if hub.registry.room_of(session).is_none() || self.is_proxy(session) {
+            return;
+        }
+        if let Some(id) = hub.registry.session_key(session) {
+            self.announce_turn(&id);
+        }
+        if self.routes.lock().get(session).is_none() {
+            return;
+        }
+        if let Some(old) = self.routes.lock().remove(session) {
+            self.send(
+                &old.owner,
+                &Msg::Leave {
+                    src: self.id.to_string(),
+                    s: session.to_string(),
+                },
+            );
+        }
+    }
+
+    /// Once per session: its TURN credentials are honoured on every host.
+    pub(super) fn announce_turn(&self, id: &SessionId) {
+        if self.turn_local.lock().insert(id.clone()) {
+            let _ = self.mirror.send(MirrorOp::Announce(id.clone()));
+        }
+    }
+
+    /// A local session ended: the hosts that knew it are told.
+    pub fn session_closed(&self, session: &str) {
+        if self.is_proxy(session) {
+            return;
+        }
+        if let Some(id) = self.turn_local.lock().take(session) {
+            let _ = self.mirror.send(MirrorOp::Retract(id));
+        }
+        self.routes.lock().remove(session);
+        self.pending.lock().remove(session);
+        let hosts = self.touched.lock().remove(session).unwrap_or_default();
+        for h in hosts {
+            self.send(
+                &h,
+                &Msg::Gone {
+                    src: self.id.to_string(),
+                    s: session.to_string(),
+                },
+            );
+        }
+    }
+}
