@@ -1,7 +1,8 @@
 //! The WebAssembly policy host: the engine and its sandbox limits
 //! (`engine`), what a policy may call (`imports`), pooled instances
 //! (`pool`) with their `quarantine`, the `chain` that asks them in turn,
-//! and the drop-in directory that swaps chains (`reload`).
+//! and the drop-in directory that swaps chains (`reload`), reading each
+//! policy's sidecar limits (`settings`).
 //!
 //! Nothing here depends on signaling: rooms are read through
 //! [`RoomView`], and a reload hands its chain to a [`ChainSlot`].
