@@ -31,6 +31,7 @@ const ERRORS: &[&str] = &[
     "rateLimited",
     "forbidden",
     "internal",
+    "unavailable",
     "other",
 ];
 
@@ -40,7 +41,7 @@ pub struct Metrics {
     pub sessions_refused: AtomicU64,
     pub frames_out: AtomicU64,
     frames_in: [AtomicU64; 7],
-    errors: [AtomicU64; 7],
+    errors: [AtomicU64; 8],
 }
 
 fn index(table: &[&str], name: &str) -> usize {

@@ -451,6 +451,15 @@ async fn redis_restarted_mid_call_the_call_continues() {
     dave.send(json!({"type":"login","data":{"roomrequest":"call","username":"dave"}}))
         .await;
     assert_error(&dave.recv().await, "unavailable");
+    let metrics = http_get(&metrics_addr(&hosts[1]), "/metrics").await;
+    assert!(
+        metrics.contains("\nwebrtc_chat_errors_total{kind=\"unavailable\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nwebrtc_chat_cluster_ready 0\n"),
+        "{metrics}"
+    );
 
     redis.restart();
     wait_ready(&hosts[0], true).await;
