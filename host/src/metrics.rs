@@ -225,6 +225,33 @@ pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
         "webrtc_chat_turn_relay_to_relay_bytes_total {}",
         t.bytes_relay_to_relay
     );
+    // Per session as a histogram (fixed series whatever the number of
+    // sessions): one observation when a session's last allocation closes.
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_turn_session_relayed_bytes Payload bytes each ended session relayed through TURN (all its allocations, both directions)."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE webrtc_chat_turn_session_relayed_bytes histogram"
+    );
+    for (le, n) in t.session_bytes.cumulative() {
+        let le = le.map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+        let _ = writeln!(
+            out,
+            "webrtc_chat_turn_session_relayed_bytes_bucket{{le=\"{le}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_session_relayed_bytes_sum {}",
+        t.session_bytes.sum
+    );
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_session_relayed_bytes_count {}",
+        t.session_bytes.count
+    );
     let _ = writeln!(
         out,
         "# HELP webrtc_chat_turn_closed_session_gone_total Relays closed because their session ended."
@@ -326,5 +353,30 @@ mod tests {
         assert!(out.contains("webrtc_chat_messages_in_total{type=\"other\"} 1"));
         assert!(out.contains("webrtc_chat_errors_total{kind=\"other\"} 1"));
         assert!(out.contains("webrtc_chat_sessions 3"));
+    }
+
+    #[test]
+    fn turn_session_bytes_render_as_a_cumulative_histogram() {
+        let mut t = chat_turn::TurnStats::default();
+        // One session of 5 kB, one of 50 MB.
+        t.session_bytes.buckets[0] = 1;
+        t.session_bytes.buckets[4] = 1;
+        t.session_bytes.sum = 50_005_000;
+        t.session_bytes.count = 2;
+        t.bytes_relay_to_relay = 7;
+        let mut out = String::new();
+        render_turn(&mut out, &t);
+        for line in [
+            "# TYPE webrtc_chat_turn_session_relayed_bytes histogram",
+            "webrtc_chat_turn_session_relayed_bytes_bucket{le=\"10000\"} 1",
+            "webrtc_chat_turn_session_relayed_bytes_bucket{le=\"10000000\"} 1",
+            "webrtc_chat_turn_session_relayed_bytes_bucket{le=\"100000000\"} 2",
+            "webrtc_chat_turn_session_relayed_bytes_bucket{le=\"+Inf\"} 2",
+            "webrtc_chat_turn_session_relayed_bytes_sum 50005000",
+            "webrtc_chat_turn_session_relayed_bytes_count 2",
+            "webrtc_chat_turn_relay_to_relay_bytes_total 7",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line} in\n{out}");
+        }
     }
 }

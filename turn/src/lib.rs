@@ -73,4 +73,4 @@ pub use creds::{SessionDirectory, credentials};
 pub use error::{Error, Result};
 pub use ice::{IceServer, ice_servers};
 pub use server::{Transport, TurnServer};
-pub use stats::TurnStats;
+pub use stats::{SessionBytes, TurnStats};

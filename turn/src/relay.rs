@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ use webrtc_util::Conn;
 
 use crate::creds::parse_username;
 use crate::peer::{PeerPolicy, PeerRefusal, canonical};
+use crate::stats::SessionBytes;
 
 /// A packet handed from one allocation to another inside the process:
 /// payload and the sender's relayed address.
@@ -89,6 +90,8 @@ struct Entry {
     kill: CancellationToken,
     /// Its relayed address (canonical), once its socket is bound.
     relay: Option<SocketAddr>,
+    /// Payload bytes it relayed, both directions.
+    bytes: Arc<AtomicU64>,
 }
 
 /// Where packets for one live relayed address go inside the process.
@@ -105,6 +108,10 @@ struct Inner {
     per_session: HashMap<String, usize>,
     per_ip: HashMap<IpAddr, usize>,
     relays: HashMap<SocketAddr, LocalRelay>,
+    /// Bytes relayed by the closed allocations of sessions that still hold
+    /// one (added to the histogram when their last one closes).
+    session_bytes: HashMap<String, u64>,
+    ended: SessionBytes,
 }
 
 /// Live allocations, for quotas, for closing them from outside and for
@@ -211,6 +218,7 @@ impl Registry {
         g.next_id += 1;
         let id = g.next_id;
         let kill = CancellationToken::new();
+        let bytes = Arc::new(AtomicU64::new(0));
         g.entries.insert(
             id,
             Entry {
@@ -220,6 +228,7 @@ impl Registry {
                 listener: ctx.listener,
                 kill: kill.clone(),
                 relay: None,
+                bytes: Arc::clone(&bytes),
             },
         );
         *g.per_ip.entry(ip).or_insert(0) += 1;
@@ -228,6 +237,7 @@ impl Registry {
             id,
             registry: Arc::clone(self),
             kill,
+            bytes,
             released: AtomicBool::new(false),
         })
     }
@@ -242,7 +252,19 @@ impl Registry {
             let ip = crate::peer::client_network(e.client.ip());
             dec(&mut g.per_ip, &ip);
             dec(&mut g.per_session, &e.session);
+            let total =
+                g.session_bytes.remove(&e.session).unwrap_or(0) + e.bytes.load(Ordering::Relaxed);
+            if g.per_session.contains_key(&e.session) {
+                g.session_bytes.insert(e.session, total);
+            } else {
+                g.ended.observe(total);
+            }
         }
+    }
+
+    /// Relayed bytes of the sessions whose last allocation closed.
+    pub(crate) fn session_bytes(&self) -> SessionBytes {
+        lock(&self.inner).ended
     }
 
     /// Closes the relays of every allocation whose session is no longer
@@ -293,6 +315,9 @@ pub(crate) struct Lease {
     id: u64,
     registry: Arc<Registry>,
     kill: CancellationToken,
+    /// Payload bytes relayed (the registry adds them to the session's
+    /// total when the allocation closes).
+    bytes: Arc<AtomicU64>,
     released: AtomicBool,
 }
 
@@ -374,6 +399,11 @@ impl FilteredRelayConn {
     fn within_bandwidth(&self, n: usize) -> bool {
         self.bandwidth.as_ref().is_none_or(|b| b.take(n))
     }
+
+    fn relayed(&self, total: &AtomicU64, n: usize) {
+        crate::stats::Counters::add(total, n as u64);
+        self.lease.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 #[async_trait]
@@ -399,7 +429,7 @@ impl Conn for FilteredRelayConn {
                     let n = pkt.len().min(buf.len());
                     buf[..n].copy_from_slice(&pkt[..n]);
                     if self.within_bandwidth(n) {
-                        crate::stats::Counters::add(&self.counters.bytes_from_peers, n as u64);
+                        self.relayed(&self.counters.bytes_from_peers, n);
                         return Ok((n, from));
                     }
                 }
@@ -411,7 +441,7 @@ impl Conn for FilteredRelayConn {
                         continue;
                     }
                     if self.within_bandwidth(n) {
-                        crate::stats::Counters::add(&self.counters.bytes_from_peers, n as u64);
+                        self.relayed(&self.counters.bytes_from_peers, n);
                         return Ok((n, from));
                     }
                     // over the cap: dropped, as a congested path would
@@ -434,7 +464,7 @@ impl Conn for FilteredRelayConn {
             if self.within_bandwidth(buf.len())
                 && tx.try_send((buf.to_vec(), self.relay_addr)).is_ok()
             {
-                crate::stats::Counters::add(&self.counters.bytes_to_peers, buf.len() as u64);
+                self.relayed(&self.counters.bytes_to_peers, buf.len());
                 crate::stats::Counters::add(&self.counters.bytes_relay_to_relay, buf.len() as u64);
             }
             return Ok(buf.len());
@@ -448,7 +478,7 @@ impl Conn for FilteredRelayConn {
             return Ok(buf.len()); // over the cap: dropped, as a congested path would
         }
         let sent = self.socket.send_to(buf, target).await?;
-        crate::stats::Counters::add(&self.counters.bytes_to_peers, sent as u64);
+        self.relayed(&self.counters.bytes_to_peers, sent);
         Ok(sent)
     }
 

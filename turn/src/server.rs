@@ -350,7 +350,8 @@ impl TurnServer {
 
     /// The server's counters, for metrics.
     pub fn stats(&self) -> TurnStats {
-        self.counters.snapshot(self.registry.len())
+        self.counters
+            .snapshot(self.registry.len(), self.registry.session_bytes())
     }
 
     /// Stops serving: closes every allocation and listener; the ports are

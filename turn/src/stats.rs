@@ -26,6 +26,57 @@ pub struct TurnStats {
     /// Of `bytes_to_peers`, those handed to another allocation of this
     /// server inside the process (relay to relay).
     pub bytes_relay_to_relay: u64,
+    /// Payload bytes each ended session relayed (all its allocations, both
+    /// directions), as a histogram: one observation when a session's last
+    /// allocation closes.
+    pub session_bytes: SessionBytes,
+}
+
+/// Upper bounds (bytes) of the [`SessionBytes`] buckets: 10 kB to 10 GB by
+/// decades (a one-hour video call at 2 Mbit/s relays about 0.9 GB).
+pub const SESSION_BYTES_BOUNDS: [u64; 7] = [
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
+/// A histogram of relayed bytes per session: a fixed number of series
+/// whatever the number of sessions (session ids never become labels).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SessionBytes {
+    /// Sessions with at most `SESSION_BYTES_BOUNDS[i]` bytes (not
+    /// cumulative); the last slot counts those above every bound.
+    pub buckets: [u64; SESSION_BYTES_BOUNDS.len() + 1],
+    /// Bytes of every observed session.
+    pub sum: u64,
+    /// Sessions observed.
+    pub count: u64,
+}
+
+impl SessionBytes {
+    pub(crate) fn observe(&mut self, bytes: u64) {
+        let i = SESSION_BYTES_BOUNDS
+            .iter()
+            .position(|b| bytes <= *b)
+            .unwrap_or(SESSION_BYTES_BOUNDS.len());
+        self.buckets[i] += 1;
+        self.sum = self.sum.saturating_add(bytes);
+        self.count += 1;
+    }
+
+    /// Cumulative counts per bound (`le`), as Prometheus wants them; the
+    /// last one (+Inf) equals `count`.
+    pub fn cumulative(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
+        let bounds = SESSION_BYTES_BOUNDS.iter().map(|b| Some(*b)).chain([None]);
+        bounds.zip(self.buckets.iter().scan(0u64, |acc, n| {
+            *acc += n;
+            Some(*acc)
+        }))
+    }
 }
 
 /// The live counters behind [`TurnStats`].
@@ -46,7 +97,7 @@ impl Counters {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, allocations: usize) -> TurnStats {
+    pub(crate) fn snapshot(&self, allocations: usize, session_bytes: SessionBytes) -> TurnStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TurnStats {
             allocations,
@@ -58,6 +109,28 @@ impl Counters {
             bytes_to_peers: get(&self.bytes_to_peers),
             bytes_from_peers: get(&self.bytes_from_peers),
             bytes_relay_to_relay: get(&self.bytes_relay_to_relay),
+            session_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_bytes_histogram() {
+        let mut h = SessionBytes::default();
+        for b in [0, 10_000, 10_001, 5_000_000_000, 20_000_000_000] {
+            h.observe(b);
+        }
+        assert_eq!(h.count, 5);
+        assert_eq!(h.sum, 25_000_020_001);
+        let c: Vec<_> = h.cumulative().collect();
+        assert_eq!(c[0], (Some(10_000), 2));
+        assert_eq!(c[1], (Some(100_000), 3));
+        assert_eq!(c[5], (Some(1_000_000_000), 3));
+        assert_eq!(c[6], (Some(10_000_000_000), 4));
+        assert_eq!(c[7], (None, 5));
     }
 }

@@ -117,7 +117,15 @@ async fn ended_session_loses_its_relay_after_the_grace() {
             .await
             .is_err()
     );
-    assert_eq!(server.stats().closed_session_gone, 2);
+    let stats = server.stats();
+    assert_eq!(stats.closed_session_gone, 2);
+    // The session's two allocations are one observation of its relayed
+    // bytes ("late" was dropped: the relay was closed).
+    let relayed = stats.bytes_to_peers + stats.bytes_from_peers;
+    assert!(relayed > 0);
+    assert_eq!(stats.session_bytes.count, 1, "{stats:?}");
+    assert_eq!(stats.session_bytes.sum, relayed, "{stats:?}");
+    assert_eq!(stats.session_bytes.buckets[0], 1, "{stats:?}"); // <= 10 kB
     server.close().await;
 }
 
