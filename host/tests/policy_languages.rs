@@ -178,3 +178,43 @@ impl QuietCall {
         self.task.await.unwrap()
     }
 }
+
+/// Without Node.js/npm (for `.js`) or Python (for `.py`), the install
+/// command says in one line what to install, and installs nothing.
+#[test]
+fn the_install_command_names_a_missing_toolchain_in_one_line() {
+    let bin = tempfile::tempdir().unwrap();
+    // What the script needs besides the missing toolchain.
+    for tool in ["bash", "mkdir", "mktemp", "rm", "dirname", "basename"] {
+        let path = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not found"));
+        std::os::unix::fs::symlink(path, bin.path().join(tool)).unwrap();
+    }
+    let plugins = tempfile::tempdir().unwrap();
+    for (source, needs) in [
+        (
+            "plugins/unique-names/unique-names.js",
+            "need Node.js 20+ and npm",
+        ),
+        (
+            "plugins/room-sizes/room_sizes.py",
+            "need Python 3.10+ with venv",
+        ),
+    ] {
+        let out = std::process::Command::new(workspace_root().join("scripts/install-policy.sh"))
+            .arg(workspace_root().join(source))
+            .arg(plugins.path())
+            .env("PATH", bin.path())
+            .env("WEBRTC_CHAT_TOOLCHAINS", plugins.path().join("toolchains"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{source}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{source}: {stderr}");
+        assert!(stderr.contains(needs), "{source}: {stderr}");
+    }
+    assert_eq!(std::fs::read_dir(plugins.path()).unwrap().count(), 0);
+}
