@@ -7,14 +7,30 @@
 # --ignore-certificate-errors), and checks a data channel ping/pong.
 # Everything stays on 127.0.0.1, on ports the OS picks (read from the
 # server's `listening` line; PORT / TLS_PORT choose them instead).
-# scripts/test.sh runs it; prints PASS/FAIL per transport and exits non-zero
+# Then relay-only peers meeting: in a network namespace of its own
+# (unshare -n; root or CAP_SYS_ADMIN) whose only addresses are loopback and
+# 10.77.0.1 on a veth interface, the server listens and relays on
+# 10.77.0.1 — neither loopback nor allow-listed, loopback peers refused —
+# and the two relay-only peers reach each other relay to relay (each
+# one's peer is the other's relayed address on the server). Nothing in that
+# namespace can reach any other host.
+# scripts/test.sh runs it; prints PASS/FAIL per check and exits non-zero
 # on any failure.
-# Needs: chromium, openssl, cargo.
+# Needs: chromium, openssl, cargo, iproute2 (ip), util-linux (unshare).
 set -euo pipefail
 
 PORT=${PORT:-0}
 TLS_PORT=${TLS_PORT:-0}
 SECRET=check-secret-$$
+# Set (to the address) when this script runs itself inside its namespace.
+NETNS_ADDR=${TURN_CHECK_NETNS_ADDR:-}
+if [ -n "$NETNS_ADDR" ]; then
+  ip link set lo up
+  ip link add tcc0 type veth peer name tcc1
+  ip addr add "$NETNS_ADDR/24" dev tcc0
+  ip link set tcc0 up
+  ip link set tcc1 up
+fi
 for tool in chromium openssl; do
   command -v "$tool" >/dev/null 2>&1 || { echo "turn-chromium-check: '$tool' not found (apt-get install -y $tool)" >&2; exit 1; }
 done
@@ -30,15 +46,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet -p chat-turn --example turn-bench-server)
+[ -n "$NETNS_ADDR" ] || (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet -p chat-turn --example turn-bench-server)
+LISTEN=${NETNS_ADDR:-127.0.0.1}
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 1 \
   -subj "/CN=localhost" -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" 2>/dev/null
-TURN_TLS_CERT="$WORK/cert.pem" TURN_TLS_KEY="$WORK/key.pem" TURN_TLS_PORT="$TLS_PORT" \
+TURN_LISTEN="$LISTEN" TURN_TLS_CERT="$WORK/cert.pem" TURN_TLS_KEY="$WORK/key.pem" TURN_TLS_PORT="$TLS_PORT" \
   "$TARGET/debug/examples/turn-bench-server" "$PORT" "$SECRET" chromium >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 50); do grep -q listening "$WORK/server.log" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$WORK/server.log" || { cat "$WORK/server.log" >&2; exit 1; }
-# The ports actually bound: `listening udp=127.0.0.1:P tcp=127.0.0.1:P tls=127.0.0.1:T`.
+# The ports actually bound: `listening udp=ADDR:P tcp=ADDR:P tls=ADDR:T`.
 PORT=$(sed -n 's/^listening udp=[^ ]*:\([0-9]*\) .*/\1/p' "$WORK/server.log")
 TLS_PORT=$(sed -n 's/^listening .* tls=[^ ]*:\([0-9]*\)$/\1/p' "$WORK/server.log")
 [ -n "$PORT" ] && [ -n "$TLS_PORT" ] || { echo "turn-chromium-check: no ports in: $(cat "$WORK/server.log")" >&2; exit 1; }
@@ -61,9 +78,9 @@ const log = (m) => console.log("TURNCHECK $1 " + m);
   b.ondatachannel = e => { e.channel.onmessage = m => e.channel.send("pong:" + m.data); };
   ch.onopen = () => ch.send("ping");
   ch.onmessage = async m => {
-    let relay = "";
-    (await a.getStats()).forEach(s => { if (s.type === "local-candidate" && s.candidateType === "relay") relay = s.relayProtocol; });
-    log("RESULT " + m.data + " relayProtocol=" + relay);
+    let relay = "", addr = "";
+    (await a.getStats()).forEach(s => { if (s.type === "local-candidate" && s.candidateType === "relay") { relay = s.relayProtocol; addr = s.address; } });
+    log("RESULT " + m.data + " relayProtocol=" + relay + " relayAddress=" + addr);
   };
   await a.setLocalDescription(await a.createOffer());
   await b.setRemoteDescription(a.localDescription);
@@ -97,7 +114,17 @@ check() { # NAME URL EXPECTED_RELAY_PROTOCOL
     echo "FAIL $1 ($2)"; echo "$out" | sed 's/^/  /'; fail=1
   fi
 }
+if [ -n "$NETNS_ADDR" ]; then
+  check relay-to-relay "turn:$NETNS_ADDR:$PORT?transport=udp" "udp relayAddress=$NETNS_ADDR"
+  exit $fail
+fi
 check udp "turn:127.0.0.1:$PORT?transport=udp" udp
 check tcp "turn:127.0.0.1:$PORT?transport=tcp" tcp
 check tls "turns:127.0.0.1:$TLS_PORT?transport=tcp" tls
+# Relay to relay on a non-loopback address, in a namespace of our own.
+if command -v unshare >/dev/null 2>&1 && unshare -n true 2>/dev/null; then
+  TURN_CHECK_NETNS_ADDR=10.77.0.1 CARGO_TARGET_DIR="$TARGET" unshare -n bash "$0" || fail=1
+else
+  echo "FAIL relay-to-relay: cannot create a network namespace (unshare -n needs root or CAP_SYS_ADMIN, and util-linux)"; fail=1
+fi
 exit $fail

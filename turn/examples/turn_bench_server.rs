@@ -8,7 +8,10 @@
 //! generator, REST auth without session checks), to measure what this
 //! crate's gate, filtered relays and quotas cost on top of it.
 //! With TURN_TLS_CERT and TURN_TLS_KEY (PEM files) in the environment it
-//! also serves TLS on TURN_TLS_PORT (default 5349).
+//! also serves TLS on TURN_TLS_PORT (default 5349). TURN_LISTEN (default
+//! 127.0.0.1) sets the listening and relayed address; on a non-loopback
+//! one, loopback peers are refused (the default rules: relay to relay
+//! only), as turn-chromium-check.sh does in a network namespace of its own.
 //! Stop it with SIGINT (Ctrl-C).
 
 use std::net::SocketAddr;
@@ -69,12 +72,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let dir = Arc::new(SessionDirectory::default());
     dir.session_started(&session);
+    let listen: std::net::IpAddr = std::env::var("TURN_LISTEN")
+        .unwrap_or_else(|_| "127.0.0.1".into())
+        .parse()?;
     let cfg = TurnConfig {
-        listen: "127.0.0.1".parse()?,
+        listen,
         port,
         realm: "bench".into(),
         secret: secret.into_bytes(),
-        allow_loopback: true,
+        allow_loopback: listen.is_loopback(),
         max_allocations_per_session: 1000,
         max_allocations_per_ip: 1000,
         ..TurnConfig::default()
