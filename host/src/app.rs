@@ -230,8 +230,7 @@ async fn drain(hub: &Hub, shutdown: CancellationToken) {
         ));
     }
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    let proxies = || hub.cluster.as_ref().map_or(0, |c| c.proxy_count());
-    while hub.registry.session_count() > proxies() && tokio::time::Instant::now() < deadline {
+    while hub.local_sessions() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!("stopped");

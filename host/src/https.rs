@@ -265,7 +265,7 @@ fn upgrade(
             "This origin may not use this signaling server (see --allowed-origins).",
         );
     }
-    if state.max_sessions > 0 && state.hub.registry.session_count() >= state.max_sessions {
+    if state.max_sessions > 0 && state.hub.local_sessions() >= state.max_sessions {
         tracing::warn!(%peer, "signaling refused: {} sessions, the maximum", state.max_sessions);
         return refuse(
             &state,

@@ -268,6 +268,11 @@ async fn members_on_two_hosts_exchange_every_frame_type() {
     assert_eq!(value("webrtc_chat_cluster_ready"), 1);
     assert_eq!(value("webrtc_chat_cluster_rooms_owned"), 1, "lobby");
     assert_eq!(value("webrtc_chat_cluster_remote_sessions"), 1, "carol");
+    assert_eq!(
+        value("webrtc_chat_sessions"),
+        1,
+        "alice: carol's socket is on host 1"
+    );
     assert!(value("webrtc_chat_cluster_relayed_in_total") > 0);
     assert!(value("webrtc_chat_cluster_relayed_out_total") > 0);
     assert!(value("webrtc_chat_cluster_redis_rtt_microseconds") > 0);

@@ -66,13 +66,19 @@ pub struct Hub {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
+impl Hub {
+    /// Sessions with a socket on this host (in cluster mode the registry
+    /// also holds other hosts' members of the rooms this host owns).
+    pub fn local_sessions(&self) -> usize {
+        let remote = self.cluster.as_ref().map_or(0, |c| c.proxy_count());
+        self.registry.session_count().saturating_sub(remote)
+    }
+}
+
 impl Observed for Hub {
     fn render(&self, out: &mut String) {
-        self.metrics.render(
-            out,
-            self.registry.session_count(),
-            self.registry.room_count(),
-        );
+        self.metrics
+            .render(out, self.local_sessions(), self.registry.room_count());
         let queued = self.limits.send.queued_bytes();
         let _ = writeln!(
             out,
