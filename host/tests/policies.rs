@@ -430,6 +430,8 @@ async fn the_key_value_store_is_capped_at_4_mib_and_survives_a_reload() {
     // A new version of the same file keeps the policy's entries.
     new_version_of(&wasm, &dir, "10-hostile.wasm");
     host.wait_log("policy 10-hostile.wasm loaded", RELOAD);
+    // "loaded" is logged before the new chain is in force; this line after.
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
     a.send(json!({"type":"kv-get"})).await;
     assert_eq!(a.recv().await["value"], "keep me");
 }
@@ -456,6 +458,8 @@ async fn a_replaced_file_lifts_the_quarantine() {
 
     new_version_of(&wasm, &dir, "10-hostile.wasm");
     host.wait_log("policy 10-hostile.wasm loaded", RELOAD);
+    // "loaded" is logged before the new chain is in force; this line after.
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
     b.send(json!({"type":"candidate","to":a.id,"data":"back"}))
         .await;
     assert_eq!(a.recv().await["data"], "back");
