@@ -417,9 +417,11 @@ async fn the_key_value_store_is_capped_at_4_mib_and_survives_a_reload() {
     let filled = a.recv().await;
     let stored = filled["stored"].as_u64().unwrap();
     const CAP: u64 = 4 * 1024 * 1024;
-    // 16 000-byte values (plus their keys) until the next would pass 4 MiB.
+    // 16 000-byte values (plus their keys and 64 bytes of overhead each)
+    // until the next would pass 4 MiB.
+    let entries = stored / 16_000;
     assert!(
-        stored <= CAP && stored + 2 * 16_100 > CAP,
+        entries * 16_100 <= CAP && (entries + 2) * 16_100 > CAP,
         "{stored} bytes stored: {filled}"
     );
     assert!(
@@ -522,6 +524,49 @@ async fn host_only_types_are_never_forwarded() {
     a.send(json!({"type":"candidate","to":b.id,"data":"after"}))
         .await;
     assert_eq!(b.recv().await["data"], "after");
+}
+
+/// Room state written for a join that then fails is dropped, and room ids
+/// the host refuses never reach a policy: failing logins cannot fill a
+/// policy's key-value space.
+#[tokio::test]
+async fn failing_joins_leave_no_policy_state_behind() {
+    let wasm = build_policy("password-rooms").unwrap();
+    let host = Host::start(&["--max-rooms", "1", "--rate-limit", "0"]);
+    drop_in(&wasm, &host.plugins_dir(), "50-password-rooms.wasm");
+    host.wait_log("policy chain: 50-password-rooms → default", RELOAD);
+    let mut a = host.client().await;
+    a.login("the only room", "a").await;
+    let mut x = host.client().await;
+    for i in 0..50 {
+        // password-rooms stores each new room's password, then the join
+        // fails: the server holds as many rooms as it may.
+        x.send(json!({"type":"login","data":{"roomrequest":format!("room {i}"),"username":"x","password":"pw"}}))
+            .await;
+        assert_error(&x.recv().await, "full");
+    }
+    // A room id the host refuses is refused before any policy runs.
+    x.send(json!({"type":"login","data":{"roomrequest":"r".repeat(60_000),"username":"x","password":"pw"}}))
+        .await;
+    assert_error(&x.recv().await, "badRequest");
+    assert_eq!(host.metric("webrtc_chat_policy_kv_bytes").await, 0);
+    // The room that exists keeps its state: a password room made now works.
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let joined = loop {
+        x.send(
+            json!({"type":"login","data":{"roomrequest":"vault","username":"x","password":"pw"}}),
+        )
+        .await;
+        let f = x.recv().await;
+        if f["type"] == "joined" {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "{f}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(joined["room"], "vault");
+    assert!(host.metric("webrtc_chat_policy_kv_bytes").await > 0);
 }
 
 #[tokio::test]

@@ -73,6 +73,39 @@ async fn handle_here(hub: &Hub, sender: &Sender<'_>, text: &str) {
         }
     };
     hub.metrics.frame_in(&inbound.kind);
+    // Checked before any policy sees them: a policy must not keep state
+    // under a name the host would refuse (e.g. a 60 KB room id).
+    if inbound.kind == "login"
+        && let Err(why) = check_login_names(inbound.data)
+    {
+        return sender.error(hub, "badRequest", &why);
+    }
+    let rooms = &hub.registry;
+    hub.kv
+        .tracking(
+            |r| rooms.room_exists(r),
+            decide_and_apply(hub, sender, &inbound),
+        )
+        .await;
+}
+
+/// The room id and user name of a `login`, where they are strings.
+fn check_login_names(data: Option<&RawValue>) -> Result<(), String> {
+    let Some(data) = data.and_then(|d| serde_json::from_str::<serde_json::Value>(d.get()).ok())
+    else {
+        return Ok(());
+    };
+    if let Some(room) = data["roomrequest"].as_str() {
+        names::check("room id", room, MAX_ROOM_CHARS)?;
+    }
+    if let Some(name) = data["username"].as_str() {
+        names::check("user name", name, MAX_NAME_CHARS)?;
+    }
+    Ok(())
+}
+
+/// Asks the chain about one parsed frame and applies its decision.
+async fn decide_and_apply(hub: &Hub, sender: &Sender<'_>, inbound: &Inbound<'_>) {
     let envelope = Envelope {
         kind: inbound.kind.to_string(),
         from: sender.id.to_string(),
@@ -89,7 +122,7 @@ async fn handle_here(hub: &Hub, sender: &Sender<'_>, text: &str) {
             let mut ctx = Applying {
                 hub,
                 sender,
-                inbound: &inbound,
+                inbound,
                 envelope,
                 rewritten,
                 rendered: None,

@@ -86,6 +86,13 @@ impl Observed for Hub {
              # TYPE webrtc_chat_send_queue_bytes gauge\n\
              webrtc_chat_send_queue_bytes {queued}"
         );
+        let kv = self.kv.bytes();
+        let _ = writeln!(
+            out,
+            "# HELP webrtc_chat_policy_kv_bytes Bytes policies keep in the host's key-value store (entry overhead included).\n\
+             # TYPE webrtc_chat_policy_kv_bytes gauge\n\
+             webrtc_chat_policy_kv_bytes {kv}"
+        );
         if let Some(cluster) = &self.cluster {
             cluster.render(out, self.registry.room_count());
         }
