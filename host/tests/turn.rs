@@ -368,3 +368,73 @@ async fn the_bandwidth_per_allocation_is_capped() {
     // 1000 B/s with a 16 KiB burst: about 17 of the 60 packets pass.
     assert!((1..=25).contains(&got), "{got} of 60 packets relayed");
 }
+
+/// Two sessions that both relay (each one's peer is the other's relayed
+/// address, the host's --turn-public-ip) reach each other through the host,
+/// both ways; the host's own TURN and metrics ports on that address stay
+/// refused, and /metrics counts the relay-to-relay bytes.
+#[tokio::test]
+async fn relay_only_sessions_meet_through_the_hosts_public_ip() {
+    let host = Host::start(&["--turn-public-ip", "203.0.113.7"]);
+    let mut a = host.client().await;
+    let mut b = host.client().await;
+    let (user_a, pass_a) = turn_credential(&a.login("r2r", "a").await);
+    let (user_b, pass_b) = turn_credential(&b.login("r2r", "b").await);
+    let ca = turn_client(host.turn_addr(), &user_a, &pass_a).await;
+    let cb = turn_client(host.turn_addr(), &user_b, &pass_b).await;
+    let ra = ca.allocate().await.expect("a allocates");
+    let rb = cb.allocate().await.expect("b allocates");
+    let (addr_a, addr_b) = (ra.local_addr().unwrap(), rb.local_addr().unwrap());
+    assert_eq!(addr_a.ip().to_string(), "203.0.113.7");
+
+    // B's first packet opens its permission for A; then both ways.
+    let _ = rb.send_to(b"open", addr_a).await;
+    let mut buf = [0u8; 256];
+    for (from, to, from_addr, to_addr, msg) in [
+        (&ra, &rb, addr_a, addr_b, &b"a->b"[..]),
+        (&rb, &ra, addr_b, addr_a, &b"b->a"[..]),
+    ] {
+        let mut got = false;
+        for _ in 0..10 {
+            from.send_to(msg, to_addr).await.expect("relay send");
+            while let Ok(r) =
+                tokio::time::timeout(Duration::from_millis(300), to.recv_from(&mut buf)).await
+            {
+                let (n, src) = r.expect("recv");
+                assert_eq!(src, from_addr);
+                if &buf[..n] == msg {
+                    got = true;
+                    break;
+                }
+            }
+            if got {
+                break;
+            }
+        }
+        assert!(got, "{from_addr} -> {to_addr}: nothing arrived");
+    }
+    assert!(
+        host.metric("webrtc_chat_turn_relay_to_relay_bytes_total")
+            .await
+            >= 8
+    );
+
+    // The host's own services on that address are refused.
+    let (user_c, pass_c) = turn_credential(&host.client().await.login("r2r", "c").await);
+    let cc = turn_client(host.turn_addr(), &user_c, &pass_c).await;
+    let rc = cc.allocate().await.expect("c allocates");
+    let metrics_port: u16 = host
+        .metrics_addr()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for port in [host.turn_addr().port(), metrics_port] {
+        let own = std::net::SocketAddr::new(addr_a.ip(), port);
+        assert!(
+            rc.send_to(b"x", own).await.is_err(),
+            "{own} must be refused"
+        );
+    }
+}
