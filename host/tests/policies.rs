@@ -289,6 +289,39 @@ async fn a_policy_that_keeps_failing_is_quarantined_until_removed() {
     assert_eq!(a.recv().await["data"], "back");
 }
 
+/// Quarantine fails closed but is not for ever: after a backoff one call
+/// probes the policy, and a success restores it (a policy that failed
+/// for a while — say, deadlines on an overloaded machine — comes back).
+#[tokio::test]
+async fn a_quarantined_policy_is_probed_and_restored() {
+    let host = Host::start(&[]);
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let mut a = host.client().await;
+    a.login("q", "a").await;
+    for _ in 0..5 {
+        a.send(json!({"type":"trap"})).await;
+        assert_error(&a.recv().await, "internal");
+    }
+    host.wait_log("quarantined", RELOAD);
+    let check = json!({"type":"randomCheck","data":"9e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"});
+    a.send(check.clone()).await;
+    assert_error(&a.recv().await, "internal");
+    // The first probe is due 5 s after the quarantine.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        a.send(check.clone()).await;
+        let f = a.recv().await;
+        if f["type"] == "randomCheckResult" {
+            break;
+        }
+        assert_error(&f, "internal");
+        assert!(Instant::now() < deadline, "never restored");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    host.wait_log("policy restored", RELOAD);
+}
+
 #[tokio::test]
 async fn broken_files_leave_the_running_chain_untouched() {
     let host = Host::start(&[]);

@@ -125,7 +125,7 @@ impl LoadedPolicy {
     where
         F: AsyncFnOnce(&Policy, &mut Store<StoreData>) -> wasmtime::Result<R>,
     {
-        if self.is_quarantined() {
+        if !self.quarantine.admits() {
             return Err(CallError::Quarantined {
                 policy: self.name.clone(),
             });
@@ -166,7 +166,7 @@ impl LoadedPolicy {
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match result {
             Ok((r, inst)) => {
-                self.quarantine.succeeded();
+                self.quarantine.succeeded(&self.name);
                 let mut pool = self.pool.lock();
                 if pool.len() < POOL_SIZE {
                     pool.push(inst);
