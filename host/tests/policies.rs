@@ -322,6 +322,30 @@ async fn a_quarantined_policy_is_probed_and_restored() {
     host.wait_log("policy restored", RELOAD);
 }
 
+/// A policy's `log` is rate-limited: a client's messages cannot turn it
+/// into a flood of the host's log.
+#[tokio::test]
+async fn a_policy_log_flood_is_rate_limited() {
+    let host = Host::start(&[]);
+    drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
+    host.wait_log("policy chain: 10-hostile → default", RELOAD);
+    let mut a = host.client().await;
+    a.send(json!({"type":"log-flood"})).await;
+    assert_eq!(a.recv().await["type"], "log-flood");
+    // One line more, to learn how many were dropped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.send(json!({"type":"log-flood"})).await;
+    assert_eq!(a.recv().await["type"], "log-flood");
+    let mut flood = 0;
+    let mut suppressed = false;
+    while let Ok(line) = host.log.recv_timeout(Duration::from_millis(500)) {
+        flood += usize::from(line.contains("flood line"));
+        suppressed |= line.contains("log lines of this policy suppressed");
+    }
+    assert!(flood <= 100, "{flood} of 2000 lines logged");
+    assert!(suppressed, "the dropped lines are counted in the log");
+}
+
 #[tokio::test]
 async fn broken_files_leave_the_running_chain_untouched() {
     let host = Host::start(&[]);

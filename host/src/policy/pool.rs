@@ -14,7 +14,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use super::bindings::{Action, Envelope, Policy, PolicyPre, Verdict};
 use super::engine::{SandboxLimits, one_line};
-use super::imports::{PolicyContext, StoreData};
+use super::imports::{LogBudget, PolicyContext, StoreData};
 use super::quarantine::Quarantine;
 
 /// Core instances, tables and memories one policy instance may create.
@@ -28,6 +28,11 @@ const MAX_MEMORIES: usize = 4;
 
 /// Idle instances kept per policy; more are made on demand and dropped after.
 const POOL_SIZE: usize = 8;
+/// Instances of one policy in use at once: calls beyond wait (within their
+/// deadline) instead of each creating an instance of up to the memory cap.
+const MAX_INSTANCES: usize = 32;
+/// Resources (WASI handles) one instance may hold.
+const MAX_RESOURCES: usize = 1024;
 
 struct PolicyInstance {
     store: Store<StoreData>,
@@ -60,6 +65,9 @@ pub struct LoadedPolicy {
     limits: SandboxLimits,
     deadline_ticks: u64,
     pool: Mutex<Vec<PolicyInstance>>,
+    /// Instances in use at once (each may hold the memory cap).
+    in_use: tokio::sync::Semaphore,
+    log_budget: Arc<LogBudget>,
     pub stats: PolicyStats,
     quarantine: Quarantine,
 }
@@ -80,6 +88,8 @@ impl LoadedPolicy {
             limits,
             deadline_ticks: (limits.deadline.as_millis() as u64).max(1),
             pool: Mutex::new(Vec::new()),
+            in_use: tokio::sync::Semaphore::new(MAX_INSTANCES),
+            log_budget: Arc::new(LogBudget::new()),
             stats: PolicyStats::default(),
             quarantine: Quarantine::new(name != super::BUILT_IN_DEFAULT),
         }
@@ -96,7 +106,11 @@ impl LoadedPolicy {
     async fn instantiate(&self) -> wasmtime::Result<PolicyInstance> {
         let data = StoreData {
             wasi: WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
+            table: {
+                let mut t = ResourceTable::new();
+                t.set_max_capacity(MAX_RESOURCES);
+                t
+            },
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
                 .instances(MAX_CORE_INSTANCES)
@@ -107,6 +121,7 @@ impl LoadedPolicy {
                 .build(),
             ctx: self.ctx.clone(),
             name: self.name.clone(),
+            log_budget: self.log_budget.clone(),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limits);
@@ -131,6 +146,21 @@ impl LoadedPolicy {
             });
         }
         let start = Instant::now();
+        // Bounded by the wall-clock limit like the call itself.
+        let wall_limit = self.limits.deadline * 2 + Duration::from_millis(5);
+        let permit = match self.in_use.try_acquire() {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout(wall_limit, self.in_use.acquire()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    return Err(CallError::Failed {
+                        policy: self.name.clone(),
+                        reason: format!("more than {MAX_INSTANCES} calls at once"),
+                    });
+                }
+            },
+        };
+        let _permit = permit;
         let pooled = self.pool.lock().pop();
         let attempt = async {
             let mut inst = match pooled {
@@ -152,7 +182,6 @@ impl LoadedPolicy {
         let result = match first {
             Poll::Ready(r) => r,
             Poll::Pending => {
-                let wall_limit = self.limits.deadline * 2 + Duration::from_millis(5);
                 let left = wall_limit.saturating_sub(start.elapsed());
                 match tokio::time::timeout(left, attempt).await {
                     Ok(r) => r,

@@ -106,6 +106,15 @@ impl Policy for Hostile {
                     .unwrap_or_default();
                 Verdict::Done(vec![Action::Forward(everyone)])
             }
+            "log-flood" => {
+                for i in 0..1000 {
+                    webrtc_chat_policy::log(
+                        webrtc_chat_policy::LogLevel::Info,
+                        &format!("flood line {i}"),
+                    );
+                }
+                reply(e, json!({"type":"log-flood"}))
+            }
             "greet-connects" => {
                 let set = state::kv_set(&Scope::Global, "greet-connects", Some("1"));
                 reply(e, json!({"type":"greet-connects","ok":set.is_ok()}))
