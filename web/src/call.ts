@@ -4,8 +4,8 @@ import { shallowRef } from 'vue'
 import { Signaling, defaultSignalingUrl, type SignalingOptions } from './lib/signaling'
 import { PeerManager, MAX_CHAT_LEN } from './lib/peers'
 import { frames, uuidv4, validateField, ROOM_MAX_LEN, NAME_MAX_LEN, type ServerFrame } from './lib/protocol'
-import { acquireLocalMedia, stopStream, type LocalMedia } from './lib/media'
-import { useSession } from './stores/session'
+import { acquireLocalMedia, openDevice, stopStream, type LocalMedia } from './lib/media'
+import { useSession, saveDevices } from './stores/session'
 import { usePeers } from './stores/peers'
 import { useChat } from './stores/chat'
 
@@ -16,6 +16,8 @@ export interface CallDeps {
   createStream?: () => MediaStream
   getLocalMedia?: () => Promise<LocalMedia>
   getDisplayMedia?: () => Promise<MediaStream>
+  /** one track from exactly this device (pre-join / in-call device pickers) */
+  openDevice?: (kind: 'videoinput' | 'audioinput', deviceId: string) => Promise<MediaStreamTrack>
   log?: (...a: unknown[]) => void
   maxRandomTries?: number
   /** give up on a join with no answer after this long (0: never) */
@@ -111,19 +113,89 @@ export class CallController {
     const token = ++this.joinToken
     if (!this.localStream.value) {
       s.step = 'media'
-      const media = await (this.deps.getLocalMedia ?? (() => acquireLocalMedia()))()
+      const media = await this.getMedia()
       if (token !== this.joinToken || s.phase !== 'joining') {
         stopStream(media.stream)
         return
       }
-      this.localStream.value = media.stream
-      this.preview.value = media.stream
-      s.media = { ...s.media, hasVideo: media.hasVideo, hasAudio: media.hasAudio, issue: media.issue, camOn: true, micOn: true }
+      this.setLocal(media)
     }
     s.step = 'login'
     this.armJoinTimeout()
     if (this.signaling.status === 'open') this.sendLogin()
     else this.signaling.connect() // login is sent from onOpen
+  }
+
+  private getMedia(): Promise<LocalMedia> {
+    return (this.deps.getLocalMedia ?? (() => acquireLocalMedia(undefined, undefined, this.session.devices)))()
+  }
+
+  private setLocal(media: LocalMedia) {
+    this.localStream.value = media.stream
+    this.preview.value = media.stream
+    const s = this.session
+    s.media = { ...s.media, hasVideo: media.hasVideo, hasAudio: media.hasAudio, issue: media.issue, camOn: true, micOn: true }
+  }
+
+  // ---- pre-join ------------------------------------------------------------
+
+  /**
+   * Pre-join: open the camera and microphone on the login screen so they can
+   * be previewed and picked; a join then sends this same stream.
+   */
+  async startPreview() {
+    const s = this.session
+    if (this.localStream.value || s.phase !== 'login') return
+    const token = this.joinToken
+    const media = await this.getMedia()
+    if (this.localStream.value || s.phase !== 'login' || token !== this.joinToken) {
+      stopStream(media.stream)
+      return
+    }
+    this.setLocal(media)
+  }
+
+  /** Close the pre-join preview (camera light off) while still on the login screen. */
+  stopPreview() {
+    if (this.session.phase === 'login') this.releaseMedia()
+  }
+
+  /**
+   * Use another camera, microphone or speaker. A camera or microphone is
+   * opened by its exact id and takes the place of the current track (on every
+   * peer connection too, with replaceTrack); the pick is remembered.
+   */
+  async useDevice(kind: 'videoinput' | 'audioinput' | 'audiooutput', deviceId: string) {
+    const s = this.session
+    s.devices = { ...s.devices, [kind]: deviceId }
+    saveDevices(s.devices)
+    if (kind === 'audiooutput') return
+    const stream = this.localStream.value
+    const mediaKind = kind === 'videoinput' ? 'video' : 'audio'
+    const old = stream?.getTracks().find((t) => t.kind === mediaKind)
+    if (!stream || !old) return
+    if (old.getSettings().deviceId === deviceId) return
+    let track: MediaStreamTrack
+    try {
+      track = await (this.deps.openDevice ?? openDevice)(kind, deviceId)
+    } catch (err) {
+      this.log('device switch failed', kind, err)
+      s.showToast('deviceFailed')
+      return
+    }
+    if (this.localStream.value !== stream) {
+      track.stop()
+      return
+    }
+    track.enabled = old.enabled
+    stream.removeTrack(old)
+    old.stop()
+    stream.addTrack(track)
+    // a new stream object, so every video element showing it rebinds
+    if (!(mediaKind === 'video' && s.media.sharing)) {
+      this.preview.value = new MediaStream(stream.getTracks())
+      await this.pm?.replaceTrack(mediaKind, track)
+    }
   }
 
   /** A join that gets no answer (server down) ends with a message instead of spinning forever. */

@@ -94,6 +94,14 @@ const en = {
   dismiss: 'Dismiss',
   relayMode: 'Relay only',
   newMessages: '{n} new',
+  prejoinOpen: 'Check camera and microphone',
+  prejoinClose: 'Close the preview',
+  prejoinTitle: 'Before you join',
+  speaker: 'Speaker',
+  defaultDevice: 'Default',
+  micLevel: 'Microphone level',
+  deviceFailed: 'That device could not be started.',
+  previewLabel: 'Your camera',
 } as const
 
 export type MessageKey = keyof typeof en
@@ -189,6 +197,14 @@ const ko: Record<MessageKey, string> = {
   dismiss: '닫기',
   relayMode: '릴레이 전용',
   newMessages: '새 메시지 {n}',
+  prejoinOpen: '카메라와 마이크 확인',
+  prejoinClose: '미리보기 닫기',
+  prejoinTitle: '입장하기 전에',
+  speaker: '스피커',
+  defaultDevice: '기본 장치',
+  micLevel: '마이크 음량',
+  deviceFailed: '그 장치를 시작하지 못했습니다.',
+  previewLabel: '내 카메라',
 }
 
 const tables: Record<Locale, Record<MessageKey, string>> = { en, ko }

@@ -130,8 +130,11 @@ export async function startHost({ roomMax = 10, timeoutMs = 90_000, args: extraA
   }
 }
 
-export async function launchBrowser() {
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 60_000 })
+/** `args` adds to (or, for the same switch, replaces) CHROMIUM_ARGS, e.g. `--use-fake-device-for-media-stream=device-count=2`. */
+export async function launchBrowser({ args = [] } = {}) {
+  const names = new Set(args.map((a) => a.split('=')[0]))
+  const all = [...CHROMIUM_ARGS.filter((a) => !names.has(a.split('=')[0])), ...args]
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: all, timeout: 60_000 })
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))

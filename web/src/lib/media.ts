@@ -23,18 +23,29 @@ function classify(err: unknown): MediaIssue {
   return 'error'
 }
 
+/** Devices picked on the pre-join screen ('' = the browser's default). */
+export interface DevicePrefs {
+  videoinput: string
+  audioinput: string
+  audiooutput: string
+}
+
 export async function acquireLocalMedia(
   md: Pick<MediaDevices, 'getUserMedia'> | undefined = globalThis.navigator?.mediaDevices,
   makeStream: () => MediaStream = () => new MediaStream(),
+  prefs: Partial<DevicePrefs> = {},
 ): Promise<LocalMedia> {
   if (!md || typeof md.getUserMedia !== 'function') {
     return { stream: makeStream(), hasVideo: false, hasAudio: false, issue: 'unsupported' }
   }
   let firstIssue: MediaIssue = 'none'
+  // a picked device is preferred (`ideal`), so a device unplugged since falls back to another
+  const video: MediaTrackConstraints = prefs.videoinput ? { ...VIDEO_CONSTRAINTS, deviceId: { ideal: prefs.videoinput } } : VIDEO_CONSTRAINTS
+  const audio: MediaTrackConstraints | true = prefs.audioinput ? { deviceId: { ideal: prefs.audioinput } } : true
   const attempts: [MediaStreamConstraints, MediaIssue][] = [
-    [{ video: VIDEO_CONSTRAINTS, audio: true }, 'none'],
-    [{ video: false, audio: true }, 'audioOnly'],
-    [{ video: VIDEO_CONSTRAINTS, audio: false }, 'videoOnly'],
+    [{ video, audio }, 'none'],
+    [{ video: false, audio }, 'audioOnly'],
+    [{ video, audio: false }, 'videoOnly'],
   ]
   for (const [constraints, issue] of attempts) {
     try {
@@ -60,4 +71,17 @@ export function stopStream(stream: MediaStream | null | undefined) {
 
 export function canShareScreen(): boolean {
   return typeof navigator !== 'undefined' && typeof navigator.mediaDevices?.getDisplayMedia === 'function'
+}
+
+/** One track from exactly the device picked (camera or microphone). */
+export async function openDevice(
+  kind: 'videoinput' | 'audioinput',
+  deviceId: string,
+  md: Pick<MediaDevices, 'getUserMedia'> = navigator.mediaDevices,
+): Promise<MediaStreamTrack> {
+  const id = { exact: deviceId }
+  const stream = await md.getUserMedia(kind === 'videoinput' ? { video: { ...VIDEO_CONSTRAINTS, deviceId: id } } : { audio: { deviceId: id } })
+  const track = stream.getTracks()[0]
+  if (!track) throw new Error('no track from ' + kind)
+  return track
 }

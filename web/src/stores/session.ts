@@ -1,6 +1,6 @@
 import { defineStore } from 'pinia'
 import type { SignalingStatus } from '../lib/signaling'
-import type { MediaIssue } from '../lib/media'
+import type { MediaIssue, DevicePrefs } from '../lib/media'
 
 export type Phase = 'login' | 'joining' | 'room'
 export type JoinStep = 'server' | 'media' | 'login' | null
@@ -12,6 +12,27 @@ export interface ServerError {
   text: string
   /** kicked: the name of who removed us */
   by?: string
+}
+
+const DEVICES_KEY = 'webrtc-chat.devices'
+
+function loadDevices(): DevicePrefs {
+  const d: DevicePrefs = { videoinput: '', audioinput: '', audiooutput: '' }
+  try {
+    const v = JSON.parse(localStorage.getItem(DEVICES_KEY) ?? '{}') as Partial<DevicePrefs>
+    for (const k of ['videoinput', 'audioinput', 'audiooutput'] as const) if (typeof v[k] === 'string') d[k] = v[k]
+  } catch {
+    /* no storage, or not ours */
+  }
+  return d
+}
+
+export function saveDevices(d: DevicePrefs) {
+  try {
+    localStorage.setItem(DEVICES_KEY, JSON.stringify(d))
+  } catch {
+    /* ignore */
+  }
 }
 
 export const useSession = defineStore('session', {
@@ -42,6 +63,8 @@ export const useSession = defineStore('session', {
       sharing: false,
       issue: 'none' as MediaIssue,
     },
+    /** pre-join picks, remembered in localStorage ('' = the browser's default) */
+    devices: loadDevices(),
     toast: null as { key: string; params?: Record<string, string>; at: number } | null,
   }),
   getters: {

@@ -1,0 +1,111 @@
+// End-to-end: the controls people reach for in the first minute of a call
+// (issue 18), against the real host and Debian Chromium with fake devices
+// (three fake cameras: device-count=3 — fake_device_1 is Y16, which plays but
+// is never encoded, so the switch goes to fake_device_2; three fake
+// microphones and speakers).
+import { describe, it, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, shot, sleep } from './support/harness.mjs'
+
+/** The device ids the page's own tracks come from, and what each peer connection sends. */
+const localDevices = (page) =>
+  page.evaluate(() => {
+    const c = window.__webrtcChat
+    const id = (tr) => tr?.getSettings().deviceId ?? null
+    const s = c.localStream.value
+    return {
+      video: id(s?.getVideoTracks()[0]),
+      audio: id(s?.getAudioTracks()[0]),
+      senders: [...c.peerConnections().values()].map((pc) =>
+        Object.fromEntries(pc.getSenders().filter((x) => x.track).map((x) => [x.track.kind, id(x.track)])),
+      ),
+    }
+  })
+
+describe('call controls', { timeout: 280_000 }, () => {
+  let host, browser
+  const pages = []
+  const open = async (opts) => {
+    const p = await newPage(browser, opts)
+    pages.push(p)
+    return p
+  }
+
+  before(async () => {
+    host = await startHost()
+    browser = await launchBrowser({ args: ['--use-fake-device-for-media-stream=device-count=3'] })
+  })
+  after(async () => {
+    await browser?.close()
+    host?.stop()
+  })
+
+  it('pre-join: preview, camera/microphone/speaker pickers, mic level; the picks are what the call sends and plays on', async () => {
+    const room = randomUUID()
+    const alice = await open()
+    await alice.goto(`${host.base}/?room=${room}`)
+    await alice.getByRole('button', { name: 'Check camera and microphone' }).click()
+    assert.equal(await alice.locator('.prejoin-toggle').getAttribute('aria-expanded'), 'true')
+    // the camera preview plays
+    await alice.waitForFunction(() => {
+      const v = document.querySelector('.prejoin-video')
+      return v && v.videoWidth > 0 && !v.paused
+    })
+    // the pickers list Chromium's fake devices, by label
+    const options = (id) => alice.locator(`#${id} option`).allInnerTexts()
+    await alice.waitForFunction(() => document.querySelectorAll('#device-videoinput option').length === 3)
+    assert.deepEqual(await options('device-videoinput'), ['fake_device_0', 'fake_device_1', 'fake_device_2'])
+    assert.deepEqual((await options('device-audioinput')).length, 3)
+    assert.ok((await options('device-audiooutput')).includes('Fake Audio Output 1'))
+    assert.equal(await alice.getByLabel('Camera', { exact: true }).count(), 1)
+    assert.equal(await alice.getByLabel('Microphone', { exact: true }).count(), 1)
+    assert.equal(await alice.getByLabel('Speaker', { exact: true }).count(), 1)
+    // the fake microphone beeps: the meter moves
+    await alice.waitForFunction(() => document.querySelector('#mic-level').value > 0.05, null, { timeout: 15_000, polling: 50 })
+
+    // pick the second camera, the second microphone and a speaker
+    const idOf = (sel, label) => alice.locator(`${sel} option`, { hasText: label }).getAttribute('value')
+    const cam1 = await idOf('#device-videoinput', 'fake_device_2')
+    const mic1 = await idOf('#device-audioinput', 'Fake Audio Input 1')
+    const spk1 = await idOf('#device-audiooutput', 'Fake Audio Output 1')
+    const before = await localDevices(alice)
+    assert.notEqual(before.video, cam1)
+    await alice.locator('#device-videoinput').selectOption(cam1)
+    await alice.locator('#device-audioinput').selectOption(mic1)
+    await alice.locator('#device-audiooutput').selectOption(spk1)
+    await alice.waitForFunction(
+      ([cam, mic]) => {
+        const s = window.__webrtcChat.localStream.value
+        return s.getVideoTracks()[0]?.getSettings().deviceId === cam && s.getAudioTracks()[0]?.getSettings().deviceId === mic
+      },
+      [cam1, mic1],
+    )
+    // the preview shows the new camera, and the old tracks were stopped (one of each kind)
+    await alice.waitForFunction(() => {
+      const v = document.querySelector('.prejoin-video')
+      return v.videoWidth > 0 && v.srcObject.getVideoTracks()[0].readyState === 'live'
+    })
+    assert.equal(await alice.evaluate(() => window.__webrtcChat.localStream.value.getTracks().length), 2)
+    await shot(alice, 'prejoin-desktop.png')
+
+    // join: the stream picked is the one sent, and the others play on the speaker picked
+    await alice.locator('#username').fill('Alice')
+    await alice.locator('form.login-form button[type=submit]').click()
+    await alice.locator('.room').waitFor()
+    const bob = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    await join(bob, host.base, room, 'Bob')
+    for (const r of await expectRemoteVideos(bob, 1)) assert.ok(r.advanced && r.width > 0, JSON.stringify(r))
+    for (const r of await expectRemoteVideos(alice, 1)) assert.ok(r.advanced && r.width > 0, JSON.stringify(r))
+    const sent = await localDevices(alice)
+    assert.deepEqual(sent.senders, [{ video: cam1, audio: mic1 }])
+    assert.equal(await alice.evaluate(() => document.querySelector('.tile.remote video').sinkId), spk1)
+    // remembered for the next visit
+    assert.deepEqual(
+      await alice.evaluate(() => JSON.parse(localStorage.getItem('webrtc-chat.devices'))),
+      { videoinput: cam1, audioinput: mic1, audiooutput: spk1 },
+    )
+    for (const p of [alice, bob]) assert.deepEqual(pageProblems(p), [])
+    await sleep(0)
+  })
+})
