@@ -6,7 +6,7 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, shot, sleep } from './support/harness.mjs'
+import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, expectRemoteAudio, shot, sleep } from './support/harness.mjs'
 
 /** The device ids the page's own tracks come from, and what each peer connection sends. */
 const localDevices = (page) =>
@@ -107,5 +107,47 @@ describe('call controls', { timeout: 280_000 }, () => {
     )
     for (const p of [alice, bob]) assert.deepEqual(pageProblems(p), [])
     await sleep(0)
+  })
+
+  it('audio-only mode: the camera stops, no video is sent, sound still is; turning it off sends video again', async () => {
+    const room = randomUUID()
+    const ann = await open()
+    const ben = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    await join(ann, host.base, room, 'Ann')
+    await join(ben, host.base, room, 'Ben')
+    await expectRemoteVideos(ben, 1)
+    /** Ann's video senders and how many video frames she has encoded so far. */
+    const sending = () =>
+      ann.evaluate(async () => {
+        const pc = [...window.__webrtcChat.peerConnections().values()][0]
+        const sender = pc.getSenders().find((s) => s.track?.kind === 'video' || s === pc.getTransceivers().find((t) => t.receiver.track.kind === 'video')?.sender)
+        let frames = 0
+        ;(await pc.getStats()).forEach((r) => {
+          if (r.type === 'outbound-rtp' && r.kind === 'video') frames += r.framesEncoded ?? 0
+        })
+        return { track: sender.track ? sender.track.readyState : null, frames, camera: window.__webrtcChat.localStream.value.getVideoTracks().length }
+      })
+    const button = ann.getByRole('button', { name: 'Audio only (send no video)' })
+    assert.equal(await button.getAttribute('aria-pressed'), 'false')
+    await button.click()
+    await ann.waitForFunction(() => document.querySelector('.ctl.audio-only').getAttribute('aria-pressed') === 'true')
+    const a = await sending()
+    assert.deepEqual([a.track, a.camera], [null, 0], 'no video track is sent and the camera is released')
+    await sleep(1500)
+    const b = await sending()
+    assert.equal(b.frames, a.frames, 'no video frame is encoded in audio-only mode')
+    // Ben sees Ann's placeholder (her media frame said video off) and still hears her
+    await ben.waitForFunction(() => !document.querySelector('.tile.remote').classList.contains('has-video'))
+    await expectRemoteAudio(ben, 1)
+    assert.ok(await ann.getByRole('button', { name: 'Turn camera off' }).isDisabled())
+    await shot(ben, 'audio-only-mobile.png')
+
+    await button.click()
+    await ann.waitForFunction(() => document.querySelector('.ctl.audio-only').getAttribute('aria-pressed') === 'false')
+    const c = await sending()
+    assert.deepEqual([c.track, c.camera], ['live', 1])
+    for (const r of await expectRemoteVideos(ben, 1)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
+    assert.ok((await sending()).frames > c.frames)
+    for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
   })
 })

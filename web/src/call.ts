@@ -458,7 +458,49 @@ export class CallController {
 
   private announceMedia() {
     const m = this.session.media
-    this.pm?.setMediaState({ video: m.sharing || (m.hasVideo && m.camOn), audio: m.hasAudio && m.micOn })
+    this.pm?.setMediaState({ video: m.sharing || (m.hasVideo && m.camOn && !m.audioOnly), audio: m.hasAudio && m.micOn })
+  }
+
+  /**
+   * Audio-only mode: send no video at all. The camera is stopped (its light
+   * goes off) and every video sender sends nothing (`replaceTrack(null)`, no
+   * renegotiation, so the original client is unaffected); the others see the
+   * placeholder. Turning it off opens the camera (the one picked) again.
+   */
+  async toggleAudioOnly() {
+    const s = this.session
+    const stream = this.localStream.value
+    if (!stream || !s.media.hasVideo) return
+    if (!s.media.audioOnly) {
+      s.media.audioOnly = true
+      if (s.media.sharing) await this.stopScreenShare()
+      for (const tr of stream.getVideoTracks()) {
+        stream.removeTrack(tr)
+        tr.stop()
+      }
+      this.preview.value = new MediaStream(stream.getTracks())
+      await this.pm?.replaceTrack('video', null)
+      this.announceMedia()
+      return
+    }
+    let track: MediaStreamTrack
+    try {
+      track = await (this.deps.openDevice ?? openDevice)('videoinput', s.devices.videoinput)
+    } catch (err) {
+      this.log('camera did not come back', err)
+      s.showToast('deviceFailed')
+      return
+    }
+    if (this.localStream.value !== stream || !s.media.audioOnly) {
+      track.stop()
+      return
+    }
+    s.media.audioOnly = false
+    track.enabled = s.media.camOn
+    stream.addTrack(track)
+    this.preview.value = new MediaStream(stream.getTracks())
+    await this.pm?.replaceTrack('video', track)
+    this.announceMedia()
   }
 
   toggleCamera() {

@@ -102,6 +102,7 @@ const en = {
   micLevel: 'Microphone level',
   deviceFailed: 'That device could not be started.',
   previewLabel: 'Your camera',
+  audioOnly: 'Audio only (send no video)',
 } as const
 
 export type MessageKey = keyof typeof en
@@ -205,6 +206,7 @@ const ko: Record<MessageKey, string> = {
   micLevel: '마이크 음량',
   deviceFailed: '그 장치를 시작하지 못했습니다.',
   previewLabel: '내 카메라',
+  audioOnly: '음성만 (영상 보내지 않기)',
 }
 
 const tables: Record<Locale, Record<MessageKey, string>> = { en, ko }

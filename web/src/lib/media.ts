@@ -73,14 +73,14 @@ export function canShareScreen(): boolean {
   return typeof navigator !== 'undefined' && typeof navigator.mediaDevices?.getDisplayMedia === 'function'
 }
 
-/** One track from exactly the device picked (camera or microphone). */
+/** One track from exactly the device picked (camera or microphone; '' = the default one). */
 export async function openDevice(
   kind: 'videoinput' | 'audioinput',
   deviceId: string,
   md: Pick<MediaDevices, 'getUserMedia'> = navigator.mediaDevices,
 ): Promise<MediaStreamTrack> {
-  const id = { exact: deviceId }
-  const stream = await md.getUserMedia(kind === 'videoinput' ? { video: { ...VIDEO_CONSTRAINTS, deviceId: id } } : { audio: { deviceId: id } })
+  const id = deviceId ? { deviceId: { exact: deviceId } } : {}
+  const stream = await md.getUserMedia(kind === 'videoinput' ? { video: { ...VIDEO_CONSTRAINTS, ...id } } : { audio: deviceId ? id : true })
   const track = stream.getTracks()[0]
   if (!track) throw new Error('no track from ' + kind)
   return track

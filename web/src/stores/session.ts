@@ -61,6 +61,8 @@ export const useSession = defineStore('session', {
       camOn: true,
       micOn: true,
       sharing: false,
+      /** audio-only mode: no camera, no video sent */
+      audioOnly: false,
       issue: 'none' as MediaIssue,
     },
     /** pre-join picks, remembered in localStorage ('' = the browser's default) */
@@ -94,7 +96,7 @@ export const useSession = defineStore('session', {
       this.toast = { key, params, at: Date.now() }
     },
     resetMedia() {
-      this.media = { hasVideo: false, hasAudio: false, camOn: true, micOn: true, sharing: false, issue: 'none' }
+      this.media = { hasVideo: false, hasAudio: false, camOn: true, micOn: true, sharing: false, audioOnly: false, issue: 'none' }
     },
   },
 })
