@@ -103,6 +103,7 @@ const en = {
   deviceFailed: 'That device could not be started.',
   previewLabel: 'Your camera',
   audioOnly: 'Audio only (send no video)',
+  messageToast: '{name}: {text}',
 } as const
 
 export type MessageKey = keyof typeof en
@@ -207,6 +208,7 @@ const ko: Record<MessageKey, string> = {
   deviceFailed: '그 장치를 시작하지 못했습니다.',
   previewLabel: '내 카메라',
   audioOnly: '음성만 (영상 보내지 않기)',
+  messageToast: '{name}: {text}',
 }
 
 const tables: Record<Locale, Record<MessageKey, string>> = { en, ko }
