@@ -182,4 +182,57 @@ describe('call controls', { timeout: 280_000 }, () => {
     assert.equal(await dan.locator('.toast span').count(), 0)
     for (const p of [cy, dan]) assert.deepEqual(pageProblems(p), [])
   })
+
+  it('pin (spotlight) a participant and show one full screen', async () => {
+    const room = randomUUID()
+    const ann = await open()
+    const ben = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    const cal = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    await join(ann, host.base, room, 'Ann')
+    await join(ben, host.base, room, 'Ben')
+    await join(cal, host.base, room, 'Cal')
+    await expectRemoteVideos(ann, 2)
+    const layout = () =>
+      ann.evaluate(() =>
+        [...document.querySelectorAll('.grid > li')].map((li) => ({
+          name: li.querySelector('.namebar .name').textContent.trim(),
+          pinned: li.classList.contains('pinned'),
+          width: Math.round(li.querySelector('.tile').getBoundingClientRect().width),
+        })),
+      )
+    const before = await layout()
+    assert.deepEqual(before.map((x) => x.name), ['Ben', 'Cal'])
+    assert.equal(before[0].width, before[1].width)
+    const pinCal = ann.getByRole('button', { name: 'Pin Cal (spotlight)' })
+    assert.equal(await pinCal.getAttribute('aria-pressed'), 'false')
+    await pinCal.click()
+    assert.equal(await pinCal.getAttribute('aria-pressed'), 'true')
+    const pinned = await layout()
+    assert.deepEqual(pinned.map((x) => [x.name, x.pinned]), [['Cal', true], ['Ben', false]])
+    assert.ok(pinned[0].width > pinned[1].width * 1.5, JSON.stringify(pinned))
+    // the pinned video is shown whole, not cropped
+    assert.equal(await ann.evaluate(() => getComputedStyle(document.querySelector('li.pinned video')).objectFit), 'contain')
+    await shot(ann, 'call-pinned-desktop.png')
+    // pinning another moves the spotlight; pressing again unpins
+    await ann.getByRole('button', { name: 'Pin Ben (spotlight)' }).click()
+    assert.deepEqual((await layout()).map((x) => [x.name, x.pinned]), [['Ben', true], ['Cal', false]])
+    await ann.getByRole('button', { name: 'Pin Ben (spotlight)' }).click()
+    assert.deepEqual(await layout(), before)
+
+    // full screen: Ben's tile fills the screen, pressing again (or Escape) leaves it
+    const full = ann.getByRole('button', { name: 'Show Ben full screen' })
+    await full.click()
+    await ann.waitForFunction(() => document.fullscreenElement?.matches('.tile.remote'))
+    assert.equal(await ann.evaluate(() => document.fullscreenElement.querySelector('.name').textContent.trim()), 'Ben')
+    assert.equal(await full.getAttribute('aria-pressed'), 'true')
+    await full.click()
+    await ann.waitForFunction(() => !document.fullscreenElement)
+    assert.equal(await full.getAttribute('aria-pressed'), 'false')
+    // a pinned peer who leaves takes the spotlight along
+    await ann.getByRole('button', { name: 'Pin Cal (spotlight)' }).click()
+    await cal.close()
+    await ann.waitForFunction(() => document.querySelectorAll('.grid > li').length === 1)
+    assert.equal(await ann.locator('.grid.has-pin').count(), 0)
+    for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
+  })
 })

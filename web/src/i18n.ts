@@ -104,6 +104,8 @@ const en = {
   previewLabel: 'Your camera',
   audioOnly: 'Audio only (send no video)',
   messageToast: '{name}: {text}',
+  pinLabel: 'Pin {name} (spotlight)',
+  fullscreenLabel: 'Show {name} full screen',
 } as const
 
 export type MessageKey = keyof typeof en
@@ -209,6 +211,8 @@ const ko: Record<MessageKey, string> = {
   previewLabel: '내 카메라',
   audioOnly: '음성만 (영상 보내지 않기)',
   messageToast: '{name}: {text}',
+  pinLabel: '{name} 고정 (크게 보기)',
+  fullscreenLabel: '{name} 전체 화면',
 }
 
 const tables: Record<Locale, Record<MessageKey, string>> = { en, ko }
