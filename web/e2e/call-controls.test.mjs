@@ -235,4 +235,46 @@ describe('call controls', { timeout: 280_000 }, () => {
     assert.equal(await ann.locator('.grid.has-pin').count(), 0)
     for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
   })
+
+  it('video bitrate falls as peers join and rises as they leave (RTCRtpSender.setParameters, read back with getParameters)', async () => {
+    const room = randomUUID()
+    const caps = (page) =>
+      page.evaluate(() =>
+        [...window.__webrtcChat.pm.peers.values()].map((p) => p.senders.video?.getParameters().encodings?.[0]?.maxBitrate ?? null),
+      )
+    const expectCaps = async (page, want) => {
+      const deadline = Date.now() + 30_000
+      for (;;) {
+        const got = await caps(page)
+        if (JSON.stringify(got) === JSON.stringify(want)) return
+        if (Date.now() > deadline) assert.deepEqual(got, want)
+        await sleep(200)
+      }
+    }
+    const mobile = { viewport: { width: 390, height: 844 }, isMobile: true }
+    const eve = await open()
+    const fay = await open(mobile)
+    await join(eve, host.base, room, 'Eve')
+    await join(fay, host.base, room, 'Fay')
+    await expectRemoteVideos(eve, 1)
+    await expectCaps(eve, [1_000_000])
+    await expectCaps(fay, [1_000_000])
+    const gus = await open(mobile)
+    await join(gus, host.base, room, 'Gus')
+    await expectRemoteVideos(gus, 2)
+    await expectCaps(eve, [600_000, 600_000])
+    await expectCaps(gus, [600_000, 600_000])
+    const hal = await open(mobile)
+    await join(hal, host.base, room, 'Hal')
+    await expectRemoteVideos(hal, 3)
+    await expectCaps(eve, [400_000, 400_000, 400_000])
+    await expectCaps(hal, [400_000, 400_000, 400_000])
+    // video still flows under the cap
+    for (const r of await expectRemoteVideos(eve, 3)) assert.ok(r.advanced, JSON.stringify(r))
+    await hal.close()
+    await gus.close()
+    await expectCaps(eve, [1_000_000])
+    await expectCaps(fay, [1_000_000])
+    for (const p of [eve, fay]) assert.deepEqual(pageProblems(p), [])
+  })
 })

@@ -2,7 +2,7 @@
 // Components call these methods; they never touch sockets or RTCPeerConnections.
 import { shallowRef } from 'vue'
 import { Signaling, defaultSignalingUrl, type SignalingOptions } from './lib/signaling'
-import { PeerManager, MAX_CHAT_LEN } from './lib/peers'
+import { PeerManager, MAX_CHAT_LEN, videoBitrateFor } from './lib/peers'
 import { frames, uuidv4, validateField, ROOM_MAX_LEN, NAME_MAX_LEN, type ServerFrame } from './lib/protocol'
 import { acquireLocalMedia, openDevice, stopStream, type LocalMedia } from './lib/media'
 import { useSession, saveDevices } from './stores/session'
@@ -322,6 +322,7 @@ export class CallController {
         const name = p?.username || f.username || ''
         this.pm.handleLogout(f.from)
         this.peersStore.remove(f.from)
+        void this.applyBitrate()
         this.earlier.delete(f.from)
         s.isOwner = this.earlier.size === 0
         this.chat.notice(this.removing.delete(f.from) ? 'youRemoved' : 'left', { name })
@@ -362,6 +363,7 @@ export class CallController {
         onStream: (id, stream) => this.peersStore.setStream(id, stream),
         onState: (id, state) => {
           if (state !== 'closed') this.peersStore.setState(id, state)
+          if (state === 'connected') void this.applyBitrate()
         },
         onMediaState: (id, st) => {
           const p = this.peersStore.byId[id]
@@ -426,6 +428,13 @@ export class CallController {
     if (!s.canRemove || !this.peersStore.byId[id]) return false
     this.removing.add(id)
     return this.signaling.send(frames.kick(id))
+  }
+
+  /** Scale every connection's video bitrate to how many peers we send to (a mesh: one upload each). */
+  private async applyBitrate() {
+    const pm = this.pm
+    if (!pm) return
+    await pm.setVideoBitrate(videoBitrateFor(pm.peers.size))
   }
 
   /** Who is speaking: polled from the receivers (cheap; no audio graph per peer). */

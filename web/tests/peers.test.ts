@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, vi } from 'vitest'
-import { PeerManager, isPolite, parseChat, CHAT_PROTOCOL, type PeerCallbacks } from '../src/lib/peers'
+import { PeerManager, isPolite, parseChat, videoBitrateFor, CHAT_PROTOCOL, type PeerCallbacks } from '../src/lib/peers'
 import { FakePC, FakeStream, FakeTrack, FakeChannel, fakePCFactory, fakeStreamFactory, flush, resetFakes } from './fakes'
 
 function setup(selfId = 'm', opts: { stream?: FakeStream | null; relay?: boolean } = {}) {
@@ -332,5 +332,14 @@ describe('parseChat', () => {
     // the original client's chat
     expect(parseChat('{"sender":"kim","chatInput":"안녕"}', 'Host')).toMatchObject({ username: 'Host', text: '안녕' })
     expect(parseChat('{"sender":"kim","chatInput":"hi"}', '')).toMatchObject({ username: 'kim', text: 'hi' })
+  })
+})
+
+describe('videoBitrateFor', () => {
+  it('shares about 1.2 Mbit/s of upload between the peers, within 150 kbit/s – 1 Mbit/s', () => {
+    expect([0, 1, 2, 3, 4, 5, 8, 9].map(videoBitrateFor)).toEqual([
+      1_000_000, 1_000_000, 600_000, 400_000, 300_000, 250_000, 150_000, 150_000,
+    ])
+    for (let n = 2; n < 10; n++) expect(videoBitrateFor(n)).toBeLessThanOrEqual(videoBitrateFor(n - 1))
   })
 })

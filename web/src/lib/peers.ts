@@ -548,9 +548,42 @@ export class PeerManager {
     )
   }
 
+  /**
+   * Cap what each video sender sends at `maxBitrate` (bits/s) with
+   * setParameters: no renegotiation, so it holds for the original client too.
+   * A sender not negotiated yet (no encodings) is skipped; the caller applies
+   * the cap again when that connection comes up.
+   */
+  async setVideoBitrate(maxBitrate: number) {
+    await Promise.all(
+      [...this.peers.values()].map(async (p) => {
+        const s = p.senders.video
+        if (!s) return
+        try {
+          const params = s.getParameters()
+          if (!params.encodings?.length || params.encodings.every((e) => e.maxBitrate === maxBitrate)) return
+          for (const e of params.encodings) e.maxBitrate = maxBitrate
+          await s.setParameters(params)
+        } catch (err) {
+          this.log('setParameters failed', p.id, err)
+        }
+      }),
+    )
+  }
+
   setLocalStream(stream: MediaStream | null) {
     this.localStream = stream
   }
+}
+
+/**
+ * The video bitrate cap for each connection when sending to `peers` others
+ * over a mesh: about 1.2 Mbit/s of upload shared between them, at most
+ * 1 Mbit/s and at least 150 kbit/s per peer, in 50 kbit/s steps.
+ */
+export function videoBitrateFor(peers: number): number {
+  const per = 1_200_000 / Math.max(1, peers)
+  return Math.min(1_000_000, Math.max(150_000, Math.round(per / 50_000) * 50_000))
 }
 
 /** A {"type":"media","video":bool,"audio":bool} control frame, or null. */
