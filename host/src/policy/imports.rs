@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -38,7 +37,7 @@ pub struct PolicyContext {
 pub(super) struct StoreData {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: super::limiter::InstanceLimits,
     pub ctx: Arc<PolicyContext>,
     pub name: Arc<str>,
     /// Shared by the policy's instances.

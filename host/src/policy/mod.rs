@@ -13,6 +13,7 @@ mod chain;
 mod engine;
 mod imports;
 pub mod kv;
+mod limiter;
 mod pool;
 mod quarantine;
 pub mod reload;

@@ -15,13 +15,14 @@ use wasmtime_wasi::WasiCtxBuilder;
 use super::bindings::{Action, Envelope, Policy, PolicyPre, Verdict};
 use super::engine::{SandboxLimits, one_line};
 use super::imports::{LogBudget, PolicyContext, StoreData};
+use super::limiter::InstanceLimits;
 use super::quarantine::Quarantine;
 
 /// Core instances, tables and memories one policy instance may create.
 /// Real guests need more than a hand-written Rust policy's handful: a
 /// componentize-py component creates 14 core instances (38 when built with
-/// `--stub-wasi`), componentize-qjs about 10. Memory is bounded by the
-/// memory cap per linear memory and by `MAX_MEMORIES`.
+/// `--stub-wasi`), componentize-qjs about 10. The memory cap is charged
+/// for all of an instance's linear memories together (`InstanceLimits`).
 const MAX_CORE_INSTANCES: usize = 64;
 const MAX_TABLES: usize = 64;
 const MAX_MEMORIES: usize = 4;
@@ -111,14 +112,18 @@ impl LoadedPolicy {
                 t.set_max_capacity(MAX_RESOURCES);
                 t
             },
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .instances(MAX_CORE_INSTANCES)
-                .tables(MAX_TABLES)
-                .memories(MAX_MEMORIES)
-                .table_elements(100_000)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: InstanceLimits {
+                per_item: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .instances(MAX_CORE_INSTANCES)
+                    .tables(MAX_TABLES)
+                    .memories(MAX_MEMORIES)
+                    .table_elements(100_000)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_cap: self.limits.memory_bytes,
+                memory_total: 0,
+            },
             ctx: self.ctx.clone(),
             name: self.name.clone(),
             log_budget: self.log_budget.clone(),
