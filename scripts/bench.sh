@@ -13,6 +13,11 @@
 #   idle        10 000 sessions (1000 rooms x 10) joined and held: server RSS per session
 #   reload      hot reload: a policy dropped into plugins/ (atomic rename) until the
 #               host serves it, $RELOADS times (the first compiles, later ones hit the cache)
+#   cluster     (not in the default list) a real redis-server and two hosts sharing it:
+#               light (as above), pairs (20 rooms x 2, 5 msg/s) and throughput (as above),
+#               each once with every client on host 1 ("-1h": local deliveries) and once
+#               spread over both ("-2h": client i of a room on host i mod 2, so frames
+#               cross hosts through Redis). Needs redis-server.
 # Each scenario gets a fresh host. With taskset and >= 2 CPUs the host runs
 # on CPU 0 and sigload on the others, so one can tell who saturates
 # (PIN=0: no pinning, both share every CPU).
@@ -35,8 +40,11 @@ OUT=${OUT:-$TARGET/sigload-bench}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 HOST_PID=
+CLUSTER_PIDS=()
 cleanup() {
   if [ -n "$HOST_PID" ]; then kill -INT "$HOST_PID" 2>/dev/null || true; wait "$HOST_PID" 2>/dev/null || true; fi
+  local p
+  for p in "${CLUSTER_PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -80,30 +88,43 @@ pin() { # pin CPUS cmd...
   if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
 }
 
-start_host() {
-  rm -rf "$WORK/host" && mkdir -p "$WORK/host/ssl" "$WORK/host/plugins"
+# launch_host NAME extra-flags... : starts a host with its own dirs and log
+# ($WORK/NAME, $WORK/NAME.log); sets LAUNCHED_PID and LAUNCHED_PORT.
+launch_host() {
+  local name=$1; shift
+  rm -rf "${WORK:?}/$name" && mkdir -p "$WORK/$name/ssl" "$WORK/$name/plugins"
   local cmd=("$HOST_BIN" --bind 127.0.0.1 --https-port 0 \
-    --ssl-dir "$WORK/host/ssl" --plugins-dir "$WORK/host/plugins" "${HOST_FLAGS[@]}")
+    --ssl-dir "$WORK/$name/ssl" --plugins-dir "$WORK/$name/plugins" "${HOST_FLAGS[@]}" "$@")
   # taskset execs the host, so $! is the host's own PID (not a subshell's).
   [ -n "$HOST_CPUS" ] && cmd=(taskset -c "$HOST_CPUS" "${cmd[@]}")
-  "${cmd[@]}" >"$WORK/host.log" 2>&1 &
-  HOST_PID=$!
-  PORT=
+  "${cmd[@]}" >"$WORK/$name.log" 2>&1 &
+  LAUNCHED_PID=$!
+  LAUNCHED_PORT=
   for _ in $(seq 300); do
-    PORT=$(grep -o 'https://localhost:[0-9]*' "$WORK/host.log" 2>/dev/null | head -1 | sed 's/.*://') || true
-    [ -n "$PORT" ] && break
-    kill -0 "$HOST_PID" 2>/dev/null || break
+    LAUNCHED_PORT=$(grep -o 'https://localhost:[0-9]*' "$WORK/$name.log" 2>/dev/null | head -1 | sed 's/.*://') || true
+    [ -n "$LAUNCHED_PORT" ] && break
+    kill -0 "$LAUNCHED_PID" 2>/dev/null || break
     sleep 0.1
   done
-  [ -n "$PORT" ] || { echo "bench: the host did not start:" >&2; cat "$WORK/host.log" >&2; exit 1; }
+  [ -n "$LAUNCHED_PORT" ] || { echo "bench: the host $name did not start:" >&2; cat "$WORK/$name.log" >&2; exit 1; }
   sleep 0.5
 }
 
+start_host() {
+  launch_host host
+  HOST_PID=$LAUNCHED_PID PORT=$LAUNCHED_PORT
+}
+
+# stop_pid PID: SIGINT, 5 s to exit, then SIGKILL.
+stop_pid() {
+  kill -INT "$1" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 stop_host() {
-  kill -INT "$HOST_PID" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$HOST_PID" 2>/dev/null || true
-  wait "$HOST_PID" 2>/dev/null || true
+  stop_pid "$HOST_PID"
   HOST_PID=
 }
 
@@ -161,6 +182,110 @@ reload_bench() {
   echo "hot reload, file renamed in -> new chain serving (ms, $(stat -c %s "$stage/40-moderation.wasm") B policy; first compiles, the rest from the cache): ${times[*]}" >"$OUT/reload.txt"
 }
 
+# ---- cluster: a real redis-server and two hosts sharing it (docs/cluster.md) ----
+# The same loads against host 1 of the cluster alone (every delivery local:
+# the room's owner writes to its own sockets) and spread over both hosts
+# (sigload's client i of a room on host i mod 2, so frames go edge -> owner
+# and owner -> edge through Redis pub/sub). Redis and both hosts run on the
+# host CPUs, sigload on the others, as above.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+free_port() { # a loopback port nobody listens on (redis-server cannot take port 0)
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+  done
+  return 1
+}
+redis_ping() { # in a subshell: (redis_ping PORT)
+  local l
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'PING\r\n' >&3
+  IFS= read -r -t 1 l <&3 || return 1
+  [ "${l%$'\r'}" = +PONG ]
+}
+start_cluster() {
+  command -v redis-server >/dev/null 2>&1 || { echo "bench: the cluster scenario needs redis-server (Debian: apt-get install redis-server)" >&2; exit 1; }
+  local try ok= cmd
+  for try in 1 2 3; do
+    REDIS_PORT=$(free_port) || break
+    rm -rf "$WORK/redis" && mkdir -p "$WORK/redis"
+    cmd=(redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+      --protected-mode no --dir "$WORK/redis")
+    [ -n "$HOST_CPUS" ] && cmd=(taskset -c "$HOST_CPUS" "${cmd[@]}")
+    "${cmd[@]}" >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 100); do
+      if (redis_ping "$REDIS_PORT") 2>/dev/null; then ok=1; break; fi
+      kill -0 "$REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    [ -n "$ok" ] && break
+    stop_pid "$REDIS_PID"
+  done
+  [ -n "$ok" ] || { echo "bench: redis-server did not start:" >&2; cat "$WORK/redis.log" >&2; exit 1; }
+  CLUSTER_PIDS=("$REDIS_PID")
+  local flags=(--redis-url "redis://127.0.0.1:$REDIS_PORT/0")
+  has_flag '--no-turn' || flags+=(--turn-secret bench-cluster-secret)
+  CLUSTER_PORTS=()
+  for h in c1 c2; do
+    launch_host "$h" "${flags[@]}"
+    CLUSTER_PIDS+=("$LAUNCHED_PID")
+    CLUSTER_PORTS+=("$LAUNCHED_PORT")
+    local deadline=$(($(now_ms) + 30000))
+    until grep -qF "cluster: Redis reachable" "$WORK/$h.log"; do
+      [ "$(now_ms)" -lt "$deadline" ] || { echo "bench: host $h did not reach Redis:" >&2; tail -n 20 "$WORK/$h.log" >&2; exit 1; }
+      sleep 0.1
+    done
+  done
+  sleep 1
+}
+stop_cluster() {
+  local i
+  for ((i = ${#CLUSTER_PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${CLUSTER_PIDS[i]}"; done
+  CLUSTER_PIDS=()
+}
+# cluster_run NAME "HOST_INDEXES" sigload-args... : one sigload run with a
+# --url per listed host (0 = c1, 1 = c2); --server-pid is c1. CPU seconds of
+# redis and each host over the whole run go to $OUT/cluster-cpu.txt.
+cluster_run() {
+  local name=$1 hosts=$2 h i; shift 2
+  local urls=() before=() t0 t1 line
+  for h in $hosts; do urls+=(--url "wss://127.0.0.1:${CLUSTER_PORTS[h]}/ws"); done
+  for i in "${!CLUSTER_PIDS[@]}"; do before[i]=$(cpu_ticks "${CLUSTER_PIDS[i]}"); done
+  echo "== $name: sigload ${urls[*]} $*" >&2
+  t0=$(now_ms)
+  if ! pin "$TOOL_CPUS" "$SIGLOAD_BIN" "${urls[@]}" --insecure --server-pid "${CLUSTER_PIDS[1]}" \
+    --json "$@" >"$OUT/$name.json"; then
+    echo "bench: $name failed; host logs:" >&2
+    tail -n 10 "$WORK/c1.log" "$WORK/c2.log" >&2
+  fi
+  t1=$(now_ms)
+  line="$name: $(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.1f", d / 1000}') s wall; CPU s"
+  local labels=(redis host1 host2) tck
+  tck=$(getconf CLK_TCK)
+  for i in "${!CLUSTER_PIDS[@]}"; do
+    line+=" ${labels[i]} $(awk -v a="${before[i]}" -v b="$(cpu_ticks "${CLUSTER_PIDS[i]}")" -v t="$tck" 'BEGIN{printf "%.2f", (b - a) / t}')"
+  done
+  echo "$line" >>"$OUT/cluster-cpu.txt"
+  NAMES+=("$name")
+}
+cluster_bench() {
+  rm -f "$OUT/cluster-cpu.txt"
+  start_cluster
+  local light=(--rooms 20 --clients 5 --rate 5 --offer-fanout 0.25 --duration "$DURATION" --warmup "$WARMUP")
+  local pairs=(--rooms 20 --clients 2 --rate 5 --duration "$DURATION" --warmup "$WARMUP")
+  local thr=(--rooms 20 --clients 5 --mix candidate --candidate-bytes 300 --inflight 8
+    --duration "$DURATION" --warmup "$WARMUP")
+  cluster_run cl-light-1h "0" "${light[@]}"
+  cluster_run cl-light-2h "0 1" "${light[@]}"
+  cluster_run cl-pairs-1h "0" "${pairs[@]}"
+  cluster_run cl-pairs-2h "0 1" "${pairs[@]}"
+  cluster_run cl-thru-1h "0" "${thr[@]}"
+  cluster_run cl-thru-2h "0 1" "${thr[@]}"
+  stop_cluster
+}
+
 NAMES=()
 for s in $SCENARIOS; do
   case $s in
@@ -180,6 +305,8 @@ for s in $SCENARIOS; do
         --duration "$IDLE_HOLD" --settle 3 --connect-concurrency 32 ;;
     reload)
       rm -f "$OUT/reload.txt"; reload_bench ;;
+    cluster)
+      cluster_bench ;;
     *) echo "bench: unknown scenario $s" >&2; exit 2 ;;
   esac
 done
@@ -225,4 +352,8 @@ for n in "${NAMES[@]}"; do
 done
 if [[ " $SCENARIOS " == *" reload "* ]] && [ -s "$OUT/reload.txt" ]; then
   cat "$OUT/reload.txt"
+fi
+if [[ " $SCENARIOS " == *" cluster "* ]] && [ -s "$OUT/cluster-cpu.txt" ]; then
+  echo "cluster (srv_* columns above are host1's; redis and both hosts over each whole run):"
+  cat "$OUT/cluster-cpu.txt"
 fi

@@ -19,8 +19,11 @@ use crate::payload::Kind;
 #[command(name = "sigload", version)]
 pub struct Args {
     /// Signaling URL, e.g. wss://127.0.0.1:8443/ws (loopback addresses only).
-    #[arg(long)]
-    pub url: String,
+    /// Give it more than once to spread the clients over several hosts (a
+    /// cluster): client i of every room connects to URL number i modulo the
+    /// count, so each room has members on different hosts.
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
     /// Accept any server certificate (the host's self-signed one).
     #[arg(long)]
     pub insecure: bool,
@@ -94,7 +97,8 @@ pub struct Args {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub url: String,
+    /// Signaling URLs; client (slot) i of every room uses `urls[i % len]`.
+    pub urls: Vec<String>,
     pub rooms: usize,
     pub clients: usize,
     pub duration: Duration,
@@ -118,6 +122,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// Index into `urls` of the URL client `slot` of a room connects to.
+    pub fn url_index(&self, slot: usize) -> usize {
+        slot % self.urls.len()
+    }
+
+    /// The URLs as shown in reports: the URL itself when there is one.
+    pub fn url_text(&self) -> String {
+        self.urls.join(" ")
+    }
+
     pub fn period(&self) -> Option<Duration> {
         (self.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / self.rate))
     }
@@ -166,6 +180,9 @@ impl Args {
         if self.rooms.saturating_mul(self.clients) > 100_000 {
             bail!("at most 100000 sessions");
         }
+        if self.url.is_empty() {
+            bail!("--url is required");
+        }
         if self.inflight == 0 {
             bail!("--inflight must be at least 1");
         }
@@ -191,7 +208,7 @@ impl Args {
             format!("sigload-{}-{t}-", std::process::id())
         });
         Ok(Config {
-            url: self.url.clone(),
+            urls: self.url.clone(),
             rooms: self.rooms,
             clients: self.clients,
             duration,
@@ -243,5 +260,39 @@ mod tests {
         let c = a.config().unwrap();
         assert_eq!(c.period(), Some(Duration::from_millis(100)));
         assert_eq!((c.rooms, c.clients, c.inflight), (10, 5, 8));
+        assert_eq!(c.urls, ["wss://127.0.0.1:1/ws"]);
+        assert_eq!(c.url_text(), "wss://127.0.0.1:1/ws");
+        assert!((0..5).all(|slot| c.url_index(slot) == 0));
+    }
+
+    #[test]
+    fn urls_spread_round_robin() {
+        let a = Args::try_parse_from([
+            "sigload",
+            "--url",
+            "wss://127.0.0.1:1/ws",
+            "--url",
+            "wss://127.0.0.1:2/ws",
+            "--clients",
+            "5",
+        ])
+        .unwrap();
+        let c = a.config().unwrap();
+        assert_eq!(c.urls, ["wss://127.0.0.1:1/ws", "wss://127.0.0.1:2/ws"]);
+        let hosts: Vec<&str> = (0..c.clients)
+            .map(|slot| c.urls[c.url_index(slot)].as_str())
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                "wss://127.0.0.1:1/ws",
+                "wss://127.0.0.1:2/ws",
+                "wss://127.0.0.1:1/ws",
+                "wss://127.0.0.1:2/ws",
+                "wss://127.0.0.1:1/ws",
+            ]
+        );
+        assert_eq!(c.url_text(), "wss://127.0.0.1:1/ws wss://127.0.0.1:2/ws");
+        assert!(Args::try_parse_from(["sigload"]).is_err());
     }
 }

@@ -25,8 +25,16 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let report = rt.block_on(async {
-        let addr = run::resolve_loopback(&cfg.url).await?;
-        let connector = if cfg.url.starts_with("ws://") {
+        let mut addrs = Vec::with_capacity(cfg.urls.len());
+        for url in &cfg.urls {
+            addrs.push(run::resolve_loopback(url).await?);
+        }
+        if cfg.urls.iter().any(|u| u.starts_with("ws://"))
+            && cfg.urls.iter().any(|u| !u.starts_with("ws://"))
+        {
+            anyhow::bail!("--url: either every URL is ws:// or none is");
+        }
+        let connector = if cfg.urls[0].starts_with("ws://") {
             tokio_tungstenite::Connector::Plain
         } else {
             let tls = tls::client_config(args.insecure, args.ca_file.as_deref())?;
@@ -34,15 +42,20 @@ fn main() -> Result<()> {
         };
         if !args.json {
             eprintln!(
-                "sigload: {} sessions ({} rooms x {}) -> {} ({addr}), {}",
+                "sigload: {} sessions ({} rooms x {}) -> {} ({}), {}",
                 cfg.rooms * cfg.clients,
                 cfg.rooms,
                 cfg.clients,
-                cfg.url,
+                cfg.url_text(),
+                addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 if cfg.idle { "idle" } else { "load" }
             );
         }
-        run::run(cfg, connector, addr, threads, nofile).await
+        run::run(cfg, connector, addrs, threads, nofile).await
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     if args.json {

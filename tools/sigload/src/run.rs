@@ -30,7 +30,8 @@ type Stream = SplitStream<Ws>;
 /// Shared by every task of a run.
 struct Shared {
     cfg: Config,
-    addr: SocketAddr,
+    /// Resolved address of each of `cfg.urls`, same order.
+    addrs: Vec<SocketAddr>,
     connector: Connector,
     epoch: Instant,
     /// Session ids by (room, slot), set once every client has joined.
@@ -86,13 +87,16 @@ struct Joiner {
     join_us: u64,
 }
 
-async fn connect_one(sh: &Shared, room: &str, user: &str) -> Result<Joiner, Fail> {
+async fn connect_one(sh: &Shared, room: &str, slot: usize, user: &str) -> Result<Joiner, Fail> {
     let t0 = Instant::now();
+    let target = sh.cfg.url_index(slot);
     let fut = async {
-        let tcp = TcpStream::connect(sh.addr).await.map_err(|_| Fail::Tcp)?;
+        let tcp = TcpStream::connect(sh.addrs[target])
+            .await
+            .map_err(|_| Fail::Tcp)?;
         let _ = tcp.set_nodelay(true);
         let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
-            sh.cfg.url.as_str(),
+            sh.cfg.urls[target].as_str(),
             tcp,
             // Small buffers: 10k idle sessions should not cost the tool 128 KiB each.
             Some(
@@ -504,7 +508,7 @@ struct Joined1 {
 pub async fn run(
     cfg: Config,
     connector: Connector,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     threads: usize,
     nofile: u64,
 ) -> Result<Report> {
@@ -522,7 +526,7 @@ pub async fn run(
     };
     let permits_each = cfg.inflight.max(fanout_need);
     let sh = Arc::new(Shared {
-        addr,
+        addrs,
         connector,
         epoch: Instant::now(),
         table: OnceLock::new(),
@@ -539,7 +543,7 @@ pub async fn run(
     let cfg = &sh.cfg;
     let mut report = Report {
         mode: if cfg.idle { "idle" } else { "load" },
-        url: cfg.url.clone(),
+        url: cfg.url_text(),
         rooms: cfg.rooms,
         clients_per_room: cfg.clients,
         ..Default::default()
@@ -569,7 +573,7 @@ pub async fn run(
                 let _permit = gate.acquire_owned().await.ok();
                 let room_name = format!("{}{room}", sh.cfg.room_prefix);
                 let user = format!("sl-r{room}-c{slot}");
-                match connect_one(&sh, &room_name, &user).await {
+                match connect_one(&sh, &room_name, slot, &user).await {
                     Ok(j) => {
                         let reader =
                             tokio::spawn(reader(sh.clone(), room, slot, j.stream, j.learned));

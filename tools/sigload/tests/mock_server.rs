@@ -27,6 +27,8 @@ struct Mock {
     duplicated: AtomicU64,
     drop_every: u64,
     dup_every: u64,
+    /// (username, index of the listener the login came in on)
+    logins: Mutex<Vec<(String, usize)>>,
 }
 
 impl Mock {
@@ -44,7 +46,7 @@ impl Mock {
     }
 }
 
-async fn session(mock: Arc<Mock>, tcp: tokio::net::TcpStream) {
+async fn session(mock: Arc<Mock>, tcp: tokio::net::TcpStream, listener: usize) {
     let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
         return;
     };
@@ -69,6 +71,11 @@ async fn session(mock: Arc<Mock>, tcp: tokio::net::TcpStream) {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            let user = v["data"]["username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            mock.logins.lock().unwrap().push((user, listener));
             let mut st = mock.state.lock().unwrap();
             st.next_id += 1;
             let id = format!("mock-{}", st.next_id);
@@ -113,11 +120,12 @@ async fn counts_exactly_what_a_lossy_server_dropped_and_duplicated() {
         duplicated: AtomicU64::new(0),
         drop_every: 97,
         dup_every: 89,
+        logins: Mutex::default(),
     });
     let m = mock.clone();
     let server = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(session(m.clone(), tcp));
+            tokio::spawn(session(m.clone(), tcp, 0));
         }
     });
 
@@ -182,4 +190,70 @@ async fn counts_exactly_what_a_lossy_server_dropped_and_duplicated() {
         r["load"]["drained"], false,
         "lost messages never drain: {r:#}"
     );
+}
+
+/// Two listeners sharing one room table, like two hosts of a cluster: with
+/// `--url` given twice, client i of every room must log in on listener
+/// i mod 2, and deliveries between them are counted as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spreads_clients_over_several_urls_round_robin() {
+    let mock = Arc::new(Mock {
+        state: Mutex::default(),
+        deliveries: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        duplicated: AtomicU64::new(0),
+        drop_every: u64::MAX,
+        dup_every: u64::MAX,
+        logins: Mutex::default(),
+    });
+    let mut urls = Vec::new();
+    let mut servers = Vec::new();
+    for index in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        urls.push(format!("ws://127.0.0.1:{port}/ws"));
+        let m = mock.clone();
+        servers.push(tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(session(m.clone(), tcp, index));
+            }
+        }));
+    }
+
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sigload"))
+            .args(["--url", &urls[0], "--url", &urls[1], "--json"])
+            .args(["--rooms", "3", "--clients", "3"])
+            .args(["--duration", "1", "--warmup", "0.2", "--rate", "20"])
+            .args(["--drain-timeout", "10"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    for s in servers {
+        s.abort();
+    }
+    assert!(out.status.success(), "sigload failed: {:?}", out.status);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["sessions"]["joined"], 9, "{r:#}");
+
+    let mut logins = mock.logins.lock().unwrap().clone();
+    logins.sort();
+    let want: Vec<(String, usize)> = {
+        let mut w: Vec<_> = (0..3)
+            .flat_map(|room| (0..3).map(move |slot| (format!("sl-r{room}-c{slot}"), slot % 2)))
+            .collect();
+        w.sort();
+        w
+    };
+    assert_eq!(logins, want, "client i of each room on listener i mod 2");
+
+    let t = &r["load"]["tally"];
+    assert!(t["expected"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(t["lost"], 0, "{r:#}");
+    assert_eq!(t["duplicated"], 0, "{r:#}");
+    assert_eq!(r["load"]["drained"], true, "{r:#}");
 }
