@@ -108,12 +108,29 @@ async fn bounded<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T>
     }
 }
 
+/// `url` with the password of its user part (`redis://user:PASSWORD@…`)
+/// replaced, for messages and logs.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((user, _)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:***@{}", &rest[user.len() + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 impl Store {
     /// Connects lazily: the host starts (and serves its own rooms) while
     /// Redis is down.
     pub fn open(url: &str) -> std::result::Result<Self, String> {
+        let shown = redacted(url);
         let client = redis::Client::open(url).map_err(|e| {
-            format!("--redis-url {url:?} is not a Redis URL like redis://127.0.0.1:6379/0 ({e})")
+            format!("--redis-url {shown:?} is not a Redis URL like redis://127.0.0.1:6379/0 ({e})")
         })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -121,7 +138,7 @@ impl Store {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| format!("--redis-url {url:?}: {e}"))?;
+            .map_err(|e| format!("--redis-url {shown:?}: {e}"))?;
         Ok(Self {
             client,
             con,
@@ -357,5 +374,24 @@ mod tests {
         let e = Store::open("http://nope").err().unwrap();
         assert!(e.contains("--redis-url"), "{e}");
         assert!(!e.contains('\n'));
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redacted("redis://:s3cret@10.0.0.1:6379/2"),
+            "redis://:***@10.0.0.1:6379/2"
+        );
+        assert_eq!(
+            redacted("redis://app:s3cret@host/0"),
+            "redis://app:***@host/0"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("not a url"), "not a url");
     }
 }

@@ -22,6 +22,11 @@ impl ResourceLimiter for InstanceLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own declared maximum wasmtime refuses the
+        // growth after asking: nothing to charge.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         let total = self.memory_total - current + desired;
         if total > self.memory_cap {
             // Worded like wasmtime's own trap, which the pool reports as
@@ -35,6 +40,10 @@ impl ResourceLimiter for InstanceLimits {
             self.memory_total = total;
         }
         Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.per_item.memory_grow_failed(error)
     }
 
     fn table_growing(

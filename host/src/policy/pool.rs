@@ -150,8 +150,8 @@ impl LoadedPolicy {
                 policy: self.name.clone(),
             });
         }
-        let start = Instant::now();
-        // Bounded by the wall-clock limit like the call itself.
+        // Waiting for an instance is bounded by the wall-clock limit too,
+        // but apart from the call: a call that waited keeps its whole time.
         let wall_limit = self.limits.deadline * 2 + Duration::from_millis(5);
         let permit = match self.in_use.try_acquire() {
             Ok(p) => p,
@@ -166,6 +166,7 @@ impl LoadedPolicy {
             },
         };
         let _permit = permit;
+        let start = Instant::now();
         let pooled = self.pool.lock().pop();
         let attempt = async {
             let mut inst = match pooled {
