@@ -166,28 +166,7 @@ impl Store {
 
     /// Hosts whose heartbeat is current.
     pub async fn hosts_alive(&self) -> Result<usize> {
-        let mut con = self.con.clone();
-        let pattern = format!("{PREFIX}:alive:*");
-        bounded(async move {
-            let mut n = 0;
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut con)
-                    .await?;
-                n += keys.len();
-                if next == 0 {
-                    return Ok(n);
-                }
-                cursor = next;
-            }
-        })
-        .await
+        self.live_hosts().await.map(|hosts| hosts.len())
     }
 
     /// Ids of the hosts with a current heartbeat.
