@@ -66,7 +66,8 @@ impl Cluster {
     pub(super) async fn relay(&self, hub: &Hub, sender: &Sender<'_>, text: &str, owner: Arc<str>) {
         let id = sender.id;
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id.clone(), tx);
+        let q = self.relay_seq.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().insert(id.clone(), Pending { q, tx });
         self.touched
             .lock()
             .entry(id.clone())
@@ -77,6 +78,7 @@ impl Cluster {
             &Msg::Frame {
                 src: self.id.to_string(),
                 s: id.to_string(),
+                q,
                 h: sender.host.to_string(),
                 t: text.to_string(),
             },
@@ -84,7 +86,11 @@ impl Cluster {
         let ack = match tokio::time::timeout(ACK_WAIT, rx).await {
             Ok(Ok(ack)) => ack,
             _ => {
-                self.pending.lock().remove(&**id);
+                let mut pending = self.pending.lock();
+                if pending.get(&**id).is_some_and(|p| p.q == q) {
+                    pending.remove(&**id);
+                }
+                drop(pending);
                 unavailable(hub, sender);
                 return;
             }
@@ -123,6 +129,18 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// The owner acknowledged frame `q` of `session`: its relay goes on.
+    /// An ack of an earlier frame (one that timed out) is ignored.
+    pub(super) fn settle(&self, session: &str, q: u64, ack: Ack) -> bool {
+        let mut pending = self.pending.lock();
+        if pending.get(session).is_none_or(|p| p.q != q) {
+            return false;
+        }
+        pending
+            .remove(session)
+            .is_some_and(|p| p.tx.send(ack).is_ok())
     }
 
     /// After a frame was handled here: a session that joined a room of this
@@ -175,5 +193,34 @@ impl Cluster {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(room: &str) -> Ack {
+        Ack {
+            room: Some(room.into()),
+            name: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_ack_of_an_earlier_frame_is_not_taken_for_the_current_one() {
+        let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+        let session: SessionId = Arc::from("s1");
+        let (tx, mut rx) = oneshot::channel();
+        cluster
+            .pending
+            .lock()
+            .insert(session.clone(), Pending { q: 8, tx });
+        // Frame 7 timed out; its ack comes now, while frame 8 waits.
+        assert!(!cluster.settle("s1", 7, ack("old")));
+        assert!(rx.try_recv().is_err(), "frame 8 still waits");
+        assert!(cluster.settle("s1", 8, ack("new")));
+        assert_eq!(rx.await.unwrap().room.as_deref(), Some("new"));
+        assert!(!cluster.settle("s1", 8, ack("again")), "settled once");
     }
 }

@@ -82,7 +82,7 @@ struct Proxy {
 }
 
 enum Work {
-    Frame { host: String, text: String },
+    Frame { host: String, q: u64, text: String },
     Leave,
     Gone,
 }
@@ -112,6 +112,13 @@ struct Ack {
     name: Option<String>,
 }
 
+/// A relayed frame waiting for its owner's `Ack`: `q` tells a late ack of
+/// an earlier frame (one that timed out) from the ack of this one.
+struct Pending {
+    q: u64,
+    tx: oneshot::Sender<Ack>,
+}
+
 #[derive(Default)]
 pub struct Stats {
     relayed_out: AtomicU64,
@@ -134,7 +141,9 @@ pub struct Cluster {
     routes: Mutex<HashMap<SessionId, Route>>,
     /// Hosts each local session's frames were relayed to (told when it ends).
     touched: Mutex<HashMap<SessionId, HashSet<Arc<str>>>>,
-    pending: Mutex<HashMap<SessionId, oneshot::Sender<Ack>>>,
+    pending: Mutex<HashMap<SessionId, Pending>>,
+    /// Numbers relayed frames (`Msg::Frame::q`).
+    relay_seq: AtomicU64,
     proxies: Mutex<HashMap<SessionId, Proxy>>,
     /// Leases claimed for rooms that may not exist yet.
     claims: Mutex<HashMap<RoomId, Instant>>,
@@ -181,6 +190,7 @@ impl Cluster {
             routes: Mutex::default(),
             touched: Mutex::default(),
             pending: Mutex::default(),
+            relay_seq: AtomicU64::new(1),
             proxies: Mutex::default(),
             claims: Mutex::default(),
             dead: Mutex::default(),
@@ -263,9 +273,13 @@ impl Cluster {
         }
         self.stats.relayed_in.fetch_add(1, Ordering::Relaxed);
         match msg {
-            Msg::Frame { src, s, h, t } => {
+            Msg::Frame { src, s, q, h, t } => {
                 let inbox = self.proxy(hub, &s, &src);
-                let _ = inbox.send(Work::Frame { host: h, text: t });
+                let _ = inbox.send(Work::Frame {
+                    host: h,
+                    q,
+                    text: t,
+                });
             }
             Msg::Gone { s, .. } => {
                 if let Some(p) = self.proxies.lock().get(s.as_str()) {
@@ -277,10 +291,10 @@ impl Cluster {
                     let _ = p.inbox.send(Work::Leave);
                 }
             }
-            Msg::Ack { s, room, name, .. } => {
-                if let Some(tx) = self.pending.lock().remove(s.as_str()) {
-                    let _ = tx.send(Ack { room, name });
-                }
+            Msg::Ack {
+                s, q, room, name, ..
+            } => {
+                self.settle(&s, q, Ack { room, name });
             }
             Msg::Owner { src, s, room, name } => {
                 let owner: Arc<str> = Arc::from(src);

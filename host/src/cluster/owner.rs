@@ -91,7 +91,7 @@ impl Cluster {
         let mut host = String::new();
         while let Some(w) = work.recv().await {
             match w {
-                Work::Frame { host: h, text } => {
+                Work::Frame { host: h, q, text } => {
                     host = h;
                     let sender = Sender {
                         id: &id,
@@ -111,6 +111,7 @@ impl Cluster {
                         &Msg::Ack {
                             src: self.id.to_string(),
                             s: id.to_string(),
+                            q,
                             room,
                             name,
                         },

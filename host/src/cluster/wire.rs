@@ -7,20 +7,23 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "k")]
 pub enum Msg {
     /// Edge → owner: a client frame of session `s`, as the client sent it;
-    /// `h` is the Host header the client connected with (ICE server URLs).
+    /// `h` is the Host header the client connected with (ICE server URLs);
+    /// `q` numbers the session's relayed frames (its `Ack` carries it back).
     #[serde(rename = "f")]
     Frame {
         src: String,
         s: String,
+        q: u64,
         h: String,
         t: String,
     },
-    /// Owner → edge: the frame was handled; `room` is where the session is
-    /// now on the owner (and `name` its user name there).
+    /// Owner → edge: frame `q` of session `s` was handled; `room` is where
+    /// the session is now on the owner (and `name` its user name there).
     #[serde(rename = "a")]
     Ack {
         src: String,
         s: String,
+        q: u64,
         room: Option<String>,
         name: Option<String>,
     },
@@ -76,6 +79,7 @@ mod tests {
         let m = Msg::Frame {
             src: "h".into(),
             s: "s".into(),
+            q: 7,
             h: "localhost".into(),
             t: r#"{"type":"offer","data":"x\n"}"#.into(),
         };
