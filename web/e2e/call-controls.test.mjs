@@ -23,6 +23,28 @@ const localDevices = (page) =>
     }
   })
 
+/** How much of the desktop grid panel the remote tiles cover (0..1), and whether every tile lies inside it. */
+const tileCoverage = (page) =>
+  page.evaluate(() => {
+    const panel = document.querySelector('.grid-panel')
+    const cs = getComputedStyle(panel)
+    const p = panel.getBoundingClientRect()
+    const inner = {
+      left: p.left + parseFloat(cs.paddingLeft),
+      right: p.right - parseFloat(cs.paddingRight),
+      top: p.top + parseFloat(cs.paddingTop),
+      bottom: p.bottom - parseFloat(cs.paddingBottom),
+    }
+    let area = 0
+    let inside = true
+    for (const t of document.querySelectorAll('.grid .tile')) {
+      const r = t.getBoundingClientRect()
+      area += r.width * r.height
+      if (r.left < inner.left - 1 || r.right > inner.right + 1 || r.top < inner.top - 1 || r.bottom > inner.bottom + 1) inside = false
+    }
+    return { covered: area / ((inner.right - inner.left) * (inner.bottom - inner.top)), inside }
+  })
+
 describe('call controls', { timeout: 280_000 }, () => {
   let host, browser
   const pages = []
@@ -203,6 +225,9 @@ describe('call controls', { timeout: 280_000 }, () => {
     const before = await layout()
     assert.deepEqual(before.map((x) => x.name), ['Ben', 'Cal'])
     assert.equal(before[0].width, before[1].width)
+    // the tiles fill the panel (columns and size by count and aspect ratio), none spills out
+    const grid = await tileCoverage(ann)
+    assert.ok(grid.covered > 0.6 && grid.inside, `2 tiles: ${JSON.stringify(grid)}`)
     const pinCal = ann.getByRole('button', { name: 'Pin Cal (spotlight)' })
     assert.equal(await pinCal.getAttribute('aria-pressed'), 'false')
     await pinCal.click()
@@ -210,6 +235,8 @@ describe('call controls', { timeout: 280_000 }, () => {
     const pinned = await layout()
     assert.deepEqual(pinned.map((x) => [x.name, x.pinned]), [['Cal', true], ['Ben', false]])
     assert.ok(pinned[0].width > pinned[1].width * 1.5, JSON.stringify(pinned))
+    const spot = await tileCoverage(ann)
+    assert.ok(spot.covered > 0.5 && spot.inside, `pinned: ${JSON.stringify(spot)}`)
     // the pinned video is shown whole, not cropped
     assert.equal(await ann.evaluate(() => getComputedStyle(document.querySelector('li.pinned video')).objectFit), 'contain')
     await shot(ann, 'call-pinned-desktop.png')
