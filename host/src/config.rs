@@ -192,7 +192,7 @@ pub struct Config {
     )]
     pub turn_external: Option<String>,
 
-    /// Deadline of one policy call in milliseconds; a policy that runs longer is stopped and fails closed.
+    /// Deadline of one policy call in milliseconds of CPU time; a policy that computes longer is stopped and fails closed.
     #[arg(long, env = "WEBRTC_CHAT_POLICY_DEADLINE_MS", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub policy_deadline_ms: u32,

@@ -32,7 +32,7 @@ const PROVIDED: &[&str] = &[
 ];
 
 /// The epoch ticks once a millisecond; deadlines are counted in ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Copy)]
 pub struct SandboxLimits {
@@ -113,6 +113,9 @@ impl PolicyEngine {
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
+                    // Sampled before the tick, so a call that reaches its
+                    // deadline at this tick has its sample.
+                    super::cpu::sample_busy_threads();
                     match ticking.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => break,

@@ -42,6 +42,10 @@ pub(super) struct StoreData {
     pub name: Arc<str>,
     /// Shared by the policy's instances.
     pub log_budget: Arc<LogBudget>,
+    /// The CPU-time budget of one call (the policy's deadline).
+    pub deadline: std::time::Duration,
+    /// When the current call (or the instantiation) started.
+    pub call_started: std::time::Instant,
 }
 
 /// Lines a policy may log: `LOG_PER_SEC` a second, `LOG_BURST` at once; a

@@ -1,6 +1,7 @@
 //! The WebAssembly policy host: the engine and its sandbox limits
 //! (`engine`), what a policy may call (`imports`), pooled instances
 //! (`pool`) with their `quarantine`, the `chain` that asks them in turn,
+//! which measure their CPU time (`cpu`),
 //! and the drop-in directory that swaps chains (`reload`), reading each
 //! policy's sidecar limits (`settings`).
 //!
@@ -10,6 +11,7 @@
 mod bindings;
 pub mod cache;
 mod chain;
+mod cpu;
 mod engine;
 mod imports;
 pub mod kv;

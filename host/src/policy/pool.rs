@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::bindings::{Action, Envelope, Policy, PolicyPre, Verdict};
-use super::engine::{SandboxLimits, one_line};
+use super::cpu::{self, Judgement, Overloaded};
+use super::engine::{EPOCH_TICK, SandboxLimits, one_line};
 use super::imports::{LogBudget, PolicyContext, StoreData};
 use super::limiter::InstanceLimits;
 use super::quarantine::Quarantine;
@@ -127,9 +128,26 @@ impl LoadedPolicy {
             ctx: self.ctx.clone(),
             name: self.name.clone(),
             log_budget: self.log_budget.clone(),
+            deadline: self.limits.deadline,
+            call_started: Instant::now(),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limits);
+        // At the deadline in wall-clock time, the call's CPU time decides.
+        store.epoch_deadline_callback(|ctx| {
+            let data = ctx.data();
+            let wall = data.call_started.elapsed();
+            let cpu = cpu::used_by_current_call(EPOCH_TICK);
+            match cpu::judge(cpu, wall, data.deadline, EPOCH_TICK) {
+                Judgement::Stop => Err(wasmtime::Trap::Interrupt.into()),
+                Judgement::Overloaded => Err(Overloaded {
+                    wall,
+                    cpu: cpu.unwrap_or(wall),
+                }
+                .into()),
+                Judgement::Extend(ticks) => Ok(UpdateDeadline::Continue(ticks)),
+            }
+        });
         // WASI start-up code runs during instantiation, under the deadline too.
         store.set_epoch_deadline(self.deadline_ticks);
         let bindings = self.pre.instantiate_async(&mut store).await?;
@@ -173,6 +191,7 @@ impl LoadedPolicy {
                 Some(inst) => inst,
                 None => self.instantiate().await?,
             };
+            inst.store.data_mut().call_started = start;
             inst.store.set_epoch_deadline(self.deadline_ticks);
             let r = f(&inst.bindings, &mut inst.store).await?;
             Ok::<_, wasmtime::Error>((r, inst))
@@ -183,13 +202,22 @@ impl LoadedPolicy {
         // rest of the wait machinery. Only a call that waits (a WASI sleep)
         // gets the wall-clock limit: the epoch deadline plus a margin for
         // the ticker's granularity.
+        // Each poll marks its thread busy, for the CPU time of the call.
         let mut attempt = std::pin::pin!(attempt);
-        let first = std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+        let first = std::future::poll_fn(|cx| {
+            let _busy = cpu::enter();
+            Poll::Ready(attempt.as_mut().poll(cx))
+        })
+        .await;
         let result = match first {
             Poll::Ready(r) => r,
             Poll::Pending => {
                 let left = wall_limit.saturating_sub(start.elapsed());
-                match tokio::time::timeout(left, attempt).await {
+                let rest = std::future::poll_fn(|cx| {
+                    let _busy = cpu::enter();
+                    attempt.as_mut().poll(cx)
+                });
+                match tokio::time::timeout(left, rest).await {
                     Ok(r) => r,
                     Err(_) => Err(wasmtime::Trap::Interrupt.into()),
                 }
@@ -211,7 +239,11 @@ impl LoadedPolicy {
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 let reason = describe_trap(&e, self.limits);
-                self.quarantine.failed(&self.name);
+                // Preempted on an overloaded machine: failed closed, but
+                // not the policy's fault.
+                if e.downcast_ref::<Overloaded>().is_none() {
+                    self.quarantine.failed(&self.name);
+                }
                 tracing::warn!(policy = %self.name, "policy call failed: {reason}");
                 Err(CallError::Failed {
                     policy: self.name.clone(),

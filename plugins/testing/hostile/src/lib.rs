@@ -9,6 +9,8 @@
 //!   `kv-put` stores its `data` (a string), `kv-get` answers it back;
 //! - `wasi` tries files, the environment and a socket (to its `data`,
 //!   `"HOST:PORT"`), and answers what worked;
+//! - `spin` computes until its `data` (ms) have passed on the WASI
+//!   monotonic clock, and answers `{"type":"spun"}`;
 //! - `deny-connects` makes `on-connect` deny every later socket.
 //!
 //! Anything else passes to the next policy.
@@ -39,6 +41,14 @@ impl Policy for Hostile {
                 loop {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
+            }
+            "spin" => {
+                let ms = e.data_as::<u64>().unwrap_or_default();
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_millis(ms) {
+                    std::hint::black_box(start);
+                }
+                reply(e, json!({"type":"spun"}))
             }
             "trap" => panic!("hostile policy traps on purpose"),
             // Waits on the host (a WASI clock), where the epoch cannot reach.
