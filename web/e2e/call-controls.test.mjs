@@ -23,6 +23,17 @@ const localDevices = (page) =>
     }
   })
 
+/** Sample `read()` until `ok(value)`, at most `ms`; returns the value (or fails with the last one). */
+async function until(read, ok, ms = 30_000) {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const v = await read()
+    if (ok(v)) return v
+    if (Date.now() > deadline) assert.fail(`not reached within ${ms} ms: ${JSON.stringify(v)}`)
+    await sleep(200)
+  }
+}
+
 /** How much of the desktop grid panel the remote tiles cover (0..1), and whether every tile lies inside it. */
 const tileCoverage = (page) =>
   page.evaluate(() => {
@@ -228,6 +239,22 @@ describe('call controls', { timeout: 280_000 }, () => {
     // the tiles fill the panel (columns and size by count and aspect ratio), none spills out
     const grid = await tileCoverage(ann)
     assert.ok(grid.covered > 0.6 && grid.inside, `2 tiles: ${JSON.stringify(grid)}`)
+    // every remote tile carries a connection-quality badge from getStats (on loopback: good),
+    // its title the numbers it was rated on
+    const badges = () =>
+      ann.evaluate(() =>
+        [...document.querySelectorAll('.tile.remote .quality')].map((q) => ({
+          quality: q.dataset.quality,
+          label: q.getAttribute('aria-label'),
+          numbers: /round trip (\d+) ms, loss ([\d.]+) %, jitter (\d+) ms/.exec(q.title)?.slice(1).map(Number) ?? null,
+        })),
+      )
+    const shown = await until(badges, (b) => b.length === 2 && b.every((x) => x.numbers), 20_000)
+    for (const b of shown) {
+      assert.deepEqual([b.quality, b.label], ['good', 'Connection: good'], JSON.stringify(b))
+      assert.ok(b.numbers[0] < 250 && b.numbers[1] < 2, JSON.stringify(b))
+    }
+    await ben.locator('.tile.remote .quality[data-quality="good"]').nth(1).waitFor({ timeout: 20_000 })
     const pinCal = ann.getByRole('button', { name: 'Pin Cal (spotlight)' })
     assert.equal(await pinCal.getAttribute('aria-pressed'), 'false')
     await pinCal.click()

@@ -8,6 +8,7 @@ import { acquireLocalMedia, openDevice, stopStream, type LocalMedia } from './li
 import { useSession, saveDevices } from './stores/session'
 import { usePeers } from './stores/peers'
 import { useChat } from './stores/chat'
+import { rateQuality } from './lib/quality'
 
 export interface CallDeps {
   url?: string
@@ -39,6 +40,7 @@ export class CallController {
   private joinToken = 0
   private joinTimer: ReturnType<typeof setTimeout> | null = null
   private levelTimer: ReturnType<typeof setInterval> | null = null
+  private statsTimer: ReturnType<typeof setInterval> | null = null
   /**
    * The room password typed at login: kept here, in memory only, so an
    * automatic rejoin can send it again. Never in a store, the URL or storage.
@@ -380,6 +382,7 @@ export class CallController {
     })
     this.announceMedia()
     this.startLevelPolling()
+    this.startStatsPolling()
     for (const m of members) {
       if (m.sessionId !== selfId) this.peersStore.upsert(m.sessionId, { username: m.username, state: 'new' })
     }
@@ -453,6 +456,29 @@ export class CallController {
   private stopLevelPolling() {
     if (this.levelTimer) clearInterval(this.levelTimer)
     this.levelTimer = null
+    if (this.statsTimer) clearInterval(this.statsTimer)
+    this.statsTimer = null
+  }
+
+  /** Connection quality of each tile: RTT, loss and jitter from getStats, every 2 s. */
+  private startStatsPolling() {
+    if (this.statsTimer || typeof setInterval !== 'function') return
+    let busy = false
+    this.statsTimer = setInterval(async () => {
+      const pm = this.pm
+      if (!pm || busy) return
+      busy = true
+      try {
+        for (const [id, link] of await pm.linkStats()) {
+          const p = this.peersStore.byId[id]
+          if (!p) continue
+          p.link = link
+          p.quality = p.state === 'connected' ? rateQuality(link) : null
+        }
+      } finally {
+        busy = false
+      }
+    }, 2000)
   }
 
   sendChat(input: string): boolean {

@@ -106,6 +106,14 @@ const en = {
   messageToast: '{name}: {text}',
   pinLabel: 'Pin {name} (spotlight)',
   fullscreenLabel: 'Show {name} full screen',
+  quality_good: 'Connection: good',
+  quality_fair: 'Connection: fair',
+  quality_poor: 'Connection: poor',
+  qualityDetail: 'round trip {rtt} ms, loss {loss} %, jitter {jitter} ms',
+  retry: 'Retry',
+  retryLabel: 'Retry the connection to {name}',
+  switchCamera: 'Switch camera (front/back)',
+  screenBadge: 'Screen',
 } as const
 
 export type MessageKey = keyof typeof en
@@ -213,6 +221,14 @@ const ko: Record<MessageKey, string> = {
   messageToast: '{name}: {text}',
   pinLabel: '{name} 고정 (크게 보기)',
   fullscreenLabel: '{name} 전체 화면',
+  quality_good: '연결 상태: 좋음',
+  quality_fair: '연결 상태: 보통',
+  quality_poor: '연결 상태: 나쁨',
+  qualityDetail: '왕복 {rtt} ms, 손실 {loss} %, 지터 {jitter} ms',
+  retry: '다시 시도',
+  retryLabel: '{name} 다시 연결하기',
+  switchCamera: '카메라 전환 (전면/후면)',
+  screenBadge: '화면',
 }
 
 const tables: Record<Locale, Record<MessageKey, string>> = { en, ko }

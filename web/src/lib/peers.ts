@@ -16,6 +16,7 @@
 // would break it. Until the peer's channel arrives we do not know which it
 // is: chat waits, and we send no offer but our first.
 import { frames, type ClientFrame } from './protocol'
+import { readLinkStats, type LinkStats, type LossCounters } from './quality'
 
 export type PeerState = 'new' | 'connecting' | 'connected' | 'reconnecting' | 'failed' | 'closed'
 export type MediaKind = 'audio' | 'video'
@@ -91,6 +92,8 @@ export class Peer {
   restarts = 0
   state: PeerState = 'new'
   disconnectTimer: ReturnType<typeof setTimeout> | null = null
+  /** inbound packet counters at the last stats sample (loss is measured between samples) */
+  lossCounters: LossCounters | null = null
   closed = false
   constructor(
     readonly id: string,
@@ -522,6 +525,26 @@ export class PeerManager {
       }
       out.set(p.id, level)
     }
+    return out
+  }
+
+  /** Round-trip time, loss since the last call, and jitter of every connection that is up (getStats). */
+  async linkStats(): Promise<Map<string, LinkStats>> {
+    const out = new Map<string, LinkStats>()
+    await Promise.all(
+      [...this.peers.values()].map(async (p) => {
+        if (p.closed || typeof p.pc.getStats !== 'function') return
+        try {
+          const report = await p.pc.getStats()
+          if (p.closed) return
+          const { stats, counters } = readLinkStats(report, p.lossCounters)
+          p.lossCounters = counters
+          out.set(p.id, stats)
+        } catch (err) {
+          this.log('getStats failed', p.id, err)
+        }
+      }),
+    )
     return out
   }
 

@@ -1,6 +1,7 @@
 import { defineStore } from 'pinia'
 import { markRaw } from 'vue'
 import type { PeerState } from '../lib/peers'
+import type { LinkStats, Quality } from '../lib/quality'
 
 export interface RemotePeer {
   id: string
@@ -14,6 +15,9 @@ export interface RemotePeer {
   camOff: boolean
   micOff: boolean
   speaking: boolean
+  /** from getStats every few seconds; null until the first sample */
+  quality: Quality | null
+  link: LinkStats | null
 }
 
 export const MAX_MEMBERS = 10
@@ -49,6 +53,8 @@ export const usePeers = defineStore('peers', {
         camOff: false,
         micOff: false,
         speaking: false,
+        quality: null,
+        link: null,
       }
       this.byId[id] = p
       this.order.push(id)
