@@ -184,6 +184,58 @@ describe('call controls', { timeout: 280_000 }, () => {
     for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
   })
 
+  it('phone: the camera switch (front/back) sends the other camera with replaceTrack, and the other side keeps receiving video', async () => {
+    const room = randomUUID()
+    const ann = await open()
+    const ben = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    await join(ann, host.base, room, 'Ann')
+    await join(ben, host.base, room, 'Ben')
+    await expectRemoteVideos(ann, 1)
+    // Ben picks fake_device_2 (as the device picker does); the switch then wraps round to fake_device_0
+    // (fake cameras report no facingMode, so the next camera in the list is taken)
+    const cams = await ben.evaluate(async () => {
+      const list = await navigator.mediaDevices.enumerateDevices()
+      const byLabel = Object.fromEntries(list.filter((d) => d.kind === 'videoinput').map((d) => [d.label, d.deviceId]))
+      await window.__webrtcChat.useDevice('videoinput', byLabel.fake_device_2)
+      return byLabel
+    })
+    assert.equal((await localDevices(ben)).video, cams.fake_device_2)
+    assert.equal(await ann.getByRole('button', { name: 'Switch camera (front/back)' }).count(), 0, 'no switch on the desktop layout')
+    /** Ben's video sender (the same object before and after), and what Ann has received and decoded. */
+    const benSender = () =>
+      ben.evaluate(() => {
+        const pc = [...window.__webrtcChat.peerConnections().values()][0]
+        const t = pc.getTransceivers().find((x) => x.receiver.track.kind === 'video')
+        window.__firstSender ??= t.sender
+        return { same: window.__firstSender === t.sender, device: t.sender.track?.getSettings().deviceId, state: t.sender.track?.readyState, offers: [...window.__webrtcChat.pm.peers.values()][0].offersSent }
+      })
+    const annReceived = () =>
+      ann.evaluate(async () => {
+        const pc = [...window.__webrtcChat.peerConnections().values()][0]
+        let frames = 0
+        ;(await pc.getStats()).forEach((r) => {
+          if (r.type === 'inbound-rtp' && r.kind === 'video') frames += r.framesDecoded ?? 0
+        })
+        return { frames, sdp: pc.remoteDescription.sdp }
+      })
+    const s0 = await benSender()
+    assert.deepEqual([s0.same, s0.device, s0.state], [true, cams.fake_device_2, 'live'])
+    const r0 = await annReceived()
+    await ben.getByRole('button', { name: 'Switch camera (front/back)' }).click()
+    const s1 = await until(benSender, (x) => x.device === cams.fake_device_0)
+    assert.deepEqual([s1.same, s1.state, s1.offers], [true, 'live', s0.offers], 'same sender, new live track, no new offer')
+    const local = await ben.evaluate(() => window.__webrtcChat.localStream.value.getVideoTracks().map((t) => [t.getSettings().deviceId, t.readyState]))
+    assert.deepEqual(local, [[cams.fake_device_0, 'live']], 'the old camera is released')
+    // Ann keeps receiving: new frames decoded after the switch, on the same negotiated session
+    const r1 = await until(annReceived, (x) => x.frames > r0.frames + 20)
+    assert.equal(r1.sdp, r0.sdp, 'no renegotiation')
+    for (const r of await expectRemoteVideos(ann, 1)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
+    // remembered like a pick
+    assert.equal(await ben.evaluate(() => JSON.parse(localStorage.getItem('webrtc-chat.devices')).videoinput), cams.fake_device_0)
+    await shot(ben, 'call-mobile-switch.png')
+    for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
+  })
+
   it('mobile video screen: a new message raises the unread badge and pops up as a short toast', async () => {
     const room = randomUUID()
     const cy = await open()

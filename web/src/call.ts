@@ -4,7 +4,7 @@ import { shallowRef } from 'vue'
 import { Signaling, defaultSignalingUrl, type SignalingOptions } from './lib/signaling'
 import { PeerManager, MAX_CHAT_LEN, videoBitrateFor } from './lib/peers'
 import { frames, uuidv4, validateField, ROOM_MAX_LEN, NAME_MAX_LEN, type ServerFrame } from './lib/protocol'
-import { acquireLocalMedia, openDevice, stopStream, type LocalMedia } from './lib/media'
+import { acquireLocalMedia, openDevice, openOtherCamera, stopStream, type LocalMedia } from './lib/media'
 import { useSession, saveDevices } from './stores/session'
 import { usePeers } from './stores/peers'
 import { useChat } from './stores/chat'
@@ -19,6 +19,8 @@ export interface CallDeps {
   getDisplayMedia?: () => Promise<MediaStream>
   /** one track from exactly this device (pre-join / in-call device pickers) */
   openDevice?: (kind: 'videoinput' | 'audioinput', deviceId: string) => Promise<MediaStreamTrack>
+  /** the phone's other camera (front ↔ back) */
+  openOtherCamera?: (current: MediaStreamTrack) => Promise<MediaStreamTrack>
   log?: (...a: unknown[]) => void
   maxRandomTries?: number
   /** give up on a join with no answer after this long (0: never) */
@@ -36,6 +38,7 @@ export class CallController {
   /** what the self tile shows (camera, or the screen while sharing) */
   readonly preview = shallowRef<MediaStream | null>(null)
   private screenTrack: MediaStreamTrack | null = null
+  private switching = false
   private pendingRandom: string | null = null
   private joinToken = 0
   private joinTimer: ReturnType<typeof setTimeout> | null = null
@@ -189,14 +192,68 @@ export class CallController {
       track.stop()
       return
     }
+    await this.swapTrack(stream, old, track)
+  }
+
+  /** Put `track` in the place of `old` in the local stream, the preview and every peer connection. */
+  private async swapTrack(stream: MediaStream, old: MediaStreamTrack, track: MediaStreamTrack) {
+    const s = this.session
     track.enabled = old.enabled
     stream.removeTrack(old)
     old.stop()
     stream.addTrack(track)
+    if (track.kind === 'video') s.media.backCamera = track.getSettings().facingMode === 'environment'
     // a new stream object, so every video element showing it rebinds
-    if (!(mediaKind === 'video' && s.media.sharing)) {
+    if (!(track.kind === 'video' && s.media.sharing)) {
       this.preview.value = new MediaStream(stream.getTracks())
-      await this.pm?.replaceTrack(mediaKind, track)
+      await this.pm?.replaceTrack(track.kind as 'audio' | 'video', track)
+    }
+  }
+
+  /**
+   * Phones: switch between the front and back camera (by facingMode, else the
+   * next camera) and send the new one on every peer connection with
+   * replaceTrack — no renegotiation. A phone that cannot open a second camera
+   * while one runs gets the first one released before it tries again.
+   */
+  async switchCamera() {
+    const s = this.session
+    const stream = this.localStream.value
+    const old = stream?.getVideoTracks()[0]
+    if (!stream || !old || s.media.audioOnly || this.switching) return
+    this.switching = true
+    const open = this.deps.openOtherCamera ?? ((tr: MediaStreamTrack) => openOtherCamera(tr))
+    try {
+      let track: MediaStreamTrack
+      try {
+        track = await open(old)
+      } catch (err) {
+        if ((err as { name?: string })?.name !== 'NotReadableError') throw err
+        // busy: this phone opens one camera at a time
+        const settings = old.getSettings()
+        old.stop()
+        try {
+          track = await open(old)
+        } catch (again) {
+          await this.swapTrack(stream, old, await (this.deps.openDevice ?? openDevice)('videoinput', settings.deviceId ?? ''))
+          throw again
+        }
+      }
+      if (this.localStream.value !== stream) {
+        track.stop()
+        return
+      }
+      await this.swapTrack(stream, old, track)
+      const id = track.getSettings().deviceId
+      if (id) {
+        s.devices = { ...s.devices, videoinput: id }
+        saveDevices(s.devices)
+      }
+    } catch (err) {
+      this.log('camera switch failed', err)
+      s.showToast('deviceFailed')
+    } finally {
+      this.switching = false
     }
   }
 

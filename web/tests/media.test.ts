@@ -43,3 +43,16 @@ describe('acquireLocalMedia', () => {
     expect((await acquireLocalMedia(undefined, fakeStreamFactory)).issue).toBe('unsupported')
   })
 })
+
+describe('nextCameraId (the phone camera switch without facingMode)', () => {
+  const cam = (deviceId: string, kind = 'videoinput') => ({ deviceId, kind }) as MediaDeviceInfo
+  it('takes the next camera, wrapping round; none when there is no other', async () => {
+    const { nextCameraId } = await import('../src/lib/media')
+    const list = [cam('a'), cam('m', 'audioinput'), cam('b'), cam('c')]
+    expect(nextCameraId(list, 'a')).toBe('b')
+    expect(nextCameraId(list, 'c')).toBe('a')
+    expect(nextCameraId(list, 'unknown')).toBe('a')
+    expect(nextCameraId([cam('a'), cam('m', 'audioinput')], 'a')).toBeNull()
+    expect(nextCameraId([cam(''), cam('x')], 'x')).toBeNull()
+  })
+})

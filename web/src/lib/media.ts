@@ -85,3 +85,34 @@ export async function openDevice(
   if (!track) throw new Error('no track from ' + kind)
   return track
 }
+
+/** The camera after `currentId` in the list (wrapping round); null when there is no other. */
+export function nextCameraId(cameras: Pick<MediaDeviceInfo, 'deviceId' | 'kind'>[], currentId: string): string | null {
+  const ids = cameras.filter((d) => d.kind === 'videoinput' && d.deviceId).map((d) => d.deviceId)
+  if (ids.length < 2) return null
+  const i = ids.indexOf(currentId)
+  return ids[(i + 1) % ids.length]
+}
+
+/**
+ * The other camera of a phone: by facingMode when the camera says which way
+ * it faces (front "user" ↔ back "environment"), else the next camera in the
+ * list. Rejects when there is no other camera.
+ */
+export async function openOtherCamera(current: MediaStreamTrack, md: MediaDevices = navigator.mediaDevices): Promise<MediaStreamTrack> {
+  const facing = current.getSettings().facingMode
+  if (facing === 'user' || facing === 'environment') {
+    const other = facing === 'user' ? 'environment' : 'user'
+    try {
+      const s = await md.getUserMedia({ video: { ...VIDEO_CONSTRAINTS, facingMode: { exact: other } } })
+      const track = s.getVideoTracks()[0]
+      if (track) return track
+    } catch (err) {
+      // no camera facing the other way: fall back to the next one
+      if ((err as { name?: string })?.name !== 'OverconstrainedError') throw err
+    }
+  }
+  const next = nextCameraId(await md.enumerateDevices(), current.getSettings().deviceId ?? '')
+  if (!next) throw new Error('no other camera')
+  return openDevice('videoinput', next, md)
+}

@@ -63,6 +63,8 @@ export const useSession = defineStore('session', {
       sharing: false,
       /** audio-only mode: no camera, no video sent */
       audioOnly: false,
+      /** the camera faces away (a phone's back camera): the self view is not mirrored */
+      backCamera: false,
       issue: 'none' as MediaIssue,
     },
     /** pre-join picks, remembered in localStorage ('' = the browser's default) */
@@ -96,7 +98,7 @@ export const useSession = defineStore('session', {
       this.toast = { key, params, at: Date.now() }
     },
     resetMedia() {
-      this.media = { hasVideo: false, hasAudio: false, camOn: true, micOn: true, sharing: false, audioOnly: false, issue: 'none' }
+      this.media = { hasVideo: false, hasAudio: false, camOn: true, micOn: true, sharing: false, audioOnly: false, backCamera: false, issue: 'none' }
     },
   },
 })
