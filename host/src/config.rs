@@ -179,6 +179,11 @@ pub struct Config {
     #[arg(long, env = "WEBRTC_CHAT_TURN_BANDWIDTH_KBPS", default_value_t = 8000)]
     pub turn_bandwidth_kbps: u32,
 
+    /// UDP sockets on the TURN port, each read by its own task (SO_REUSEPORT spreads clients across them); 0 = one per CPU core.
+    #[arg(long, env = "WEBRTC_CHAT_TURN_UDP_SOCKETS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub turn_udp_sockets: u16,
+
     /// Do not run the built-in STUN/TURN server (e.g. with an external coturn, see --turn-external).
     #[arg(long, env = "WEBRTC_CHAT_NO_TURN")]
     pub no_turn: bool,

@@ -225,6 +225,24 @@ pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
         "webrtc_chat_turn_relay_to_relay_bytes_total {}",
         t.bytes_relay_to_relay
     );
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_turn_fastpath_packets_total Packets relayed on the fast path (established channels and permissions, without the turn crate), by direction."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE webrtc_chat_turn_fastpath_packets_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_fastpath_packets_total{{direction=\"to_peers\"}} {}",
+        t.fast_packets_to_peers
+    );
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_fastpath_packets_total{{direction=\"from_peers\"}} {}",
+        t.fast_packets_from_peers
+    );
     // Per session as a histogram (fixed series whatever the number of
     // sessions): one observation when a session's last allocation closes.
     let _ = writeln!(
@@ -364,6 +382,8 @@ mod tests {
         t.session_bytes.sum = 50_005_000;
         t.session_bytes.count = 2;
         t.bytes_relay_to_relay = 7;
+        t.fast_packets_to_peers = 11;
+        t.fast_packets_from_peers = 12;
         let mut out = String::new();
         render_turn(&mut out, &t);
         for line in [
@@ -375,6 +395,8 @@ mod tests {
             "webrtc_chat_turn_session_relayed_bytes_sum 50005000",
             "webrtc_chat_turn_session_relayed_bytes_count 2",
             "webrtc_chat_turn_relay_to_relay_bytes_total 7",
+            "webrtc_chat_turn_fastpath_packets_total{direction=\"to_peers\"} 11",
+            "webrtc_chat_turn_fastpath_packets_total{direction=\"from_peers\"} 12",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line} in\n{out}");
         }

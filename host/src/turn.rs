@@ -99,6 +99,7 @@ pub async fn start(
         max_allocations_total: config.turn_quota_total as usize,
         max_bandwidth_per_allocation: (config.turn_bandwidth_kbps > 0)
             .then(|| u64::from(config.turn_bandwidth_kbps) * 1000 / 8),
+        udp_sockets: usize::from(config.turn_udp_sockets),
         ..TurnConfig::default()
     };
     cfg.validate()?;

@@ -438,3 +438,43 @@ async fn relay_only_sessions_meet_through_the_hosts_public_ip() {
         );
     }
 }
+
+/// Relayed packets of established channels and permissions take the fast
+/// path (with two UDP sockets on the TURN port, --turn-udp-sockets), and
+/// /metrics counts them per direction.
+#[tokio::test]
+async fn the_fast_path_relays_and_metrics_count_it() {
+    let host = Host::start(&["--turn-allow-loopback", "--turn-udp-sockets", "2"]);
+    let mut a = host.client().await;
+    let (user, pass) = turn_credential(&a.login("fast", "a").await);
+    let client = turn_client(host.turn_addr(), &user, &pass).await;
+    let relay = client.allocate().await.expect("allocate");
+    let relayed = relay.local_addr().unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut buf = [0u8; 256];
+    for i in 0..20 {
+        let out = format!("to peer {i}");
+        relay.send_to(out.as_bytes(), peer_addr).await.unwrap();
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .expect("the peer receives")
+            .unwrap();
+        assert_eq!((&buf[..n], from), (out.as_bytes(), relayed));
+        let back = format!("to client {i}");
+        peer.send_to(back.as_bytes(), relayed).await.unwrap();
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+            .await
+            .expect("the client receives")
+            .unwrap();
+        assert_eq!((&buf[..n], from), (back.as_bytes(), peer_addr));
+    }
+    for direction in ["to_peers", "from_peers"] {
+        let n = host
+            .metric(&format!(
+                "webrtc_chat_turn_fastpath_packets_total{{direction=\"{direction}\"}}"
+            ))
+            .await;
+        assert!(n >= 18, "{n} packets {direction} on the fast path");
+    }
+}

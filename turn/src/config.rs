@@ -115,6 +115,10 @@ pub struct TurnConfig {
     /// (None = no cap). Packets over it are dropped, with one second's
     /// worth (at least 16 KiB) of burst.
     pub max_bandwidth_per_allocation: Option<u64>,
+    /// UDP listening sockets on the TURN port (SO_REUSEPORT: the kernel
+    /// spreads clients across them, each read by its own task); 0 = one
+    /// per CPU core.
+    pub udp_sockets: usize,
 }
 
 impl std::fmt::Debug for TurnConfig {
@@ -143,6 +147,7 @@ impl std::fmt::Debug for TurnConfig {
                 "max_bandwidth_per_allocation",
                 &self.max_bandwidth_per_allocation,
             )
+            .field("udp_sockets", &self.udp_sockets)
             .finish()
     }
 }
@@ -167,11 +172,22 @@ impl Default for TurnConfig {
             credential_ttl: Duration::from_secs(12 * 3600),
             max_tcp_connections: 1024,
             max_bandwidth_per_allocation: None,
+            udp_sockets: 0,
         }
     }
 }
 
 impl TurnConfig {
+    /// The number of UDP listening sockets `udp_sockets` asks for (0: one
+    /// per CPU core; at most 256).
+    pub fn effective_udp_sockets(&self) -> usize {
+        match self.udp_sockets {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(256)
+    }
+
     /// Checks the fields that the server cannot run without.
     pub fn validate(&self) -> Result<()> {
         if self.secret.is_empty() {

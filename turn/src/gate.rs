@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use stun::attributes::{
-    ATTR_FINGERPRINT, ATTR_LIFETIME, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
-    ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
+    ATTR_CHANNEL_NUMBER, ATTR_FINGERPRINT, ATTR_LIFETIME, ATTR_MESSAGE_INTEGRITY,
+    ATTR_MESSAGE_INTEGRITY_SHA256, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
 };
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::FINGERPRINT;
@@ -23,6 +23,7 @@ use stun::textattrs::TextAttribute;
 use webrtc_util::Conn;
 
 use crate::creds::Authenticator;
+use crate::fast::{FastPath, FastTable};
 use crate::peer::PeerPolicy;
 use crate::relay::{CtxSlot, RequestCtx, lock};
 
@@ -32,6 +33,7 @@ const METHOD_REFRESH: u16 = 0x004;
 const METHOD_CREATE_PERMISSION: u16 = 0x008;
 const METHOD_CHANNEL_BIND: u16 = 0x009;
 const CLASS_REQUEST: u8 = 0;
+const CLASS_SUCCESS: u8 = 2;
 const CLASS_ERROR: u8 = 3;
 /// The lifetime the `turn` crate grants when none (or too much) is asked.
 const CRATE_DEFAULT_LIFETIME: u32 = 600;
@@ -162,6 +164,9 @@ pub(crate) struct Gate {
     pub(crate) max_lifetime: Duration,
     pub(crate) nonces: Arc<NonceCache>,
     pub(crate) counters: Arc<crate::stats::Counters>,
+    /// UDP listeners: the fast path's table and batch receiver (the
+    /// listening socket is read through it, not through `inner`).
+    pub(crate) fast: Option<Arc<FastTable>>,
 }
 
 fn text_attr(m: &Message, t: stun::attributes::AttrType) -> Option<String> {
@@ -276,10 +281,34 @@ impl Gate {
                         };
                     }
                 }
+                self.expect_answer(&m, method, src);
                 Verdict::Pass
             }
             _ => self.cap_lifetime(&m, &key),
         }
+    }
+
+    /// Remembers a verified CreatePermission/ChannelBind so that the fast
+    /// path installs it once the crate says yes. Like turn 0.17, only the
+    /// first XOR-PEER-ADDRESS counts.
+    fn expect_answer(&self, m: &Message, method: u16, src: SocketAddr) {
+        let Some(fast) = &self.fast else { return };
+        let Some(peer) = m
+            .get(ATTR_XOR_PEER_ADDRESS)
+            .ok()
+            .and_then(|v| decode_xor_address(&v, &m.transaction_id.0))
+        else {
+            return;
+        };
+        let channel = if method == METHOD_CHANNEL_BIND {
+            match m.get(ATTR_CHANNEL_NUMBER) {
+                Ok(v) if v.len() >= 2 => Some(u16::from_be_bytes([v[0], v[1]])),
+                _ => return,
+            }
+        } else {
+            None
+        };
+        fast.expect(m.transaction_id.0, src, peer, channel);
     }
 
     /// Answers 401/438 with a crate-issued nonce, or lets the request reach
@@ -388,6 +417,55 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// The UDP listener's read loop: reads datagrams in batches, relays
+    /// what the fast path knows and returns the first other one to the
+    /// crate (after the usual inspection); the rest of the batch waits
+    /// for the next call.
+    async fn recv_batched(
+        &self,
+        fast: &FastTable,
+        buf: &mut [u8],
+    ) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let mut batch = fast.batch.lock().await;
+        let path = FastPath {
+            registry: &self.registry,
+            policy: &self.policy,
+            counters: &self.counters,
+        };
+        loop {
+            let now = crate::fast::now_secs();
+            while let Some((i, off, n, src)) = batch.next() {
+                let b = batch.buf(i);
+                if fast.client_packet(&path, b, off, n, src, now) {
+                    continue;
+                }
+                let pkt = &b[off..off + n];
+                match self.inspect(pkt, src) {
+                    Verdict::Pass => {}
+                    Verdict::Replace(r) if r.len() <= buf.len() => {
+                        buf[..r.len()].copy_from_slice(&r);
+                        return Ok((r.len(), src));
+                    }
+                    Verdict::Replace(_) => {}
+                    Verdict::Answer(a) => {
+                        if !a.is_empty()
+                            && let Err(e) = self.inner.send_to(&a, src).await
+                        {
+                            tracing::debug!(client = %src, error = %e, "cannot answer");
+                        }
+                        continue;
+                    }
+                }
+                let n = n.min(buf.len());
+                buf[..n].copy_from_slice(&pkt[..n]);
+                return Ok((n, src));
+            }
+            batch.fill(&fast.udp).await?;
+        }
+    }
+}
+
 #[async_trait]
 impl Conn for Gate {
     async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
@@ -399,6 +477,9 @@ impl Conn for Gate {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        if let Some(fast) = &self.fast {
+            return self.recv_batched(fast, buf).await;
+        }
         loop {
             let (n, src) = self.inner.recv_from(buf).await?;
             match self.inspect(&buf[..n], src) {
@@ -425,6 +506,17 @@ impl Conn for Gate {
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         self.learn_nonce(buf);
+        if let Some(fast) = &self.fast
+            && matches!(
+                stun_header(buf),
+                Some((
+                    METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND,
+                    CLASS_SUCCESS
+                ))
+            )
+        {
+            fast.confirmed(&buf[8..20], target);
+        }
         if let Some(b) = self.quota_answer(buf, target) {
             self.inner.send_to(&b, target).await?;
             return Ok(buf.len());

@@ -60,6 +60,7 @@
 pub mod config;
 pub mod creds;
 pub mod error;
+mod fast;
 mod gate;
 pub mod ice;
 pub mod peer;

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use webrtc_util::Conn;
 
 use crate::creds::parse_username;
+use crate::fast::{Batch, FastPath, FastRelay, FastTable};
 use crate::peer::{PeerPolicy, PeerRefusal, canonical};
 use crate::stats::SessionBytes;
 
@@ -92,6 +94,9 @@ struct Entry {
     relay: Option<SocketAddr>,
     /// Payload bytes it relayed, both directions.
     bytes: Arc<AtomicU64>,
+    /// The fast-path table of its UDP listener, which lists it until it
+    /// closes.
+    table: Option<Arc<FastTable>>,
 }
 
 /// Where packets for one live relayed address go inside the process.
@@ -123,6 +128,9 @@ pub(crate) struct Registry {
     /// peers on them are looked up among the live relays.
     relay_ips: Vec<IpAddr>,
     inner: Mutex<Inner>,
+    /// Live relayed address (canonical) -> its allocation, for the fast
+    /// path's relay to relay (read without a lock).
+    fast: ArcSwap<HashMap<SocketAddr, Arc<FastRelay>>>,
 }
 
 /// Decides whether a relay may exchange packets with `peer`: one of this
@@ -156,6 +164,7 @@ impl Registry {
             limits,
             relay_ips: relay_ips.into_iter().map(canonical).collect(),
             inner: Mutex::new(Inner::default()),
+            fast: ArcSwap::default(),
         })
     }
 
@@ -178,6 +187,47 @@ impl Registry {
             g.relays.insert(relay, LocalRelay { tx, kill });
         }
         rx
+    }
+
+    /// True when `ip` is one of the addresses relays are advertised on.
+    pub(crate) fn is_relay_ip(&self, ip: IpAddr) -> bool {
+        self.relay_ips.contains(&canonical(ip))
+    }
+
+    /// Makes allocation `id` (`relay`) reachable by the fast path: from its
+    /// client through `table` (UDP listeners) and from other allocations
+    /// (relay to relay), until it is released.
+    fn add_fast(&self, id: u64, relay: Arc<FastRelay>, table: Option<Arc<FastTable>>) {
+        if let Some(t) = &table {
+            t.add(Arc::clone(&relay));
+        }
+        if let Some(e) = lock(&self.inner).entries.get_mut(&id) {
+            e.table = table;
+        }
+        let addr = SocketAddr::new(canonical(relay.relay_addr.ip()), relay.relay_addr.port());
+        self.fast.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(addr, Arc::clone(&relay));
+            m
+        });
+    }
+
+    /// The live allocation relayed at `addr`, without a lock.
+    pub(crate) fn fast_relay(&self, addr: SocketAddr) -> Option<Arc<FastRelay>> {
+        let addr = self.canonical_relay(addr)?;
+        self.fast
+            .load()
+            .get(&addr)
+            .filter(|r| !r.kill.is_cancelled())
+            .cloned()
+    }
+
+    /// Queues `payload` from `from` for the live allocation at `to` (its
+    /// crate-side read loop takes it); false when there is none or its
+    /// queue is full.
+    pub(crate) fn hand_over(&self, to: SocketAddr, payload: &[u8], from: SocketAddr) -> bool {
+        self.local_relay(to)
+            .is_some_and(|tx| tx.try_send((payload.to_vec(), from)).is_ok())
     }
 
     /// True when `addr` is the relayed address of a live allocation here.
@@ -229,6 +279,7 @@ impl Registry {
                 kill: kill.clone(),
                 relay: None,
                 bytes: Arc::clone(&bytes),
+                table: None,
             },
         );
         *g.per_ip.entry(ip).or_insert(0) += 1;
@@ -246,8 +297,16 @@ impl Registry {
         let mut g = lock(&self.inner);
         if let Some(e) = g.entries.remove(&id) {
             e.kill.cancel();
+            if let (Some(t), Some(relay)) = (&e.table, e.relay) {
+                t.remove(e.client, relay);
+            }
             if let Some(relay) = e.relay {
                 g.relays.remove(&relay);
+                self.fast.rcu(|m| {
+                    let mut m = HashMap::clone(m);
+                    m.remove(&relay);
+                    m
+                });
             }
             let ip = crate::peer::client_network(e.client.ip());
             dec(&mut g.per_ip, &ip);
@@ -339,24 +398,38 @@ fn other(msg: impl Into<String>) -> webrtc_util::Error {
     webrtc_util::Error::Other(msg.into())
 }
 
-/// A token bucket over relayed bytes (both directions of one allocation).
+/// A token bucket over relayed bytes (both directions of one allocation),
+/// kept as one atomic "theoretical arrival time" (GCRA): each byte costs
+/// 1/rate seconds, and a packet passes while that time runs at most one
+/// burst ahead of now. No lock: the fast path takes it from any worker.
 #[derive(Debug)]
 pub(crate) struct Bandwidth {
-    rate: f64,
-    burst: f64,
-    state: Mutex<(f64, std::time::Instant)>,
+    /// Nanoseconds one byte costs (scaled by 2^10 for precision).
+    cost: u64,
+    /// How far ahead of now the arrival time may run (ns).
+    burst: u64,
+    start: std::time::Instant,
+    /// Theoretical arrival time, ns since `start`.
+    tat: AtomicU64,
 }
+
+/// Fixed-point scale of [`Bandwidth::cost`].
+const COST_SCALE: u64 = 1 << 10;
 
 impl Bandwidth {
     /// `rate` bytes per second, with one second's worth (at least 16 KiB)
     /// of burst.
     pub(crate) fn new(rate: u64) -> Self {
-        let rate = rate as f64;
-        let burst = rate.max(16.0 * 1024.0);
+        let rate = rate.max(1);
+        let burst_bytes = rate.max(16 * 1024);
+        let cost = (1_000_000_000 * COST_SCALE) / rate;
         Self {
-            rate,
-            burst,
-            state: Mutex::new((burst, std::time::Instant::now())),
+            cost,
+            burst: (u128::from(burst_bytes) * u128::from(cost) / u128::from(COST_SCALE))
+                .try_into()
+                .unwrap_or(u64::MAX),
+            start: std::time::Instant::now(),
+            tat: AtomicU64::new(0),
         }
     }
 
@@ -368,38 +441,41 @@ impl Bandwidth {
     /// [`take`](Self::take) at a given time (a moment before the last one
     /// refills nothing).
     fn take_at(&self, n: usize, now: std::time::Instant) -> bool {
-        let mut g = lock(&self.state);
-        let now = now.max(g.1);
-        let refill = now.duration_since(g.1).as_secs_f64() * self.rate;
-        g.0 = (g.0 + refill).min(self.burst);
-        g.1 = now;
-        if g.0 >= n as f64 {
-            g.0 -= n as f64;
-            true
-        } else {
-            false
+        let now =
+            u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        let need = (n as u64).saturating_mul(self.cost) / COST_SCALE;
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let next = tat.max(now).saturating_add(need);
+            if next - now > self.burst {
+                return false;
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(t) => tat = t,
+            }
         }
     }
 }
 
 /// A relay socket that only talks to allowed peers (and, with a bandwidth
-/// cap, drops what exceeds it).
+/// cap, drops what exceeds it): the crate's side of an allocation. Packets
+/// the fast path can carry (see [`crate::fast`]) never reach the crate.
 pub(crate) struct FilteredRelayConn {
-    socket: UdpSocket,
+    fast: Arc<FastRelay>,
     policy: Arc<PeerPolicy>,
     lease: Lease,
-    relay_addr: SocketAddr,
-    bandwidth: Option<Bandwidth>,
     counters: Arc<crate::stats::Counters>,
-    /// Packets from other allocations of this server (relay to relay).
-    local: tokio::sync::Mutex<mpsc::Receiver<LocalPacket>>,
+    /// Packets from other allocations of this server (relay to relay), and
+    /// the batch receiver of the relay socket: only the crate's one read
+    /// loop per allocation takes it.
+    io: tokio::sync::Mutex<(mpsc::Receiver<LocalPacket>, Batch)>,
 }
 
 impl FilteredRelayConn {
-    fn within_bandwidth(&self, n: usize) -> bool {
-        self.bandwidth.as_ref().is_none_or(|b| b.take(n))
-    }
-
     fn relayed(&self, total: &AtomicU64, n: usize) {
         crate::stats::Counters::add(total, n as u64);
         self.lease.bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -417,9 +493,34 @@ impl Conn for FilteredRelayConn {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        // Only the crate's one read loop per allocation calls this.
-        let mut local = self.local.lock().await;
+        let mut io = self.io.lock().await;
+        let (local, batch) = &mut *io;
+        let path = FastPath {
+            registry: &self.lease.registry,
+            policy: &self.policy,
+            counters: &self.counters,
+        };
         loop {
+            let now = crate::fast::now_secs();
+            while let Some((i, off, n, from)) = batch.next() {
+                if check_peer(&self.policy, &self.lease.registry, from).is_err() {
+                    tracing::debug!(relay = %self.fast.relay_addr, peer = %from,
+                        "dropped a packet from a forbidden peer");
+                    continue;
+                }
+                let b = batch.buf(i);
+                if path.to_client(&self.fast, b, off, n, from, now).is_some() {
+                    continue;
+                }
+                // Not for the fast path: the crate decides (it drops what
+                // no permission covers).
+                if self.fast.within_bandwidth(n) {
+                    let n = n.min(buf.len());
+                    buf[..n].copy_from_slice(&b[off..off + n]);
+                    self.relayed(&self.counters.bytes_from_peers, n);
+                    return Ok((n, from));
+                }
+            }
             tokio::select! {
                 _ = self.lease.kill.cancelled() => {
                     return Err(webrtc_util::Error::ErrAlreadyClosed);
@@ -428,24 +529,12 @@ impl Conn for FilteredRelayConn {
                     // Checked by the sending allocation (it aimed at us).
                     let n = pkt.len().min(buf.len());
                     buf[..n].copy_from_slice(&pkt[..n]);
-                    if self.within_bandwidth(n) {
+                    if self.fast.within_bandwidth(n) {
                         self.relayed(&self.counters.bytes_from_peers, n);
                         return Ok((n, from));
                     }
                 }
-                r = self.socket.recv_from(buf) => {
-                    let (n, from) = r?;
-                    if check_peer(&self.policy, &self.lease.registry, from).is_err() {
-                        tracing::debug!(relay = %self.relay_addr, peer = %from,
-                            "dropped a packet from a forbidden peer");
-                        continue;
-                    }
-                    if self.within_bandwidth(n) {
-                        self.relayed(&self.counters.bytes_from_peers, n);
-                        return Ok((n, from));
-                    }
-                    // over the cap: dropped, as a congested path would
-                }
+                r = batch.fill(&self.fast.socket) => r?,
             }
         }
     }
@@ -458,11 +547,12 @@ impl Conn for FilteredRelayConn {
         if self.lease.kill.is_cancelled() {
             return Err(webrtc_util::Error::ErrAlreadyClosed);
         }
+        let relay_addr = self.fast.relay_addr;
         if let Some(tx) = self.lease.registry.local_relay(target) {
             // Relay to relay: handed over in the process; a full queue
             // drops, as a congested path would.
-            if self.within_bandwidth(buf.len())
-                && tx.try_send((buf.to_vec(), self.relay_addr)).is_ok()
+            if self.fast.within_bandwidth(buf.len())
+                && tx.try_send((buf.to_vec(), relay_addr)).is_ok()
             {
                 self.relayed(&self.counters.bytes_to_peers, buf.len());
                 crate::stats::Counters::add(&self.counters.bytes_relay_to_relay, buf.len() as u64);
@@ -470,20 +560,20 @@ impl Conn for FilteredRelayConn {
             return Ok(buf.len());
         }
         if let Err(why) = self.policy.check(target.ip()) {
-            tracing::debug!(relay = %self.relay_addr, peer = %target, reason = %why,
+            tracing::debug!(relay = %relay_addr, peer = %target, reason = %why,
                 "refused to relay to a forbidden peer");
             return Err(other(format!("peer {target} refused: {why}")));
         }
-        if !self.within_bandwidth(buf.len()) {
+        if !self.fast.within_bandwidth(buf.len()) {
             return Ok(buf.len()); // over the cap: dropped, as a congested path would
         }
-        let sent = self.socket.send_to(buf, target).await?;
+        let sent = self.fast.socket.send_to(buf, target).await?;
         self.relayed(&self.counters.bytes_to_peers, sent);
         Ok(sent)
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
+        Ok(self.fast.socket.local_addr()?)
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {
@@ -515,6 +605,8 @@ pub(crate) struct FilteredRelayGenerator {
     /// Bytes per second one allocation may relay (both directions).
     pub(crate) bandwidth: Option<u64>,
     pub(crate) counters: Arc<crate::stats::Counters>,
+    /// The fast-path table of this listener (UDP listeners only).
+    pub(crate) fast: Option<Arc<FastTable>>,
 }
 
 /// Receive buffer asked for on relay sockets (the kernel caps it at
@@ -525,8 +617,22 @@ pub(crate) const LISTENER_RCVBUF: usize = 2 * 1024 * 1024;
 
 /// Binds a non-blocking UDP socket with the given receive buffer size.
 pub(crate) fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> std::io::Result<UdpSocket> {
+    bind_udp_with(addr, rcvbuf, false)
+}
+
+/// [`bind_udp`], with SO_REUSEPORT when `reuse_port` (several sockets of
+/// this process on one port, the kernel spreading clients across them).
+pub(crate) fn bind_udp_with(
+    addr: SocketAddr,
+    rcvbuf: usize,
+    reuse_port: bool,
+) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     // Best effort: a smaller buffer still works.
     let _ = socket.set_recv_buffer_size(rcvbuf);
     let _ = socket.set_send_buffer_size(rcvbuf);
@@ -610,17 +716,29 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
             .map_err(|e| turn::Error::Other(e.to_string()))?
             .port();
         let relay_addr = SocketAddr::new(relay_ip, port);
+        let batch = Batch::new(&socket, crate::fast::RELAY_BATCH)
+            .map_err(|e| turn::Error::Other(format!("cannot set up a relay socket: {e}")))?;
+        let socket = Arc::new(socket);
         let local = self.registry.bind_relay(lease.id, relay_addr);
+        let fast = Arc::new(FastRelay::new(
+            socket,
+            relay_addr,
+            lease.kill.clone(),
+            Arc::clone(&lease.bytes),
+            self.bandwidth.map(Bandwidth::new),
+            ctx.client,
+            self.fast.as_ref().map(|t| Arc::clone(&t.udp)),
+        ));
+        self.registry
+            .add_fast(lease.id, Arc::clone(&fast), self.fast.clone());
         crate::stats::Counters::add(&self.counters.allocations_made, 1);
         tracing::debug!(client = %ctx.client, %relay_addr, "TURN allocation made");
         let conn = FilteredRelayConn {
-            socket,
+            fast,
             policy: Arc::clone(&self.policy),
             lease,
-            relay_addr,
-            bandwidth: self.bandwidth.map(Bandwidth::new),
             counters: Arc::clone(&self.counters),
-            local: tokio::sync::Mutex::new(local),
+            io: tokio::sync::Mutex::new((local, batch)),
         };
         Ok((Arc::new(conn), relay_addr))
     }
@@ -732,7 +850,7 @@ mod tests {
     #[test]
     fn bandwidth_bucket() {
         let b = Bandwidth::new(1000);
-        let t0 = lock(&b.state).1;
+        let t0 = b.start;
         let at = |ms| t0 + std::time::Duration::from_millis(ms);
         // 16 KiB burst at least, then nothing.
         assert!(b.take_at(16 * 1024, at(0)));

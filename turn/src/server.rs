@@ -45,7 +45,7 @@ pub struct TurnServer {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     registry: Arc<Registry>,
     counters: Arc<Counters>,
-    udp_socket: std::sync::Weak<UdpSocket>,
+    udp_sockets: Vec<std::sync::Weak<UdpSocket>>,
 }
 
 impl std::fmt::Debug for TurnServer {
@@ -78,18 +78,31 @@ fn bind_error(
     }
 }
 
-/// Binds UDP and TCP on the same port; with port 0 retries until one port
-/// number is free for both.
-async fn bind_pair(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener)> {
+/// Binds `udp_sockets` UDP sockets (SO_REUSEPORT when more than one) and
+/// TCP on the same port; with port 0 retries until one port number is free
+/// for both.
+async fn bind_pair(
+    ip: IpAddr,
+    port: u16,
+    udp_sockets: usize,
+) -> Result<(Vec<UdpSocket>, TcpListener)> {
     let tries = if port == 0 { 20 } else { 1 };
+    let reuse = udp_sockets > 1;
     let mut last = None;
     for _ in 0..tries {
         let addr = SocketAddr::new(ip, port);
-        let udp = crate::relay::bind_udp(addr, crate::relay::LISTENER_RCVBUF)
-            .map_err(|e| bind_error("UDP", addr, "--turn-port", e))?;
-        let udp_addr = udp
+        let bind = |addr| {
+            crate::relay::bind_udp_with(addr, crate::relay::LISTENER_RCVBUF, reuse)
+                .map_err(|e| bind_error("UDP", addr, "--turn-port", e))
+        };
+        let first = bind(addr)?;
+        let udp_addr = first
             .local_addr()
             .map_err(|e| bind_error("UDP", addr, "--turn-port", e))?;
+        let mut udp = vec![first];
+        for _ in 1..udp_sockets {
+            udp.push(bind(udp_addr)?);
+        }
         match TcpListener::bind(udp_addr).await {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) => last = Some(bind_error("TCP", udp_addr, "--turn-port", e)),
@@ -206,13 +219,23 @@ impl TurnServer {
         let mut tasks = Vec::new();
         let mut addrs = Vec::new();
         let mut listeners: Vec<Arc<dyn Conn + Send + Sync>> = Vec::new();
+        let mut fast_tables = Vec::new();
 
-        let (udp, tcp) = bind_pair(cfg.listen, cfg.port).await?;
-        let udp_addr = udp.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+        let (udp, tcp) = bind_pair(cfg.listen, cfg.port, cfg.effective_udp_sockets()).await?;
+        let udp_addr = udp[0]
+            .local_addr()
+            .map_err(|e| Error::Config(e.to_string()))?;
         addrs.push((Transport::Udp, udp_addr));
-        let udp = Arc::new(udp);
-        let udp_socket = Arc::downgrade(&udp);
-        listeners.push(udp);
+        let mut udp_sockets = Vec::new();
+        for socket in udp {
+            let socket = Arc::new(socket);
+            udp_sockets.push(Arc::downgrade(&socket));
+            let table = crate::fast::FastTable::new(Arc::clone(&socket))
+                .map_err(|e| bind_error("UDP", udp_addr, "--turn-port", e))?;
+            fast_tables.push(Some(Arc::new(table)));
+            listeners.push(socket);
+        }
+        let first_stream = listeners.len();
 
         let idle_timeout = cfg.effective_max_lifetime() + Duration::from_secs(30);
         let stream_cfg = |tls: Option<tokio_rustls::TlsAcceptor>, listener: usize| {
@@ -228,7 +251,7 @@ impl TurnServer {
             }
         };
         let tcp_addr = tcp.local_addr().map_err(|e| Error::Config(e.to_string()))?;
-        let (mux, task) = StreamMux::start(tcp, stream_cfg(None, 1))
+        let (mux, task) = StreamMux::start(tcp, stream_cfg(None, first_stream))
             .map_err(|e| bind_error("TCP", tcp_addr, "--turn-port", e))?;
         addrs.push((Transport::Tcp, tcp_addr));
         listeners.push(mux);
@@ -248,7 +271,7 @@ impl TurnServer {
             let mut tls_config = (*tls.config).clone();
             tls_config.alpn_protocols.clear();
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config));
-            let (mux, task) = StreamMux::start(l, stream_cfg(Some(acceptor), 2))
+            let (mux, task) = StreamMux::start(l, stream_cfg(Some(acceptor), first_stream + 1))
                 .map_err(|e| bind_error("TLS", tls_addr, "--turn-tls-port", e))?;
             addrs.push((Transport::Tls, tls_addr));
             listeners.push(mux);
@@ -256,10 +279,13 @@ impl TurnServer {
         }
 
         let nonces = Arc::new(NonceCache::default());
+        fast_tables.resize(listeners.len(), None);
+        let sweep_tables: Vec<_> = fast_tables.iter().flatten().cloned().collect();
         let conn_configs = listeners
             .into_iter()
+            .zip(fast_tables)
             .enumerate()
-            .map(|(i, inner)| {
+            .map(|(i, (inner, fast))| {
                 let ctx: CtxSlot = Arc::default();
                 let gate = Gate {
                     inner,
@@ -271,6 +297,7 @@ impl TurnServer {
                     max_lifetime: cfg.effective_max_lifetime(),
                     nonces: Arc::clone(&nonces),
                     counters: Arc::clone(&counters),
+                    fast: fast.clone(),
                 };
                 ConnConfig {
                     conn: Arc::new(gate),
@@ -283,6 +310,7 @@ impl TurnServer {
                         ctx,
                         bandwidth: cfg.max_bandwidth_per_allocation,
                         counters: Arc::clone(&counters),
+                        fast,
                     }),
                 }
             })
@@ -310,6 +338,9 @@ impl TurnServer {
                             directory.prune();
                             let n = registry.close_unhonoured(|s| directory.is_honoured(s));
                             Counters::add(&counters.closed_session_gone, n as u64);
+                            for t in &sweep_tables {
+                                t.sweep();
+                            }
                         }
                     }
                 }
@@ -326,7 +357,7 @@ impl TurnServer {
             tasks,
             registry,
             counters,
-            udp_socket,
+            udp_sockets,
         })
     }
 
@@ -364,10 +395,11 @@ impl TurnServer {
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
-        // The crate's read loop drops the UDP socket once it has stopped:
-        // wait for that (briefly) so the port is free when this returns.
+        // The crate's read loops drop the UDP sockets once they have
+        // stopped: wait for that (briefly) so the port is free when this
+        // returns.
         for _ in 0..100 {
-            if self.udp_socket.strong_count() == 0 {
+            if self.udp_sockets.iter().all(|s| s.strong_count() == 0) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

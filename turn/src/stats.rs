@@ -26,6 +26,10 @@ pub struct TurnStats {
     /// Of `bytes_to_peers`, those handed to another allocation of this
     /// server inside the process (relay to relay).
     pub bytes_relay_to_relay: u64,
+    /// Packets relayed on the fast path (see docs/turn.md), to peers and
+    /// from peers back to clients; the rest went through the `turn` crate.
+    pub fast_packets_to_peers: u64,
+    pub fast_packets_from_peers: u64,
     /// Payload bytes each ended session relayed (all its allocations, both
     /// directions), as a histogram: one observation when a session's last
     /// allocation closes.
@@ -90,6 +94,8 @@ pub(crate) struct Counters {
     pub(crate) bytes_to_peers: AtomicU64,
     pub(crate) bytes_from_peers: AtomicU64,
     pub(crate) bytes_relay_to_relay: AtomicU64,
+    pub(crate) fast_packets_to_peers: AtomicU64,
+    pub(crate) fast_packets_from_peers: AtomicU64,
 }
 
 impl Counters {
@@ -109,6 +115,8 @@ impl Counters {
             bytes_to_peers: get(&self.bytes_to_peers),
             bytes_from_peers: get(&self.bytes_from_peers),
             bytes_relay_to_relay: get(&self.bytes_relay_to_relay),
+            fast_packets_to_peers: get(&self.fast_packets_to_peers),
+            fast_packets_from_peers: get(&self.fast_packets_from_peers),
             session_bytes,
         }
     }

@@ -1,0 +1,750 @@
+//! Owns the relay fast path: ChannelData and Send/Data indications of
+//! established channels and permissions are relayed here, straight between
+//! the UDP listener and the relay sockets, without the `turn` crate (no
+//! per-packet allocation, task hop or lock; batched receives).
+//!
+//! The crate keeps the control plane. The gate learns each successful
+//! CreatePermission/ChannelBind from the crate's answer and installs it in
+//! read-mostly tables (`ArcSwap`: lock-free reads, copy-on-write updates
+//! on the rare control messages); entries expire a second before the
+//! crate's own (permissions 300 s, channels 600 s), die with their
+//! allocation (its kill token, checked per packet, so a departed session
+//! stops within the reaper's 0.5 s) and are swept by the reaper. What the
+//! tables do not know goes to the crate as before.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use crate::peer::canonical;
+use crate::relay::{Bandwidth, Registry, lock};
+use crate::stats::Counters;
+
+/// Bytes kept free before each received datagram, so a ChannelData header
+/// or a Data indication (20 + 24 + 4 bytes for IPv6) is written in place.
+pub(crate) const HEADROOM: usize = 48;
+/// Largest datagram handled (the `turn` crate's own buffers are 1500).
+const MTU: usize = 1500;
+/// One receive buffer: headroom, datagram, padding.
+const BUF_LEN: usize = HEADROOM + MTU + 4;
+/// Permission lifetime of the `turn` crate (RFC 5766: 300 s), minus one
+/// second so the fast path never outlives the crate's entry.
+const PERMISSION_SECS: u64 = 299;
+/// Channel lifetime of the `turn` crate (600 s), minus one second.
+const CHANNEL_SECS: u64 = 599;
+
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+const SEND_INDICATION: [u8; 2] = [0x00, 0x16];
+const DATA_INDICATION: [u8; 2] = [0x00, 0x17];
+const ATTR_XOR_PEER_ADDRESS: u16 = 0x0012;
+const ATTR_DATA: u16 = 0x0013;
+
+/// Whole seconds since the first call (a monotonic clock; one read per
+/// batch of packets).
+pub(crate) fn now_secs() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Channel {
+    peer: SocketAddr,
+    until: u64,
+}
+
+/// One allocation as the fast path sees it. Shared by the relay `Conn`
+/// (the crate's side), the listener's table and the registry.
+#[derive(Debug)]
+pub(crate) struct FastRelay {
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) relay_addr: SocketAddr,
+    pub(crate) kill: CancellationToken,
+    /// Payload bytes relayed, both directions (the session's total).
+    pub(crate) bytes: Arc<AtomicU64>,
+    pub(crate) bandwidth: Option<Bandwidth>,
+    /// The client's address, and the UDP listening socket it talks to
+    /// (`None` over TCP/TLS: those stay on the crate's path).
+    pub(crate) client: SocketAddr,
+    pub(crate) reply: Option<Arc<UdpSocket>>,
+    /// Peer IP (canonical) -> permission expiry (seconds, [`now_secs`]).
+    perms: ArcSwap<HashMap<IpAddr, u64>>,
+    channels: ArcSwap<HashMap<u16, Channel>>,
+    /// Peer address (canonical) -> channel number.
+    by_peer: ArcSwap<HashMap<SocketAddr, u16>>,
+}
+
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
+}
+
+impl FastRelay {
+    pub(crate) fn new(
+        socket: Arc<UdpSocket>,
+        relay_addr: SocketAddr,
+        kill: CancellationToken,
+        bytes: Arc<AtomicU64>,
+        bandwidth: Option<Bandwidth>,
+        client: SocketAddr,
+        reply: Option<Arc<UdpSocket>>,
+    ) -> Self {
+        Self {
+            socket,
+            relay_addr,
+            kill,
+            bytes,
+            bandwidth,
+            client,
+            reply,
+            perms: ArcSwap::default(),
+            channels: ArcSwap::default(),
+            by_peer: ArcSwap::default(),
+        }
+    }
+
+    pub(crate) fn within_bandwidth(&self, n: usize) -> bool {
+        self.bandwidth.as_ref().is_none_or(|b| b.take(n))
+    }
+
+    fn permit(&self, ip: IpAddr, until: u64) {
+        let ip = canonical(ip);
+        self.perms.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(ip, until);
+            m
+        });
+    }
+
+    fn bind(&self, number: u16, peer: SocketAddr, until: u64) {
+        let peer = canonical_addr(peer);
+        self.channels.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(number, Channel { peer, until });
+            m
+        });
+        self.by_peer.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(peer, number);
+            m
+        });
+    }
+
+    fn permitted(&self, ip: IpAddr, now: u64) -> bool {
+        self.perms
+            .load()
+            .get(&canonical(ip))
+            .is_some_and(|until| *until > now)
+    }
+
+    fn channel_peer(&self, number: u16, now: u64) -> Option<SocketAddr> {
+        self.channels
+            .load()
+            .get(&number)
+            .filter(|c| c.until > now)
+            .map(|c| c.peer)
+    }
+
+    fn channel_of(&self, peer: SocketAddr, now: u64) -> Option<u16> {
+        let number = *self.by_peer.load().get(&canonical_addr(peer))?;
+        self.channel_peer(number, now).map(|_| number)
+    }
+
+    /// Drops expired permissions and channels (copying only when one did).
+    fn sweep(&self, now: u64) {
+        if self.perms.load().values().any(|u| *u <= now) {
+            self.perms.rcu(|m| {
+                let mut m = HashMap::clone(m);
+                m.retain(|_, u| *u > now);
+                m
+            });
+        }
+        if self.channels.load().values().any(|c| c.until <= now) {
+            self.channels.rcu(|m| {
+                let mut m = HashMap::clone(m);
+                m.retain(|_, c| c.until > now);
+                m
+            });
+            let live = self.channels.load();
+            self.by_peer.rcu(|m| {
+                let mut m = HashMap::clone(m);
+                m.retain(|_, n| live.contains_key(n));
+                m
+            });
+        }
+    }
+}
+
+/// A CreatePermission/ChannelBind the gate let through, waiting for the
+/// crate's answer.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    transaction: [u8; 12],
+    client: SocketAddr,
+    peer: SocketAddr,
+    channel: Option<u16>,
+}
+
+/// Requests remembered while waiting for their answer (the crate answers
+/// each before reading the next datagram, so a few are plenty).
+const PENDING_KEEP: usize = 32;
+
+/// The fast-path state of one UDP listening socket: its clients'
+/// allocations and the batch receiver.
+#[derive(Debug)]
+pub(crate) struct FastTable {
+    pub(crate) udp: Arc<UdpSocket>,
+    clients: ArcSwap<HashMap<SocketAddr, Arc<FastRelay>>>,
+    pending: Mutex<std::collections::VecDeque<Pending>>,
+    pub(crate) batch: tokio::sync::Mutex<Batch>,
+}
+
+impl FastTable {
+    pub(crate) fn new(udp: Arc<UdpSocket>) -> std::io::Result<Self> {
+        let batch = Batch::new(&udp, LISTENER_BATCH)?;
+        Ok(Self {
+            udp,
+            clients: ArcSwap::default(),
+            pending: Mutex::default(),
+            batch: tokio::sync::Mutex::new(batch),
+        })
+    }
+
+    /// A new allocation of `relay.client` on this listener.
+    pub(crate) fn add(&self, relay: Arc<FastRelay>) {
+        self.clients.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(relay.client, Arc::clone(&relay));
+            m
+        });
+    }
+
+    /// Allocation `relay` of `client` closed.
+    pub(crate) fn remove(&self, client: SocketAddr, relay: SocketAddr) {
+        self.clients.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            if m.get(&client)
+                .is_some_and(|r| canonical_addr(r.relay_addr) == relay)
+            {
+                m.remove(&client);
+            }
+            m
+        });
+    }
+
+    /// Remembers a verified CreatePermission (`channel` None) or
+    /// ChannelBind until the crate answers it.
+    pub(crate) fn expect(
+        &self,
+        transaction: [u8; 12],
+        client: SocketAddr,
+        peer: SocketAddr,
+        channel: Option<u16>,
+    ) {
+        let mut g = lock(&self.pending);
+        g.push_back(Pending {
+            transaction,
+            client,
+            peer,
+            channel,
+        });
+        while g.len() > PENDING_KEEP {
+            g.pop_front();
+        }
+    }
+
+    /// The crate answered transaction `transaction` of `client` with
+    /// success: installs its permission (and channel).
+    pub(crate) fn confirmed(&self, transaction: &[u8], client: SocketAddr) {
+        let p = {
+            let mut g = lock(&self.pending);
+            let Some(i) = g
+                .iter()
+                .position(|p| p.transaction == transaction && p.client == client)
+            else {
+                return;
+            };
+            g.remove(i)
+        };
+        let Some(p) = p else { return };
+        let clients = self.clients.load();
+        let Some(relay) = clients.get(&p.client) else {
+            return;
+        };
+        let now = now_secs();
+        relay.permit(p.peer.ip(), now + PERMISSION_SECS);
+        if let Some(n) = p.channel {
+            relay.bind(n, p.peer, now + CHANNEL_SECS);
+        }
+    }
+
+    /// Forgets closed allocations and expired entries.
+    pub(crate) fn sweep(&self) {
+        let now = now_secs();
+        let clients = self.clients.load();
+        if clients.values().any(|r| r.kill.is_cancelled()) {
+            self.clients.rcu(|m| {
+                let mut m = HashMap::clone(m);
+                m.retain(|_, r| !r.kill.is_cancelled());
+                m
+            });
+        }
+        for r in self.clients.load().values() {
+            r.sweep(now);
+        }
+    }
+
+    /// Relays a client's ChannelData or Send indication at
+    /// `buf[off..off + len]` if its channel or permission is known; false
+    /// hands it to the crate.
+    pub(crate) fn client_packet(
+        &self,
+        path: &FastPath<'_>,
+        buf: &mut [u8],
+        off: usize,
+        len: usize,
+        src: SocketAddr,
+        now: u64,
+    ) -> bool {
+        let pkt = &buf[off..off + len];
+        let (peer, data_off, data_len, clients) = if (0x40..0x80).contains(&pkt[0]) {
+            if len < 4 {
+                return false;
+            }
+            let number = u16::from_be_bytes([pkt[0], pkt[1]]);
+            let data_len = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+            if 4 + data_len > len {
+                return false;
+            }
+            let clients = self.clients.load();
+            let Some(relay) = clients.get(&src) else {
+                return false;
+            };
+            let Some(peer) = relay.channel_peer(number, now) else {
+                return false;
+            };
+            (peer, off + 4, data_len, clients)
+        } else if pkt.len() >= 20 && pkt[0..2] == SEND_INDICATION && pkt[4..8] == MAGIC_COOKIE {
+            let Some((peer, d_off, d_len)) = parse_send_indication(pkt) else {
+                return false;
+            };
+            let clients = self.clients.load();
+            let Some(relay) = clients.get(&src) else {
+                return false;
+            };
+            if !relay.permitted(peer.ip(), now) {
+                return false;
+            }
+            (peer, off + d_off, d_len, clients)
+        } else {
+            return false;
+        };
+        let Some(relay) = clients.get(&src) else {
+            return false;
+        };
+        if relay.kill.is_cancelled() {
+            return false;
+        }
+        path.to_peer(relay, buf, data_off, data_len, peer, now);
+        true
+    }
+}
+
+/// Datagrams read per system call on a listener and on a relay socket.
+const LISTENER_BATCH: usize = 32;
+pub(crate) const RELAY_BATCH: usize = 8;
+
+/// Buffers for one socket's batched receives (`recvmmsg` through
+/// quinn-udp), consumed one datagram at a time.
+pub(crate) struct Batch {
+    state: quinn_udp::UdpSocketState,
+    bufs: Vec<Box<[u8]>>,
+    meta: Vec<quinn_udp::RecvMeta>,
+    /// Received messages, the one being read, and the next segment in it
+    /// (one message holds several datagrams only with GRO).
+    filled: usize,
+    msg: usize,
+    seg: usize,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("size", &self.bufs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batch {
+    pub(crate) fn new(socket: &UdpSocket, size: usize) -> std::io::Result<Self> {
+        let state = quinn_udp::UdpSocketState::new(socket.into())?;
+        disable_gro(socket);
+        Ok(Self {
+            state,
+            bufs: (0..size)
+                .map(|_| vec![0u8; BUF_LEN].into_boxed_slice())
+                .collect(),
+            meta: vec![quinn_udp::RecvMeta::default(); size],
+            filled: 0,
+            msg: 0,
+            seg: 0,
+        })
+    }
+
+    /// The next received datagram: (buffer index, offset, length, source).
+    pub(crate) fn next(&mut self) -> Option<(usize, usize, usize, SocketAddr)> {
+        while self.msg < self.filled {
+            let m = &self.meta[self.msg];
+            let stride = m.stride.max(1);
+            let start = self.seg * stride;
+            if start < m.len {
+                self.seg += 1;
+                let len = stride.min(m.len - start);
+                return Some((self.msg, HEADROOM + start, len, m.addr));
+            }
+            self.msg += 1;
+            self.seg = 0;
+        }
+        None
+    }
+
+    pub(crate) fn buf(&mut self, i: usize) -> &mut [u8] {
+        &mut self.bufs[i]
+    }
+
+    /// Waits for datagrams and reads as many as are queued (up to the
+    /// batch size). Cancel-safe: nothing is consumed before it returns.
+    pub(crate) async fn fill(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+        loop {
+            socket.readable().await?;
+            let Self {
+                state,
+                bufs,
+                meta,
+                filled,
+                msg,
+                seg,
+            } = &mut *self;
+            let mut iovs: [IoSliceMut<'_>; LISTENER_BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            let n = bufs.len().min(LISTENER_BATCH);
+            for (iov, b) in iovs.iter_mut().zip(bufs.iter_mut()) {
+                *iov = IoSliceMut::new(&mut b[HEADROOM..HEADROOM + MTU]);
+            }
+            match socket.try_io(Interest::READABLE, || {
+                state.recv(socket.into(), &mut iovs[..n], &mut meta[..n])
+            }) {
+                Ok(got) => {
+                    *filled = got;
+                    *msg = 0;
+                    *seg = 0;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                // ICMP errors from earlier sends (port unreachable) surface
+                // here: not this socket's fault.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Turns UDP GRO off (quinn-udp turns it on): coalesced datagrams would
+/// need 64 KiB buffers per slot, and TURN traffic is small mixed packets.
+fn disable_gro(socket: &UdpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let off: libc::c_int = 0;
+        // SAFETY: a valid socket descriptor and a pointer to a c_int of the
+        // size given; setsockopt only reads it.
+        let _ = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&off as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
+/// XOR-PEER-ADDRESS and DATA of a Send indication: (peer, data offset,
+/// data length). Any other attribute is skipped, as the crate does.
+fn parse_send_indication(pkt: &[u8]) -> Option<(SocketAddr, usize, usize)> {
+    let body = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    let end = 20 + body;
+    if end > pkt.len() {
+        return None;
+    }
+    let transaction: &[u8; 12] = pkt[8..20].try_into().ok()?;
+    let (mut peer, mut data) = (None, None);
+    let mut i = 20;
+    while i + 4 <= end {
+        let typ = u16::from_be_bytes([pkt[i], pkt[i + 1]]);
+        let len = usize::from(u16::from_be_bytes([pkt[i + 2], pkt[i + 3]]));
+        let v = i + 4;
+        if v + len > end {
+            return None;
+        }
+        match typ {
+            ATTR_XOR_PEER_ADDRESS if peer.is_none() => {
+                peer = Some(crate::gate::decode_xor_address(
+                    &pkt[v..v + len],
+                    transaction,
+                )?);
+            }
+            ATTR_DATA if data.is_none() => data = Some((v, len)),
+            _ => {}
+        }
+        i = v + len.div_ceil(4) * 4;
+    }
+    let (d_off, d_len) = data?;
+    Some((peer?, d_off, d_len))
+}
+
+/// Writes a Data indication (XOR-PEER-ADDRESS `from`, DATA) around the
+/// payload at `buf[off..off + len]`; returns where it starts and its
+/// length. Needs [`HEADROOM`] before the payload and 3 bytes after.
+fn data_indication(
+    buf: &mut [u8],
+    off: usize,
+    len: usize,
+    from: SocketAddr,
+    transaction: [u8; 12],
+) -> Option<(usize, usize)> {
+    let addr_len = if from.is_ipv4() { 8 } else { 20 };
+    let start = off.checked_sub(20 + 4 + addr_len + 4)?;
+    let padded = len.div_ceil(4) * 4;
+    if off + padded > buf.len() {
+        return None;
+    }
+    buf[off + len..off + padded].fill(0);
+    let body = 4 + addr_len + 4 + padded;
+    let h = &mut buf[start..off];
+    h[0..2].copy_from_slice(&DATA_INDICATION);
+    h[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+    h[4..8].copy_from_slice(&MAGIC_COOKIE);
+    h[8..20].copy_from_slice(&transaction);
+    h[20..22].copy_from_slice(&ATTR_XOR_PEER_ADDRESS.to_be_bytes());
+    h[22..24].copy_from_slice(&(addr_len as u16).to_be_bytes());
+    h[24] = 0;
+    h[26..28].copy_from_slice(&(from.port() ^ 0x2112).to_be_bytes());
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE);
+    key[4..].copy_from_slice(&transaction);
+    match from.ip() {
+        IpAddr::V4(ip) => {
+            h[25] = 0x01;
+            for (i, b) in ip.octets().iter().enumerate() {
+                h[28 + i] = b ^ key[i];
+            }
+        }
+        IpAddr::V6(ip) => {
+            h[25] = 0x02;
+            for (i, b) in ip.octets().iter().enumerate() {
+                h[28 + i] = b ^ key[i];
+            }
+        }
+    }
+    let a = 24 + addr_len;
+    h[a..a + 2].copy_from_slice(&ATTR_DATA.to_be_bytes());
+    h[a + 2..a + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    Some((start, 20 + body))
+}
+
+/// A transaction id for a Data indication: a random prefix chosen at
+/// start and a counter (indications are not answered; they only need to
+/// differ).
+fn indication_transaction() -> [u8; 12] {
+    static PREFIX: OnceLock<[u8; 4]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 4];
+        let _ = ring::rand::SystemRandom::new().fill(&mut b);
+        b
+    });
+    let mut t = [0u8; 12];
+    t[..4].copy_from_slice(prefix);
+    t[4..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    t
+}
+
+/// What one relayed packet needs besides its allocation: the registry
+/// (relay to relay) and the counters.
+pub(crate) struct FastPath<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) policy: &'a crate::peer::PeerPolicy,
+    pub(crate) counters: &'a Counters,
+}
+
+impl FastPath<'_> {
+    /// Relays `buf[off..off + len]` from `relay` to `peer` (whose channel
+    /// or permission is established). The peer was checked when that was
+    /// installed (the gate answers 403 otherwise); a peer on one of this
+    /// server's relayed addresses gets it in the process, or nothing if no
+    /// live allocation is there.
+    pub(crate) fn to_peer(
+        &self,
+        relay: &FastRelay,
+        buf: &mut [u8],
+        off: usize,
+        len: usize,
+        peer: SocketAddr,
+        now: u64,
+    ) {
+        // A peer on the address relays are advertised on: another live
+        // allocation gets it in the process; any other port there is judged
+        // by the policy again (a relay that was live when the permission was
+        // made may have closed).
+        let target = if self.registry.is_relay_ip(peer.ip()) {
+            match self.registry.fast_relay(peer) {
+                Some(t) => Some(t),
+                None if self.policy.check(peer.ip()).is_ok() => None,
+                None => return,
+            }
+        } else {
+            None
+        };
+        if let Some(target) = target {
+            if !relay.within_bandwidth(len) {
+                return;
+            }
+            let handed = match self.to_client(&target, buf, off, len, relay.relay_addr, now) {
+                Some(_) => true,
+                // The receiving side has no fast route (TCP client, no
+                // permission yet): its crate-side queue decides.
+                None => self
+                    .registry
+                    .hand_over(peer, &buf[off..off + len], relay.relay_addr),
+            };
+            if handed {
+                self.count_to_peer(relay, len);
+                Counters::add(&self.counters.bytes_relay_to_relay, len as u64);
+            }
+            return;
+        }
+        if !relay.within_bandwidth(len) {
+            return; // over the cap: dropped, as a congested path would
+        }
+        // A full socket buffer drops, as the network would.
+        if let Ok(n) = relay.socket.try_send_to(&buf[off..off + len], peer) {
+            self.count_to_peer(relay, n);
+        }
+    }
+
+    fn count_to_peer(&self, relay: &FastRelay, n: usize) {
+        Counters::add(&self.counters.bytes_to_peers, n as u64);
+        Counters::add(&self.counters.fast_packets_to_peers, 1);
+        relay.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Sends `buf[off..off + len]`, received from `from`, to `relay`'s
+    /// client as ChannelData (channel bound) or a Data indication
+    /// (permission only). `None`: no fast route (TCP client, or no channel
+    /// or permission: the crate decides); `Some(sent)` otherwise.
+    pub(crate) fn to_client(
+        &self,
+        relay: &FastRelay,
+        buf: &mut [u8],
+        off: usize,
+        len: usize,
+        from: SocketAddr,
+        now: u64,
+    ) -> Option<bool> {
+        let reply = relay.reply.as_ref()?;
+        if relay.kill.is_cancelled() {
+            return None;
+        }
+        let (start, frame_len) = if let Some(number) = relay.channel_of(from, now) {
+            let start = off.checked_sub(4)?;
+            buf[start..start + 2].copy_from_slice(&number.to_be_bytes());
+            buf[start + 2..start + 4].copy_from_slice(&(len as u16).to_be_bytes());
+            (start, 4 + len)
+        } else if relay.permitted(from.ip(), now) {
+            data_indication(buf, off, len, from, indication_transaction())?
+        } else {
+            return None;
+        };
+        if !relay.within_bandwidth(len) {
+            return Some(false);
+        }
+        let sent = reply
+            .try_send_to(&buf[start..start + frame_len], relay.client)
+            .is_ok();
+        if sent {
+            Counters::add(&self.counters.bytes_from_peers, len as u64);
+            Counters::add(&self.counters.fast_packets_from_peers, 1);
+            relay.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Some(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_indication_decodes_with_the_stun_crate() {
+        use stun::message::Message;
+        for from in ["198.51.100.7:4000", "[2001:db8::9]:5000"] {
+            let from: SocketAddr = from.parse().expect("addr");
+            let payload = b"hello";
+            let mut buf = vec![0u8; BUF_LEN];
+            buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
+            let (start, n) =
+                data_indication(&mut buf, HEADROOM, payload.len(), from, [7; 12]).expect("fits");
+            let mut m = Message {
+                raw: buf[start..start + n].to_vec(),
+                ..Default::default()
+            };
+            m.decode().expect("decodes");
+            assert_eq!(m.typ.method, stun::message::METHOD_DATA);
+            let data = m.get(stun::attributes::ATTR_DATA).expect("data");
+            assert_eq!(data, payload);
+            let peer = m
+                .get(stun::attributes::ATTR_XOR_PEER_ADDRESS)
+                .expect("peer");
+            assert_eq!(crate::gate::decode_xor_address(&peer, &[7; 12]), Some(from));
+        }
+    }
+
+    #[test]
+    fn send_indication_parses() {
+        use stun::message::{Message, MessageType};
+        let peer: SocketAddr = "203.0.113.5:9".parse().expect("addr");
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(MessageType::new(
+                stun::message::METHOD_SEND,
+                stun::message::CLASS_INDICATION,
+            )),
+        ])
+        .expect("build");
+        let x = stun::xoraddr::XorMappedAddress {
+            ip: peer.ip(),
+            port: peer.port(),
+        };
+        x.add_to_as(&mut m, stun::attributes::ATTR_XOR_PEER_ADDRESS)
+            .expect("peer");
+        m.add(stun::attributes::ATTR_DATA, b"abcde");
+        let (p, off, len) = parse_send_indication(&m.raw).expect("parses");
+        assert_eq!(p, peer);
+        assert_eq!(&m.raw[off..off + len], b"abcde");
+        // Truncated: refused, not read past the end.
+        assert!(parse_send_indication(&m.raw[..m.raw.len() - 2]).is_none());
+    }
+}
