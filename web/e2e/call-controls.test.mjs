@@ -67,7 +67,8 @@ describe('call controls', { timeout: 280_000 }, () => {
 
   before(async () => {
     host = await startHost()
-    browser = await launchBrowser({ args: ['--use-fake-device-for-media-stream=device-count=3'] })
+    // the screen picker picks the whole (virtual) screen by itself
+    browser = await launchBrowser({ args: ['--use-fake-device-for-media-stream=device-count=3', '--auto-select-desktop-capture-source=Entire screen'] })
   })
   after(async () => {
     await browser?.close()
@@ -234,6 +235,58 @@ describe('call controls', { timeout: 280_000 }, () => {
     assert.equal(await ben.evaluate(() => JSON.parse(localStorage.getItem('webrtc-chat.devices')).videoinput), cams.fake_device_0)
     await shot(ben, 'call-mobile-switch.png')
     for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
+  })
+
+  it('a shared screen is shown whole, marked and pinned for the others; the camera comes back when it stops', async () => {
+    const room = randomUUID()
+    const ann = await open()
+    const ben = await open()
+    const cal = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    await join(ann, host.base, room, 'Ann')
+    await join(ben, host.base, room, 'Ben')
+    await join(cal, host.base, room, 'Cal')
+    await expectRemoteVideos(ben, 2)
+    await expectRemoteVideos(cal, 2)
+    /** Ann's tile as a viewer sees it: first in the grid? pinned? marked? uncropped? the video's shape. */
+    const annTile = (page) =>
+      page.evaluate(() => {
+        const li = [...document.querySelectorAll('.grid > li')].find((x) => x.querySelector('.name').textContent.trim() === 'Ann')
+        const tile = li.querySelector('.tile')
+        const v = tile.querySelector('video')
+        return {
+          first: document.querySelector('.grid > li') === li,
+          pinned: li.classList.contains('pinned') && tile.querySelector('.pin').getAttribute('aria-pressed') === 'true',
+          marked: tile.querySelector('.screen-badge')?.textContent.trim() ?? null,
+          label: tile.getAttribute('aria-label'),
+          fit: getComputedStyle(v).objectFit,
+          aspect: v.videoHeight ? Math.round((v.videoWidth / v.videoHeight) * 100) / 100 : 0,
+        }
+      })
+    assert.deepEqual(await annTile(ben), { first: true, pinned: false, marked: null, label: 'Ann', fit: 'cover', aspect: 1.33 })
+
+    await ann.getByRole('button', { name: 'Share screen' }).click()
+    await ann.getByRole('button', { name: 'Stop sharing' }).waitFor()
+    // what Ann sends is the screen (getDisplayMedia's track), on the senders negotiated before
+    const sent = await ann.evaluate(() =>
+      [...window.__webrtcChat.peerConnections().values()].map((pc) => pc.getSenders().find((s) => s.track?.kind === 'video')?.track.getSettings().displaySurface ?? null),
+    )
+    assert.deepEqual(sent, ['monitor', 'monitor'])
+    for (const viewer of [ben, cal]) {
+      // the screen is 16:9 where the camera was 4:3: the others receive it, whole (contain), marked and pinned
+      const seen = await until(() => annTile(viewer), (t) => t.aspect > 1.7 && t.pinned)
+      assert.deepEqual(seen, { first: true, pinned: true, marked: 'Screen', label: 'Ann (Screen)', fit: 'contain', aspect: 1.78 })
+    }
+    for (const r of await expectRemoteVideos(ben, 2)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
+    await shot(ben, 'screen-share-desktop.png')
+
+    // stopping brings the camera back and the automatic pin goes
+    await ann.getByRole('button', { name: 'Stop sharing' }).click()
+    for (const viewer of [ben, cal]) {
+      const back = await until(() => annTile(viewer), (t) => t.aspect < 1.4 && !t.marked)
+      assert.deepEqual([back.pinned, back.fit, back.aspect], [false, 'cover', 1.33])
+      assert.equal(await viewer.locator('.grid.has-pin').count(), 0)
+    }
+    for (const p of [ann, ben, cal]) assert.deepEqual(pageProblems(p), [])
   })
 
   it('mobile video screen: a new message raises the unread badge and pops up as a short toast', async () => {

@@ -429,6 +429,7 @@ export class CallController {
           if (p) {
             p.camOff = !st.video
             p.micOff = !st.audio
+            p.screen = st.screen === true
           }
         },
         onChat: (id, msg) => {
@@ -437,6 +438,8 @@ export class CallController {
         },
       },
     })
+    // still sharing after a rejoin: the new connections send the screen
+    if (this.screenTrack) void this.pm.setScreenTrack(this.screenTrack)
     this.announceMedia()
     this.startLevelPolling()
     this.startStatsPolling()
@@ -550,7 +553,7 @@ export class CallController {
 
   private announceMedia() {
     const m = this.session.media
-    this.pm?.setMediaState({ video: m.sharing || (m.hasVideo && m.camOn && !m.audioOnly), audio: m.hasAudio && m.micOn })
+    this.pm?.setMediaState({ video: m.sharing || (m.hasVideo && m.camOn && !m.audioOnly), audio: m.hasAudio && m.micOn, screen: m.sharing })
   }
 
   /**
@@ -611,6 +614,11 @@ export class CallController {
     this.announceMedia()
   }
 
+  /**
+   * Share a screen: every video sender (and every connection made while
+   * sharing) sends it instead of the camera, with replaceTrack; the `media`
+   * frame says `screen`, so our peers show it whole and pinned.
+   */
   async toggleScreenShare() {
     if (this.session.media.sharing) return this.stopScreenShare()
     const get = this.deps.getDisplayMedia ?? (() => navigator.mediaDevices.getDisplayMedia({ video: true, audio: false }))
@@ -628,7 +636,7 @@ export class CallController {
     }
     this.screenTrack = track
     track.onended = () => void this.stopScreenShare()
-    await this.pm.replaceTrack('video', track)
+    await this.pm.setScreenTrack(track)
     this.preview.value = screen
     this.session.media.sharing = true
     this.announceMedia()
@@ -643,7 +651,7 @@ export class CallController {
     }
     this.session.media.sharing = false
     this.preview.value = this.localStream.value
-    await this.pm?.replaceTrack('video', this.localStream.value?.getVideoTracks()[0] ?? null)
+    await this.pm?.setScreenTrack(null)
     this.announceMedia()
   }
 

@@ -156,7 +156,7 @@ describe('CallController', () => {
     expect(call.sendChat('   ')).toBe(false)
     const sent = theirs.sent.map((x) => JSON.parse(x))
     // on open the channel first carries our camera/mic state, then the chat
-    expect(sent[0]).toEqual({ type: 'media', video: true, audio: true })
+    expect(sent[0]).toEqual({ type: 'media', video: true, audio: true, screen: false })
     expect(sent[1]).toMatchObject({ type: 'chat', text: 'hi', username: 'Me' })
     expect(call.chat.entries.at(-1)).toMatchObject({ kind: 'message', own: true, text: 'hi' })
   })
@@ -183,6 +183,30 @@ describe('CallController', () => {
     expect(call.chat.entries.at(-1)).toMatchObject({ notice: 'reconnected' })
   })
 
+  it('a shared screen goes on every video sender, on connections made while sharing, and is announced as a screen', async () => {
+    const screenTrack = new FakeTrack('video')
+    const { call, stream } = setup()
+    ;(call as unknown as { deps: { getDisplayMedia: () => Promise<MediaStream> } }).deps.getDisplayMedia = async () =>
+      new FakeStream([screenTrack]) as unknown as MediaStream
+    const ws = await joinRoom(call)
+    ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
+    await flush()
+    const ch = FakePC.instances[0].remoteChannel(CHAT_PROTOCOL)
+    await call.toggleScreenShare()
+    const videoSender = (pc: FakePC) => pc.transceivers.find((t) => t.receiver.track.kind === 'video')!.sender
+    expect(videoSender(FakePC.instances[0]).track).toBe(screenTrack)
+    expect(JSON.parse(ch.sent.at(-1)!)).toEqual({ type: 'media', video: true, audio: true, screen: true })
+    // someone joining while we share gets the screen too
+    ws.receive({ type: 'login', from: 'q', data: { username: 'Q' } })
+    await flush()
+    expect(videoSender(FakePC.instances[1]).track).toBe(screenTrack)
+    await call.stopScreenShare()
+    const camera = stream.getVideoTracks()[0]
+    expect(FakePC.instances.map((pc) => videoSender(pc).track)).toEqual([camera, camera])
+    expect(screenTrack.readyState).toBe('ended')
+    expect(JSON.parse(ch.sent.at(-1)!)).toEqual({ type: 'media', video: true, audio: true, screen: false })
+  })
+
   it('receive-only media still joins, with the issue recorded', async () => {
     const { call } = setup({ stream: new FakeStream([]) as unknown as MediaStream, hasVideo: false, hasAudio: false, issue: 'denied' })
     await joinRoom(call)
@@ -198,9 +222,11 @@ describe('CallController', () => {
     await flush()
     const ch = FakePC.instances[0].remoteChannel(CHAT_PROTOCOL)
     call.toggleCamera()
-    expect(JSON.parse(ch.sent.at(-1)!)).toEqual({ type: 'media', video: false, audio: true })
+    expect(JSON.parse(ch.sent.at(-1)!)).toEqual({ type: 'media', video: false, audio: true, screen: false })
     ch.onmessage!({ data: JSON.stringify({ type: 'media', video: false, audio: false }) })
-    expect(call.peersStore.byId.p).toMatchObject({ camOff: true, micOff: true })
+    expect(call.peersStore.byId.p).toMatchObject({ camOff: true, micOff: true, screen: false })
+    ch.onmessage!({ data: JSON.stringify({ type: 'media', video: true, audio: false, screen: true }) })
+    expect(call.peersStore.byId.p).toMatchObject({ camOff: false, screen: true })
     expect(call.chat.entries.filter((e) => e.kind === 'message')).toHaveLength(0)
   })
 

@@ -41,6 +41,8 @@ export interface PeerCallbacks {
 export interface MediaState {
   video: boolean
   audio: boolean
+  /** the video is a shared screen (shown whole and pinned by the others); absent = false */
+  screen?: boolean
 }
 
 export interface PeerManagerOptions {
@@ -127,8 +129,18 @@ export class PeerManager {
     return c
   }
 
+  /** while sharing a screen, the video every connection sends (new ones too) */
+  private screenTrack: MediaStreamTrack | null = null
+
   private localTrack(kind: MediaKind): MediaStreamTrack | null {
+    if (kind === 'video' && this.screenTrack) return this.screenTrack
     return this.localStream?.getTracks().find((t) => t.kind === kind) ?? null
+  }
+
+  /** Share a screen (or stop: null): every video sender, and every connection made later, sends it. */
+  async setScreenTrack(track: MediaStreamTrack | null) {
+    this.screenTrack = track
+    await this.replaceTrack('video', this.localTrack('video'))
   }
 
   private setState(peer: Peer, s: PeerState) {
@@ -609,13 +621,13 @@ export function videoBitrateFor(peers: number): number {
   return Math.min(1_000_000, Math.max(150_000, Math.round(per / 50_000) * 50_000))
 }
 
-/** A {"type":"media","video":bool,"audio":bool} control frame, or null. */
+/** A {"type":"media","video":bool,"audio":bool(,"screen":bool)} control frame, or null. */
 export function parseMediaState(data: string): MediaState | null {
   if (!data.startsWith('{')) return null
   try {
     const m = JSON.parse(data)
     if (m && m.type === 'media' && typeof m.video === 'boolean' && typeof m.audio === 'boolean') {
-      return { video: m.video, audio: m.audio }
+      return { video: m.video, audio: m.audio, screen: m.screen === true }
     }
   } catch {
     /* not JSON */

@@ -15,6 +15,8 @@ export interface RemotePeer {
   camOff: boolean
   micOff: boolean
   speaking: boolean
+  /** the peer's video is a shared screen (its `media` frame says so) */
+  screen: boolean
   /** from getStats every few seconds; null until the first sample */
   quality: Quality | null
   link: LinkStats | null
@@ -53,6 +55,7 @@ export const usePeers = defineStore('peers', {
         camOff: false,
         micOff: false,
         speaking: false,
+        screen: false,
         quality: null,
         link: null,
       }
