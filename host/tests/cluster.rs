@@ -647,3 +647,154 @@ async fn a_host_shut_down_hands_its_rooms_over() {
     assert_eq!(joined["members"].as_array().unwrap().len(), 2, "{joined}");
     hosts.remove(0);
 }
+
+/// A TCP path to Redis that a test can cut (its connections reset, new ones
+/// refused) and mend: one host's network partition.
+struct Cable {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cable {
+    async fn to(redis: &Redis) -> Cable {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = redis.port;
+        let cable = Cable {
+            port,
+            cut: Default::default(),
+            conns: Default::default(),
+        };
+        let (cut, conns) = (cable.cut.clone(), cable.conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        cable
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// One host alone cut off from Redis (its connections reset, new ones
+/// refused) while the others keep it: they declare it dead and
+/// take its room over; once it is back it hands its members over, so each
+/// member is in one room with one owner and everyone sees the same list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_alone_rejoins_without_duplicating_or_losing_members() {
+    let redis = Redis::start();
+    let cable = Cable::to(&redis).await;
+    let url = cable.url();
+    let cut_off = Host::start(&["--redis-url", &url, "--turn-secret", "cluster-test-secret"]);
+    let other = member_host(&redis, &[]);
+    wait_ready(&cut_off, true).await;
+    wait_ready(&other, true).await;
+    // "standup" is owned by the host to be cut off, "retro" by the other.
+    let mut alice = cut_off.client().await;
+    alice.login("standup", "alice").await;
+    let mut bob = other.client().await;
+    bob.login("standup", "bob").await;
+    assert_eq!(alice.recv().await["username"], "bob");
+    let mut dave = other.client().await;
+    dave.login("retro", "dave").await;
+    let mut carol = cut_off.client().await;
+    carol.login("retro", "carol").await;
+    assert_eq!(dave.recv().await["username"], "carol");
+
+    signs_of_life(&mut [&mut alice, &mut bob, &mut carol, &mut dave]).await;
+    cable.cut();
+    // The other host declares it dead: alice and carol are logged out, and
+    // the other host takes "standup" over.
+    let logout = recv_within(&mut bob, SLOW).await;
+    assert_eq!(logout["type"], "logout", "{logout}");
+    assert_eq!(logout["data"]["sessionId"], alice.id.as_str());
+    let logout = recv_within(&mut dave, SLOW).await;
+    assert_eq!(logout["type"], "logout", "{logout}");
+    assert_eq!(logout["data"]["sessionId"], carol.id.as_str());
+    // Meanwhile the cut-off host keeps serving, and refuses what needs Redis.
+    let mut erin = cut_off.client().await;
+    erin.send(json!({"type":"login","data":{"roomrequest":"retro","username":"erin"}}))
+        .await;
+    assert_error(&erin.recv().await, "unavailable");
+    drop(erin);
+
+    signs_of_life(&mut [&mut alice, &mut bob, &mut carol, &mut dave]).await;
+    cable.mend();
+    wait_ready(&cut_off, true).await;
+    // alice and carol are back in the one copy of their rooms: the others
+    // hear them join again.
+    let back = recv_within(&mut bob, SLOW).await;
+    assert_eq!(back["type"], "login", "{back}");
+    assert_eq!(back["from"], alice.id.as_str());
+    let back = recv_within(&mut dave, SLOW).await;
+    assert_eq!(back["type"], "login", "{back}");
+    assert_eq!(back["from"], carol.id.as_str());
+    signs_of_life(&mut [&mut alice, &mut bob, &mut carol, &mut dave]).await;
+
+    // Frames flow both ways again.
+    alice
+        .send(json!({"type":"offer","to":bob.id,"data":{"sdp":"again"}}))
+        .await;
+    let offer = recv_within(&mut bob, SLOW).await;
+    assert_eq!(offer["type"], "offer", "{offer}");
+    assert_eq!(offer["from"], alice.id.as_str());
+    bob.send(json!({"type":"answer","to":alice.id,"data":{"sdp":"ok"}}))
+        .await;
+    let answer = recv_within(&mut alice, SLOW).await;
+    assert_eq!(answer["type"], "answer", "{answer}");
+    carol
+        .send(json!({"type":"candidate","to":dave.id,"data":{"candidate":"c"}}))
+        .await;
+    assert_eq!(
+        recv_within(&mut dave, SLOW).await["from"],
+        carol.id.as_str()
+    );
+
+    // Newcomers on either host find each room once, with each member once.
+    let names = |joined: &Value| -> Vec<String> {
+        joined["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["username"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut frank = cut_off.client().await;
+    let joined = frank.login("standup", "frank").await;
+    assert_eq!(names(&joined), ["bob", "alice"], "{joined}");
+    let mut gina = other.client().await;
+    let joined = gina.login("retro", "gina").await;
+    assert_eq!(names(&joined), ["dave", "carol"], "{joined}");
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(recv_within(c, SLOW).await["username"], "frank");
+    }
+    for c in [&mut carol, &mut dave] {
+        assert_eq!(recv_within(c, SLOW).await["username"], "gina");
+    }
+    drop(redis);
+}

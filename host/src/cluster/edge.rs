@@ -75,8 +75,7 @@ impl Cluster {
             .insert(owner.clone());
         self.send(
             &owner,
-            &Msg::Frame {
-                src: self.id.to_string(),
+            Msg::Frame {
                 s: id.to_string(),
                 q,
                 h: sender.host.to_string(),
@@ -113,13 +112,7 @@ impl Cluster {
                 if let Some(p) = previous
                     && p.owner != owner
                 {
-                    self.send(
-                        &p.owner,
-                        &Msg::Leave {
-                            src: self.id.to_string(),
-                            s: id.to_string(),
-                        },
-                    );
+                    self.send(&p.owner, Msg::Leave { s: id.to_string() });
                 }
             }
             None => {
@@ -158,8 +151,7 @@ impl Cluster {
         if let Some(old) = self.routes.lock().remove(session) {
             self.send(
                 &old.owner,
-                &Msg::Leave {
-                    src: self.id.to_string(),
+                Msg::Leave {
                     s: session.to_string(),
                 },
             );
@@ -187,8 +179,7 @@ impl Cluster {
         for h in hosts {
             self.send(
                 &h,
-                &Msg::Gone {
-                    src: self.id.to_string(),
+                Msg::Gone {
                     s: session.to_string(),
                 },
             );

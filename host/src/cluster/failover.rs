@@ -8,6 +8,7 @@ impl Cluster {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
+        let mut beaten = false;
         loop {
             ticks = ticks.wrapping_add(1);
             tokio::select! {
@@ -18,17 +19,25 @@ impl Cluster {
                 continue;
             }
             let started = Instant::now();
-            match self.store.heartbeat(&self.id, ALIVE_TTL).await {
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            match self.store.heartbeat(&self.id, epoch, ALIVE_TTL).await {
                 Ok(had_key) => {
-                    if !had_key {
-                        // Our heartbeat vanished before its time: Redis
-                        // restarted (or was flushed). Everyone's keys are
-                        // gone until their next heartbeat.
-                        if self.synced.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(
-                                "cluster: Redis lost this host's state (restarted?): writing it again"
-                            );
-                        }
+                    if !had_key && std::mem::replace(&mut beaten, true) {
+                        // Our heartbeat lapsed: Redis restarted (or was
+                        // flushed), or this host was cut off from it long
+                        // enough for the others to declare it dead and log
+                        // its sessions out. From a new epoch on (what this
+                        // host sent before may be dropped as stale), its
+                        // rooms are claimed again and its members put back.
+                        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                        self.rejoin.store(true, Ordering::SeqCst);
+                        self.synced.store(false, Ordering::Relaxed);
+                        tracing::warn!(
+                            epoch,
+                            "cluster: this host's heartbeat had lapsed (Redis restarted, or this host was cut off from it): writing its state again and putting its members back in their rooms"
+                        );
+                        self.restarted_clocks();
+                    } else if !had_key {
                         self.restarted_clocks();
                     }
                     self.stats
@@ -85,7 +94,7 @@ impl Cluster {
     }
 
     /// Renews this host's leases; releases claims whose room never came.
-    pub(super) async fn renew(&self, hub: &Hub) {
+    pub(super) async fn renew(self: &Arc<Self>, hub: &Arc<Hub>) {
         let mut rooms: Vec<RoomId> = hub.registry.room_ids();
         let stale: Vec<RoomId> = {
             let mut claims = self.claims.lock();
@@ -103,22 +112,87 @@ impl Cluster {
         }
         for room in rooms {
             match self.store.claim(&room, &self.id, LEASE_TTL, "").await {
-                Ok(owner) if *owner != *self.id => tracing::warn!(
-                    room = %room, %owner,
-                    "cluster: another host holds the lease of a room this host serves"
-                ),
+                Ok(owner) if *owner != *self.id => self.lost_lease(hub, &room, owner),
                 _ => {}
             }
         }
     }
 
+    /// Another host holds the lease of `room`: a claim for a join under
+    /// way is dropped; a room this host serves is handed over to the owner.
+    fn lost_lease(self: &Arc<Self>, hub: &Arc<Hub>, room: &RoomId, owner: String) {
+        self.claims.lock().remove(room);
+        if hub.registry.room_exists(room) {
+            self.hand_over(hub, room, Arc::from(owner));
+        }
+    }
+
+    /// Moves every member of this host's copy of `room` into the copy of
+    /// `owner`, which holds the lease (this host was cut off and declared
+    /// dead, or two hosts made the room at once): each leaves this copy
+    /// silently and is put back into the owner's, which tells the others
+    /// there it is back and it who came and went. This host's own
+    /// members are relayed to the owner from now on; other hosts' members
+    /// are routed there by the owner.
+    pub(super) fn hand_over(self: &Arc<Self>, hub: &Arc<Hub>, room: &RoomId, owner: Arc<str>) {
+        let members = hub.registry.members(room);
+        let seen: Vec<(String, String)> = members
+            .iter()
+            .map(|m| {
+                let name = hub.registry.username_of(m).unwrap_or_default();
+                (m.to_string(), name.to_string())
+            })
+            .collect();
+        tracing::warn!(
+            room = %room, %owner, members = members.len(),
+            "cluster: another host holds the lease of a room this host serves: handing its members over"
+        );
+        for (m, (_, name)) in members.iter().zip(&seen) {
+            let edge = self.proxies.lock().get(&**m).map(|p| p.edge.clone());
+            // Out of this copy without a word: the member stays in the call.
+            let _ = hub.registry.leave(m);
+            let edge = match edge {
+                Some(edge) => {
+                    if let Some(p) = self.proxies.lock().get(&**m) {
+                        let _ = p.inbox.send(Work::Gone);
+                    }
+                    edge
+                }
+                None => {
+                    let route = Route {
+                        room: room.clone(),
+                        owner: owner.clone(),
+                        username: Arc::from(name.as_str()),
+                    };
+                    self.routes.lock().insert(m.clone(), route);
+                    self.touched
+                        .lock()
+                        .entry(m.clone())
+                        .or_default()
+                        .insert(owner.clone());
+                    self.id.clone()
+                }
+            };
+            self.send(
+                &owner,
+                Msg::Rejoin {
+                    s: m.to_string(),
+                    edge: edge.to_string(),
+                    room: room.to_string(),
+                    name: name.clone(),
+                    seen: Some(seen.clone()),
+                },
+            );
+        }
+    }
+
     /// Writes this host's leases and member lists again (after an outage
     /// or a Redis restart lost them).
-    pub(super) async fn resync(&self, hub: &Hub) -> store::Result<()> {
+    pub(super) async fn resync(self: &Arc<Self>, hub: &Arc<Hub>) -> store::Result<()> {
         for room in hub.registry.room_ids() {
             let owner = self.store.claim(&room, &self.id, LEASE_TTL, "").await?;
             if *owner != *self.id {
-                tracing::warn!(room = %room, %owner, "cluster: another host took a room this host serves");
+                self.lost_lease(hub, &room, owner);
                 continue;
             }
             let members: Vec<MemberRecord> = hub
@@ -130,7 +204,30 @@ impl Cluster {
                     self.record(s, &name)
                 })
                 .collect();
-            self.store.put_members(&room, &members).await?;
+            self.store.put_members(&room, &self.id, &members).await?;
+        }
+        if self.rejoin.swap(false, Ordering::SeqCst) {
+            // The owners of the rooms this host's sessions are in may have
+            // logged them out: each is put back (an owner that did not
+            // finds it still there and does nothing).
+            let routes: Vec<(SessionId, Route)> = self
+                .routes
+                .lock()
+                .iter()
+                .map(|(s, r)| (s.clone(), r.clone()))
+                .collect();
+            for (s, r) in routes {
+                self.send(
+                    &r.owner,
+                    Msg::Rejoin {
+                        s: s.to_string(),
+                        edge: self.id.to_string(),
+                        room: r.room.to_string(),
+                        name: r.username.to_string(),
+                        seen: None,
+                    },
+                );
+            }
         }
         let announced: Vec<String> = self
             .turn_local
@@ -173,13 +270,21 @@ impl Cluster {
             }
         }
         for peer in died {
-            self.host_died(hub, peer).await;
+            // Checked again atomically with reading its epoch: a host that
+            // beat meanwhile is not dead.
+            if let Ok(Some(epoch)) = self.store.dead_epoch(&peer).await {
+                self.host_died(hub, peer, epoch).await;
+            }
         }
     }
 
-    pub(super) async fn host_died(self: &Arc<Self>, hub: &Arc<Hub>, dead: Arc<str>) {
-        if !self.dead.lock().insert(dead.clone()) {
-            return;
+    pub(super) async fn host_died(self: &Arc<Self>, hub: &Arc<Hub>, dead: Arc<str>, epoch: u64) {
+        {
+            let mut known = self.dead.lock();
+            if known.get(&dead).is_some_and(|e| *e >= epoch) {
+                return;
+            }
+            known.insert(dead.clone(), epoch);
         }
         self.bury(hub, dead).await;
     }
@@ -275,8 +380,7 @@ impl Cluster {
                 self.proxy(hub, &m.session, &m.host);
                 self.send(
                     &m.host,
-                    &Msg::Owner {
-                        src: self.id.to_string(),
+                    Msg::Owner {
                         s: m.session.clone(),
                         room: room.to_string(),
                         name: m.username.clone(),
@@ -292,7 +396,11 @@ impl Cluster {
             }
         }
         let members = hub.registry.members(room);
-        for m in gone {
+        // (One put back meanwhile by its host's Rejoin is not gone.)
+        for m in gone
+            .into_iter()
+            .filter(|m| !members.iter().any(|s| **s == *m.session))
+        {
             let notice = Utf8Bytes::from(frame::logout(&m.session, &m.username));
             for s in &members {
                 if let Some(h) = hub.registry.handle_of(s) {

@@ -47,7 +47,7 @@ use crate::signaling::names::{self, MAX_ROOM_CHARS};
 use crate::signaling::queue::{OutboundQueue, SessionHandle};
 use crate::signaling::rooms::{Outbound, RoomId, RoomObserver, SessionId};
 use store::{MemberRecord, Store};
-use wire::Msg;
+use wire::{Envelope, Msg};
 
 /// Heartbeats, lease renewals and death checks run this often.
 pub const TICK: Duration = Duration::from_secs(2);
@@ -82,7 +82,17 @@ struct Proxy {
 }
 
 enum Work {
-    Frame { host: String, q: u64, text: String },
+    Frame {
+        host: String,
+        q: u64,
+        text: String,
+    },
+    /// Put the session back into `room` (see `Msg::Rejoin`).
+    Rejoin {
+        room: String,
+        name: String,
+        seen: Option<Vec<(String, String)>>,
+    },
     Leave,
     Gone,
 }
@@ -147,7 +157,17 @@ pub struct Cluster {
     proxies: Mutex<HashMap<SessionId, Proxy>>,
     /// Leases claimed for rooms that may not exist yet.
     claims: Mutex<HashMap<RoomId, Instant>>,
-    dead: Mutex<HashSet<Arc<str>>>,
+    /// Hosts declared dead, with the epoch they were declared dead at:
+    /// their messages of that epoch or before are dropped; a later epoch
+    /// revives them.
+    dead: Mutex<HashMap<Arc<str>, u64>>,
+    /// This host's epoch (`Envelope::e`), raised when its heartbeat is
+    /// found lapsed.
+    epoch: AtomicU64,
+    /// The heartbeat had lapsed: the other hosts may have declared this one
+    /// dead and logged its sessions out of their rooms; the next resync puts
+    /// them back.
+    rejoin: AtomicBool,
     /// Hosts whose heartbeat was missing, since when.
     suspects: Mutex<HashMap<Arc<str>, Instant>>,
     /// Reachable at the last heartbeat, and since when.
@@ -194,6 +214,8 @@ impl Cluster {
             proxies: Mutex::default(),
             claims: Mutex::default(),
             dead: Mutex::default(),
+            epoch: AtomicU64::new(1),
+            rejoin: AtomicBool::new(false),
             suspects: Mutex::default(),
             healthy: AtomicBool::new(false),
             healthy_since: Mutex::new(Instant::now()),
@@ -234,8 +256,13 @@ impl Cluster {
             && self.subscribed.load(Ordering::Relaxed)
     }
 
-    fn send(&self, host: &str, msg: &Msg) {
-        if let Ok(payload) = serde_json::to_string(msg) {
+    fn send(&self, host: &str, msg: Msg) {
+        let envelope = Envelope {
+            src: self.id.to_string(),
+            e: self.epoch.load(Ordering::SeqCst),
+            msg,
+        };
+        if let Ok(payload) = serde_json::to_string(&envelope) {
             self.stats.relayed_out.fetch_add(1, Ordering::Relaxed);
             let _ = self.out.send((store::host_channel(host), payload));
         }
@@ -264,39 +291,57 @@ impl Cluster {
     }
 
     fn on_message(self: &Arc<Self>, hub: &Arc<Hub>, payload: &[u8]) {
-        let Ok(msg) = serde_json::from_slice::<Msg>(payload) else {
+        let Ok(Envelope { src, e, msg }) = serde_json::from_slice::<Envelope>(payload) else {
             tracing::warn!("cluster: unreadable message on this host's channel, dropped");
             return;
         };
-        if self.dead.lock().contains(msg.src()) {
-            return;
+        {
+            let mut dead = self.dead.lock();
+            if let Some(&buried) = dead.get(src.as_str()) {
+                if e <= buried {
+                    return;
+                }
+                dead.remove(src.as_str());
+                tracing::info!(host = %src, "cluster: a host declared dead is back (new epoch): its messages count again");
+            }
         }
         self.stats.relayed_in.fetch_add(1, Ordering::Relaxed);
         match msg {
-            Msg::Frame { src, s, q, h, t } => {
-                let inbox = self.proxy(hub, &s, &src);
-                let _ = inbox.send(Work::Frame {
+            Msg::Frame { s, q, h, t } => {
+                let work = Work::Frame {
                     host: h,
                     q,
                     text: t,
-                });
+                };
+                self.to_proxy(hub, &s, &src, work);
             }
-            Msg::Gone { s, .. } => {
+            Msg::Rejoin {
+                s,
+                edge,
+                room,
+                name,
+                seen,
+            } => {
+                if *edge == *self.id {
+                    self.rejoin_local(hub, &src, &s, &room, &name, seen);
+                } else {
+                    self.to_proxy(hub, &s, &edge, Work::Rejoin { room, name, seen });
+                }
+            }
+            Msg::Gone { s } => {
                 if let Some(p) = self.proxies.lock().get(s.as_str()) {
                     let _ = p.inbox.send(Work::Gone);
                 }
             }
-            Msg::Leave { s, .. } => {
+            Msg::Leave { s } => {
                 if let Some(p) = self.proxies.lock().get(s.as_str()) {
                     let _ = p.inbox.send(Work::Leave);
                 }
             }
-            Msg::Ack {
-                s, q, room, name, ..
-            } => {
+            Msg::Ack { s, q, room, name } => {
                 self.settle(&s, q, Ack { room, name });
             }
-            Msg::Owner { src, s, room, name } => {
+            Msg::Owner { s, room, name } => {
                 let owner: Arc<str> = Arc::from(src);
                 match hub.registry.session_key(&s) {
                     Some(id) if !self.is_proxy(&id) => {
@@ -310,23 +355,15 @@ impl Cluster {
                         self.touched.lock().entry(id).or_default().insert(owner);
                     }
                     // It ended meanwhile: the new owner forgets it.
-                    _ => self.send(
-                        &owner,
-                        &Msg::Gone {
-                            src: self.id.to_string(),
-                            s,
-                        },
-                    ),
+                    _ => self.send(&owner, Msg::Gone { s }),
                 }
             }
-            Msg::Deliver { s, t, .. } => {
+            Msg::Deliver { s, t } => {
                 if let Some(h) = hub.registry.handle_of(&s) {
                     h.deliver(Outbound::Frame(Utf8Bytes::from(t)));
                 }
             }
-            Msg::Close {
-                s, code, reason, ..
-            } => {
+            Msg::Close { s, code, reason } => {
                 if let Some(h) = hub.registry.handle_of(&s) {
                     h.deliver(Outbound::Close(code, Utf8Bytes::from(reason)));
                 }

@@ -4,41 +4,86 @@
 use super::*;
 
 impl Cluster {
-    /// The inbox of the proxy for `session` of host `edge`, made on first use.
+    /// The inbox of the proxy for `session` of host `edge`, made on first
+    /// use: looked up and inserted under one lock, so two messages about a
+    /// new session never make two proxies.
     pub(super) fn proxy(
         self: &Arc<Self>,
         hub: &Arc<Hub>,
         session: &str,
         edge: &str,
     ) -> mpsc::UnboundedSender<Work> {
-        if let Some(p) = self.proxies.lock().get(session) {
+        let mut proxies = self.proxies.lock();
+        if let Some(p) = proxies.get(session) {
             return p.inbox.clone();
         }
         let id: SessionId = Arc::from(session);
         let edge: Arc<str> = Arc::from(edge);
         let (inbox, work) = mpsc::unbounded_channel();
         let (handle, rx) = SessionHandle::new(&hub.limits.send);
-        self.proxies.lock().insert(
+        proxies.insert(
             id.clone(),
             Proxy {
                 edge: edge.clone(),
                 inbox: inbox.clone(),
             },
         );
+        // Registered before the lock is let go: whoever finds the proxy
+        // finds its session too.
         hub.registry.register(
             id.clone(),
             handle.clone(),
             SocketAddr::from(([0, 0, 0, 0], 0)),
         );
+        drop(proxies);
         tokio::spawn(
             self.clone()
                 .pump(id.clone(), edge.clone(), rx, handle.kill.clone()),
         );
-        tokio::spawn(
-            self.clone()
-                .proxy_worker(hub.clone(), id, edge, handle, work),
-        );
+        tokio::spawn(self.clone().proxy_worker(
+            hub.clone(),
+            id,
+            edge,
+            handle,
+            (inbox.clone(), work),
+        ));
         inbox
+    }
+
+    /// Hands `work` to the proxy of `session`. A proxy that is ending takes
+    /// nothing more (its inbox is closed once it left the map), so the work
+    /// goes to a new proxy rather than being lost.
+    pub(super) fn to_proxy(
+        self: &Arc<Self>,
+        hub: &Arc<Hub>,
+        session: &str,
+        edge: &str,
+        work: Work,
+    ) {
+        let mut work = work;
+        for _ in 0..3 {
+            match self.proxy(hub, session, edge).send(work) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(w)) => work = w,
+            }
+        }
+        // Unreachable in practice (the ended proxy left the map before its
+        // inbox closed); never silently.
+        tracing::warn!(
+            session,
+            "cluster: a relayed message found no proxy to take it"
+        );
+        if let Work::Frame { q, .. } = work {
+            self.send(
+                edge,
+                Msg::Ack {
+                    s: session.to_string(),
+                    q,
+                    room: None,
+                    name: None,
+                },
+            );
+        }
     }
 
     /// Publishes what the owner queues for a proxy to its edge, in order.
@@ -53,19 +98,17 @@ impl Cluster {
             let next = tokio::select! {
                 biased;
                 _ = kill.cancelled() => {
-                    self.send(&edge, &Msg::Close { src: self.id.to_string(), s: id.to_string(), code: 1008, reason: "too slow: send queue full".into() });
+                    self.send(&edge, Msg::Close { s: id.to_string(), code: 1008, reason: "too slow: send queue full".into() });
                     return;
                 }
                 next = rx.recv() => next,
             };
             let msg = match next {
                 Some(Outbound::Frame(t)) => Msg::Deliver {
-                    src: self.id.to_string(),
                     s: id.to_string(),
                     t: t.to_string(),
                 },
                 Some(Outbound::Close(code, reason)) => Msg::Close {
-                    src: self.id.to_string(),
                     s: id.to_string(),
                     code,
                     reason: reason.to_string(),
@@ -74,7 +117,7 @@ impl Cluster {
                 Some(Outbound::Ping) => continue,
                 None => return,
             };
-            self.send(&edge, &msg);
+            self.send(&edge, msg);
         }
     }
 
@@ -86,7 +129,7 @@ impl Cluster {
         id: SessionId,
         edge: Arc<str>,
         handle: SessionHandle,
-        mut work: mpsc::UnboundedReceiver<Work>,
+        (inbox, mut work): (mpsc::UnboundedSender<Work>, mpsc::UnboundedReceiver<Work>),
     ) {
         let mut host = String::new();
         while let Some(w) = work.recv().await {
@@ -108,8 +151,7 @@ impl Cluster {
                     let name = hub.registry.username_of(&id).map(|n| n.to_string());
                     self.send(
                         &edge,
-                        &Msg::Ack {
-                            src: self.id.to_string(),
+                        Msg::Ack {
                             s: id.to_string(),
                             q,
                             room,
@@ -122,6 +164,20 @@ impl Cluster {
                         dispatch::announce_departure(&hub, &d);
                     }
                 }
+                Work::Rejoin { room, name, seen } => {
+                    if hub.registry.room_of(&id).is_none()
+                        && self.readmit(&hub, &id, &room, &name, seen)
+                    {
+                        self.send(
+                            &edge,
+                            Msg::Owner {
+                                s: id.to_string(),
+                                room,
+                                name,
+                            },
+                        );
+                    }
+                }
                 Work::Gone => break,
             }
         }
@@ -131,7 +187,89 @@ impl Cluster {
             host: &host,
         };
         dispatch::handle_disconnect(&hub, &sender).await;
-        self.proxies.lock().remove(&*id);
+        // Out of the map first, then closed: what was sent to this inbox
+        // meanwhile is handed to a new proxy, and nothing more can be.
+        {
+            let mut proxies = self.proxies.lock();
+            if proxies
+                .get(&*id)
+                .is_some_and(|p| p.inbox.same_channel(&inbox))
+            {
+                proxies.remove(&*id);
+            }
+        }
+        work.close();
+        while let Ok(w) = work.try_recv() {
+            if matches!(w, Work::Frame { .. } | Work::Rejoin { .. }) {
+                self.to_proxy(&hub, &id, &edge, w);
+            }
+        }
+    }
+
+    /// Puts `id` (in no room here) silently into `room` as `name`, then
+    /// tells the room's others it is back (`login`) and it who came and
+    /// went since `seen`: the member list everyone sees is this room's.
+    pub(super) fn readmit(
+        &self,
+        hub: &Hub,
+        id: &str,
+        room: &str,
+        name: &str,
+        seen: Option<Vec<(String, String)>>,
+    ) -> bool {
+        if !hub.registry.restore(id, room, name) {
+            return false;
+        }
+        let members = hub.registry.members(room);
+        let notice = Utf8Bytes::from(frame::login_notice(id, name, room));
+        for m in members.iter().filter(|m| &***m != id) {
+            if let Some(h) = hub.registry.handle_of(m) {
+                h.deliver(Outbound::Frame(notice.clone()));
+            }
+        }
+        let (Some(seen), Some(me)) = (seen, hub.registry.handle_of(id)) else {
+            return true;
+        };
+        for (s, n) in &seen {
+            if *s != id && !members.iter().any(|m| **m == **s) {
+                me.deliver(Outbound::Frame(Utf8Bytes::from(frame::logout(s, n))));
+            }
+        }
+        for m in members.iter().filter(|m| &***m != id) {
+            if !seen.iter().any(|(s, _)| **s == **m) {
+                let n = hub.registry.username_of(m).unwrap_or_default();
+                me.deliver(Outbound::Frame(Utf8Bytes::from(frame::login_notice(
+                    m, &n, room,
+                ))));
+            }
+        }
+        true
+    }
+
+    /// `Msg::Rejoin` of a session whose socket is on this host: `from`
+    /// served its room and hands it back to this host, the room's owner.
+    pub(super) fn rejoin_local(
+        &self,
+        hub: &Hub,
+        from: &str,
+        session: &str,
+        room: &str,
+        name: &str,
+        seen: Option<Vec<(String, String)>>,
+    ) {
+        if self.is_proxy(session) || hub.registry.room_of(session).is_some() {
+            return;
+        }
+        let routed_there = self
+            .routes
+            .lock()
+            .get(session)
+            .is_some_and(|r| *r.owner == *from && *r.room == *room);
+        if !routed_there {
+            return;
+        }
+        self.routes.lock().remove(session);
+        self.readmit(hub, session, room, name, seen);
     }
 
     /// A `login` relayed here names a room this host owns (or may claim):
@@ -176,7 +314,10 @@ impl Cluster {
                     username,
                 } => {
                     let record = self.record(&session, &username);
-                    self.store.put_member(&room, &record).await
+                    self.store
+                        .put_member(&room, &self.id, &record)
+                        .await
+                        .map(drop)
                 }
                 MirrorOp::Left {
                     room,
@@ -186,10 +327,15 @@ impl Cluster {
                     if room_deleted && !self.keeps(&hub, &room) {
                         self.store.release(&room, &self.id).await
                     } else {
-                        self.store.drop_member(&room, &session).await
+                        self.store
+                            .drop_member(&room, &self.id, &session)
+                            .await
+                            .map(drop)
                     }
                 }
-                MirrorOp::Clear { room } => self.store.put_members(&room, &[]).await,
+                MirrorOp::Clear { room } => {
+                    self.store.put_members(&room, &self.id, &[]).await.map(drop)
+                }
                 MirrorOp::Announce(s) => {
                     self.store
                         .announce(&self.id, &[s.to_string()], SESSIONS_TTL)

@@ -23,6 +23,13 @@ fn sessions_key(host: &str) -> String {
 fn alive_key(host: &str) -> String {
     format!("{PREFIX}:alive:{host}")
 }
+/// A host's current epoch; outlives its heartbeat, so a host declaring it
+/// dead learns which epoch it declares dead.
+fn epoch_key(host: &str) -> String {
+    format!("{PREFIX}:epoch:{host}")
+}
+/// How long a host's epoch is remembered after its last heartbeat.
+const EPOCH_TTL: Duration = Duration::from_secs(3600);
 fn owner_key(room: &str) -> String {
     format!("{PREFIX}:room:{room}:owner")
 }
@@ -53,6 +60,29 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+";
+
+/// Changes a room's member list only while `ARGV[1]` holds the room's
+/// lease (or, for additions, nobody does): a host that lost a room never
+/// edits its new owner's list. `ARGV[2]`: `set` (pairs of session, value
+/// follow), `replace` (the same, after emptying the list) or `del` (one
+/// session follows). Returns 1 when it wrote.
+const MEMBERS: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner ~= ARGV[1] and not (owner == false and ARGV[2] == 'set') then
+  return 0
+end
+if ARGV[2] == 'del' then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  return 1
+end
+if ARGV[2] == 'replace' then
+  redis.call('DEL', KEYS[2])
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return 1
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +129,7 @@ pub struct Store {
     con: ConnectionManager,
     claim: Script,
     release: Script,
+    members: Script,
 }
 
 async fn bounded<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
@@ -144,24 +175,43 @@ impl Store {
             con,
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            members: Script::new(MEMBERS),
         })
     }
 
-    /// Marks `host` alive for `ttl`; true when its previous mark was still
-    /// there.
-    pub async fn heartbeat(&self, host: &str, ttl: Duration) -> Result<bool> {
+    /// Marks `host` alive at `epoch` for `ttl`; true when its previous mark
+    /// was still there (false: it lapsed, and the others may have declared
+    /// the host dead meanwhile).
+    pub async fn heartbeat(&self, host: &str, epoch: u64, ttl: Duration) -> Result<bool> {
         let mut con = self.con.clone();
-        let previous: Option<String> = bounded(
-            redis::cmd("SET")
-                .arg(alive_key(host))
-                .arg(1)
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .arg("GET")
-                .query_async(&mut con),
-        )
-        .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(alive_key(host))
+            .arg(epoch)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .arg("GET");
+        pipe.cmd("SET")
+            .arg(epoch_key(host))
+            .arg(epoch)
+            .arg("PX")
+            .arg(EPOCH_TTL.as_millis() as u64)
+            .ignore();
+        let (previous,): (Option<String>,) = bounded(pipe.query_async(&mut con)).await?;
         Ok(previous.is_some())
+    }
+
+    /// Whether `host` may be declared dead: `None` while its heartbeat is
+    /// current, else the epoch it is declared dead at (0 when unknown).
+    /// One atomic read: a host that beats again after this call beats at a
+    /// later epoch (it finds its heartbeat lapsed), so what it sends then
+    /// counts.
+    pub async fn dead_epoch(&self, host: &str) -> Result<Option<u64>> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().exists(alive_key(host)).get(epoch_key(host));
+        let (alive, epoch): (bool, Option<u64>) = bounded(pipe.query_async(&mut con)).await?;
+        Ok((!alive).then(|| epoch.unwrap_or(0)))
     }
 
     /// Hosts whose heartbeat is current.
@@ -288,25 +338,45 @@ impl Store {
         bounded(inv.invoke_async::<i64>(&mut con)).await.map(|_| ())
     }
 
-    pub async fn put_member(&self, room: &str, m: &MemberRecord) -> Result<()> {
+    /// Runs the fenced `MEMBERS` script for `me`: true when it wrote.
+    async fn edit_members(&self, room: &str, me: &str, op: &str, args: &[&str]) -> Result<bool> {
         let mut con = self.con.clone();
-        bounded(con.hset::<_, _, _, ()>(members_key(room), &m.session, m.value())).await
-    }
-
-    pub async fn drop_member(&self, room: &str, session: &str) -> Result<()> {
-        let mut con = self.con.clone();
-        bounded(con.hdel::<_, _, ()>(members_key(room), session)).await
-    }
-
-    /// Replaces the whole member list of `room`.
-    pub async fn put_members(&self, room: &str, members: &[MemberRecord]) -> Result<()> {
-        let mut con = self.con.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic().del(members_key(room));
-        for m in members {
-            pipe.hset(members_key(room), &m.session, m.value());
+        let mut inv = self.members.key(owner_key(room));
+        inv.key(members_key(room)).arg(me).arg(op);
+        for a in args {
+            inv.arg(*a);
         }
-        bounded(pipe.query_async::<()>(&mut con)).await
+        bounded(inv.invoke_async::<i64>(&mut con))
+            .await
+            .map(|n| n == 1)
+    }
+
+    /// Records a member of a room `me` owns (or nobody does yet).
+    pub async fn put_member(&self, room: &str, me: &str, m: &MemberRecord) -> Result<bool> {
+        let value = m.value();
+        self.edit_members(room, me, "set", &[&m.session, &value])
+            .await
+    }
+
+    /// Forgets a member of a room `me` owns.
+    pub async fn drop_member(&self, room: &str, me: &str, session: &str) -> Result<bool> {
+        self.edit_members(room, me, "del", &[session]).await
+    }
+
+    /// Replaces the whole member list of a room `me` owns.
+    pub async fn put_members(
+        &self,
+        room: &str,
+        me: &str,
+        members: &[MemberRecord],
+    ) -> Result<bool> {
+        let values: Vec<String> = members.iter().map(MemberRecord::value).collect();
+        let mut args: Vec<&str> = Vec::with_capacity(members.len() * 2);
+        for (m, v) in members.iter().zip(&values) {
+            args.push(&m.session);
+            args.push(v);
+        }
+        self.edit_members(room, me, "replace", &args).await
     }
 
     /// The member list of `room`, in join order.

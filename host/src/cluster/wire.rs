@@ -1,7 +1,22 @@
 //! What hosts say to each other over their pub/sub channels. Each message
-//! names the host that sent it (`src`) and the session it is about (`s`).
+//! names the host that sent it (`src`) and that host's epoch (`e`); most are
+//! about one session (`s`).
 
 use serde::{Deserialize, Serialize};
+
+/// One message between hosts, as published.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    pub src: String,
+    /// The sender's epoch: raised each time the sender finds its heartbeat
+    /// had lapsed (it may have been declared dead meanwhile). A host
+    /// declared dead at epoch N is heard again from epoch N+1 on; what it
+    /// sent at N or before is stale and dropped.
+    #[serde(default)]
+    pub e: u64,
+    #[serde(flatten)]
+    pub msg: Msg,
+}
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "k")]
@@ -11,7 +26,6 @@ pub enum Msg {
     /// `q` numbers the session's relayed frames (its `Ack` carries it back).
     #[serde(rename = "f")]
     Frame {
-        src: String,
         s: String,
         q: u64,
         h: String,
@@ -21,7 +35,6 @@ pub enum Msg {
     /// the session is now on the owner (and `name` its user name there).
     #[serde(rename = "a")]
     Ack {
-        src: String,
         s: String,
         q: u64,
         room: Option<String>,
@@ -31,43 +44,41 @@ pub enum Msg {
     /// to `src` from now on.
     #[serde(rename = "o")]
     Owner {
-        src: String,
         s: String,
         room: String,
         name: String,
     },
     /// Owner → edge: a frame for the client.
     #[serde(rename = "d")]
-    Deliver { src: String, s: String, t: String },
+    Deliver { s: String, t: String },
     /// Owner → edge: close the client's socket.
     #[serde(rename = "c")]
     Close {
-        src: String,
         s: String,
         code: u16,
         reason: String,
     },
     /// Edge → owner: the session's socket ended.
     #[serde(rename = "g")]
-    Gone { src: String, s: String },
+    Gone { s: String },
     /// Edge → owner: the session joined a room elsewhere; take it out of
     /// yours.
     #[serde(rename = "l")]
-    Leave { src: String, s: String },
-}
-
-impl Msg {
-    pub fn src(&self) -> &str {
-        match self {
-            Msg::Frame { src, .. }
-            | Msg::Ack { src, .. }
-            | Msg::Owner { src, .. }
-            | Msg::Deliver { src, .. }
-            | Msg::Close { src, .. }
-            | Msg::Gone { src, .. }
-            | Msg::Leave { src, .. } => src,
-        }
-    }
+    Leave { s: String },
+    /// A host that may have been declared dead (its heartbeat lapsed), or
+    /// that finds another host holding the lease of a room it serves →
+    /// the room's owner: put session `s` (whose socket is on host `edge`)
+    /// back into `room` as `name`. `seen` lists the members (id, user name)
+    /// its client knows of, when the sender knows them: the client is told
+    /// who came and went meanwhile.
+    #[serde(rename = "r")]
+    Rejoin {
+        s: String,
+        edge: String,
+        room: String,
+        name: String,
+        seen: Option<Vec<(String, String)>>,
+    },
 }
 
 #[cfg(test)]
@@ -76,16 +87,33 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let m = Msg::Frame {
+        let m = Envelope {
             src: "h".into(),
-            s: "s".into(),
-            q: 7,
-            h: "localhost".into(),
-            t: r#"{"type":"offer","data":"x\n"}"#.into(),
+            e: 3,
+            msg: Msg::Frame {
+                s: "s".into(),
+                q: 7,
+                h: "localhost".into(),
+                t: r#"{"type":"offer","data":"x\n"}"#.into(),
+            },
         };
         let text = serde_json::to_string(&m).unwrap();
-        assert!(text.starts_with(r#"{"k":"f""#), "{text}");
-        assert_eq!(serde_json::from_str::<Msg>(&text).unwrap(), m);
-        assert!(serde_json::from_str::<Msg>(r#"{"k":"zz"}"#).is_err());
+        assert!(text.contains(r#""k":"f""#), "{text}");
+        assert!(text.contains(r#""e":3"#), "{text}");
+        assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), m);
+        assert!(serde_json::from_str::<Envelope>(r#"{"src":"h","k":"zz"}"#).is_err());
+        let rejoin = Envelope {
+            src: "h".into(),
+            e: 1,
+            msg: Msg::Rejoin {
+                s: "s".into(),
+                edge: "h".into(),
+                room: "r".into(),
+                name: "n".into(),
+                seen: Some(vec![("a".into(), "alice".into())]),
+            },
+        };
+        let text = serde_json::to_string(&rejoin).unwrap();
+        assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), rejoin);
     }
 }
