@@ -401,6 +401,41 @@ describe('call controls', { timeout: 280_000 }, () => {
     for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
   })
 
+  it('a failed connection: its tile offers Retry, which reconnects that peer only and brings the video back', async () => {
+    const room = randomUUID()
+    const ann = await open()
+    const ben = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    const cal = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    await join(ann, host.base, room, 'Ann')
+    await join(ben, host.base, room, 'Ben')
+    await join(cal, host.base, room, 'Cal')
+    await expectRemoteVideos(ann, 2)
+    await expectRemoteVideos(ben, 2)
+    const idOf = (page) => page.evaluate(() => window.__webrtcChat.session.selfId)
+    const [annId, benId, calId] = [await idOf(ann), await idOf(ben), await idOf(cal)]
+    await ann.evaluate((cal) => (window.__calPc = window.__webrtcChat.peerConnections().get(cal)), calId)
+    // Ben's end of the Ann–Ben connection goes away under him (not through the app): Ann's ICE
+    // restarts get no answer, and her tile for Ben ends "failed" with a Retry button
+    await ben.evaluate((ann) => window.__webrtcChat.peerConnections().get(ann).close(), annId)
+    const benTile = ann.locator(`.tile[data-peer-id="${benId}"]`)
+    await ann.locator(`.tile[data-peer-id="${benId}"][data-state="failed"]`).waitFor({ timeout: 60_000 })
+    const retry = ann.getByRole('button', { name: 'Retry the connection to Ben' })
+    await retry.waitFor()
+    assert.equal(await ann.getByRole('button', { name: /^Retry the connection to Cal/ }).count(), 0)
+    assert.equal(await ann.locator(`.tile[data-peer-id="${calId}"]`).getAttribute('data-state'), 'connected')
+    await shot(ann, 'retry-desktop.png')
+    await retry.click()
+    // a new connection to Ben (Ben makes one too), the one to Cal untouched
+    await ann.locator(`.tile[data-peer-id="${benId}"][data-state="connected"]`).waitFor({ timeout: 30_000 })
+    assert.equal(await retry.count(), 0)
+    assert.equal(await benTile.getAttribute('data-state'), 'connected')
+    assert.ok(await ann.evaluate((cal) => window.__webrtcChat.peerConnections().get(cal) === window.__calPc, calId), 'the connection to Cal was left alone')
+    assert.ok(await ben.evaluate((ann) => window.__webrtcChat.peerConnections().get(ann).connectionState === 'connected', annId))
+    for (const r of await expectRemoteVideos(ann, 2)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
+    for (const r of await expectRemoteVideos(ben, 2)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
+    for (const p of [ann, ben, cal]) assert.deepEqual(pageProblems(p), [])
+  })
+
   it('video bitrate falls as peers join and rises as they leave (RTCRtpSender.setParameters, read back with getParameters)', async () => {
     const room = randomUUID()
     const caps = (page) =>

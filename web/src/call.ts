@@ -493,6 +493,12 @@ export class CallController {
     return this.signaling.send(frames.kick(id))
   }
 
+  /** A failed tile's Retry: a new connection to that peer only (PeerManager.retry). */
+  retry(id: string) {
+    if (!this.pm?.peers.has(id)) return
+    this.pm.retry(id)
+  }
+
   /** Scale every connection's video bitrate to how many peers we send to (a mesh: one upload each). */
   private async applyBitrate() {
     const pm = this.pm

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, vi } from 'vitest'
-import { PeerManager, isPolite, parseChat, videoBitrateFor, CHAT_PROTOCOL, type PeerCallbacks } from '../src/lib/peers'
+import { PeerManager, isPolite, isNewSession, parseChat, videoBitrateFor, CHAT_PROTOCOL, type PeerCallbacks } from '../src/lib/peers'
 import { FakePC, FakeStream, FakeTrack, FakeChannel, fakePCFactory, fakeStreamFactory, flush, resetFakes } from './fakes'
 
 function setup(selfId = 'm', opts: { stream?: FakeStream | null; relay?: boolean } = {}) {
@@ -156,6 +156,63 @@ describe('PeerManager', () => {
     pc.setConnection('connected')
     pc.setIce('failed')
     expect(pc.restartCalls).toBe(3)
+  })
+
+  it('a restart the other side never answers ends in "failed" (restart timer), not "reconnecting" for ever', async () => {
+    const { pm, sent, cb } = setup('m')
+    pm.handleLogin('n', 'N')
+    await flush()
+    const pc = FakePC.instances[0]
+    await pm.handleDescription('n', { type: 'answer', sdp: 'a' })
+    pc.remoteChannel(CHAT_PROTOCOL)
+    pc.setConnection('connected')
+    vi.useFakeTimers()
+    try {
+      pc.setIce('failed')
+      await vi.advanceTimersByTimeAsync(0)
+      expect(sent.filter((f) => f.type === 'offer')).toHaveLength(2)
+      // no answer comes; failures meanwhile wait for the timer
+      pc.setConnection('failed')
+      expect(pc.restartCalls).toBe(1)
+      await vi.advanceTimersByTimeAsync(5000)
+      expect(pc.restartCalls).toBe(2)
+      expect(cb.onState).toHaveBeenLastCalledWith('n', 'reconnecting')
+      await vi.advanceTimersByTimeAsync(5000)
+      expect(cb.onState).toHaveBeenLastCalledWith('n', 'failed')
+    } finally {
+      vi.useRealTimers()
+    }
+  })
+
+  it('Retry makes a new connection to that peer only and offers again; the other side answers on a new connection', async () => {
+    const { pm, sent } = setup('m')
+    pm.handleLogin('n', 'N')
+    pm.handleLogin('o', 'O')
+    await flush()
+    const [first, other] = FakePC.instances
+    await pm.handleDescription('n', { type: 'answer', sdp: 'o=- 111 2 IN IP4 0.0.0.0' })
+    pm.retry('n')
+    await flush()
+    expect(first.closed).toBe(true)
+    expect(other.closed).toBe(false)
+    expect(pm.peers.get('n')!.pc).toBe(FakePC.instances[2])
+    expect(pm.peers.get('o')!.pc).toBe(other)
+    expect(sent.filter((f) => f.type === 'offer' && f.to === 'n')).toHaveLength(2)
+
+    // answering side: an offer of another session replaces the connection
+    const b = setup('z')
+    await b.pm.handleDescription('m', { type: 'offer', sdp: 'o=- 111 2 IN IP4 0.0.0.0' }, 'M')
+    const before = b.pm.peers.get('m')!.pc
+    // a renegotiation of the same session stays on it
+    await b.pm.handleDescription('m', { type: 'offer', sdp: 'o=- 111 3 IN IP4 0.0.0.0' })
+    expect(b.pm.peers.get('m')!.pc).toBe(before)
+    await b.pm.handleDescription('m', { type: 'offer', sdp: 'o=- 222 2 IN IP4 0.0.0.0' })
+    const after = b.pm.peers.get('m')!.pc as unknown as FakePC
+    expect(after).not.toBe(before)
+    expect((before as unknown as FakePC).closed).toBe(true)
+    expect(after.remoteDescription).toEqual({ type: 'offer', sdp: 'o=- 222 2 IN IP4 0.0.0.0' })
+    expect(b.sent.filter((f) => f.type === 'answer')).toHaveLength(3)
+    expect(isNewSession(undefined, 'o=- 1 1 IN IP4 0.0.0.0')).toBe(false)
   })
 
   it('restarts ICE after a disconnect that does not recover', async () => {

@@ -57,6 +57,8 @@ export interface PeerManagerOptions {
   createStream?: () => MediaStream
   maxIceRestarts?: number
   disconnectGraceMs?: number
+  /** a restart not connected after this long counts as failed (the next one, or "failed") */
+  restartTimeoutMs?: number
   log?: (...args: unknown[]) => void
 }
 
@@ -94,6 +96,8 @@ export class Peer {
   restarts = 0
   state: PeerState = 'new'
   disconnectTimer: ReturnType<typeof setTimeout> | null = null
+  /** a restart is under way: when it fires unconnected, the next restart (or "failed") */
+  restartTimer: ReturnType<typeof setTimeout> | null = null
   /** inbound packet counters at the last stats sample (loss is measured between samples) */
   lossCounters: LossCounters | null = null
   closed = false
@@ -300,6 +304,14 @@ export class PeerManager {
 
   async handleDescription(from: string, description: RTCSessionDescriptionInit, username?: string | null) {
     let peer = this.peers.get(from)
+    if (peer && description.type === 'offer' && isNewSession(peer.pc.remoteDescription?.sdp, description.sdp)) {
+      // the other side made a new connection (its Retry): so do we
+      this.log('new session from', from)
+      const pending = peer.pendingChat
+      this.remove(from)
+      peer = this.create(from, username || peer.username, false)
+      peer.pendingChat = pending
+    }
     if (!peer) {
       if (description.type !== 'offer') return
       peer = this.create(from, username || '', false)
@@ -397,12 +409,27 @@ export class PeerManager {
     const s = peer.pc.connectionState
     if (s === 'connected') {
       peer.restarts = 0
+      this.clearRestartTimer(peer)
       this.setState(peer, 'connected')
     } else if (s === 'connecting') {
       if (peer.state !== 'reconnecting') this.setState(peer, 'connecting')
     } else if (s === 'failed') {
-      this.restartIce(peer)
+      this.onFailure(peer)
     }
+  }
+
+  /**
+   * ICE or the connection failed. A restart whose offer is still unanswered
+   * is left to its timer (the other side may be gone); otherwise restart now.
+   */
+  private onFailure(peer: Peer) {
+    if (peer.restartTimer && peer.pc.signalingState !== 'stable') return
+    this.restartIce(peer)
+  }
+
+  private clearRestartTimer(peer: Peer) {
+    if (peer.restartTimer) clearTimeout(peer.restartTimer)
+    peer.restartTimer = null
   }
 
   private onIceState(peer: Peer) {
@@ -412,7 +439,7 @@ export class PeerManager {
       peer.disconnectTimer = null
     }
     if (s === 'failed') {
-      this.restartIce(peer)
+      this.onFailure(peer)
     } else if (s === 'disconnected') {
       this.setState(peer, 'reconnecting')
       peer.disconnectTimer = setTimeout(() => {
@@ -420,6 +447,7 @@ export class PeerManager {
         if (peer.pc.iceConnectionState === 'disconnected') this.restartIce(peer)
       }, this.o.disconnectGraceMs ?? 4000)
     } else if ((s === 'connected' || s === 'completed') && peer.state === 'reconnecting') {
+      this.clearRestartTimer(peer)
       this.setState(peer, 'connected')
     }
   }
@@ -436,12 +464,17 @@ export class PeerManager {
       return
     }
     const max = this.o.maxIceRestarts ?? 3
+    this.clearRestartTimer(peer)
     if (peer.restarts >= max) {
       this.setState(peer, 'failed')
       return
     }
     peer.restarts++
     this.setState(peer, 'reconnecting')
+    peer.restartTimer = setTimeout(() => {
+      peer.restartTimer = null
+      if (!peer.closed && peer.pc.connectionState !== 'connected') this.restartIce(peer)
+    }, this.o.restartTimeoutMs ?? 5000)
     this.log('ICE restart', peer.id, peer.restarts)
     if (typeof peer.pc.restartIce === 'function') {
       peer.pc.restartIce() // fires negotiationneeded → makeOffer
@@ -461,6 +494,22 @@ export class PeerManager {
     }
   }
 
+  /**
+   * Retry a peer whose connection failed: a new RTCPeerConnection and a fresh
+   * offer, to this peer only. The other side sees an offer of a new session
+   * and makes a new connection too (the original client does that for every
+   * offer), so this also works where an ICE restart cannot.
+   */
+  retry(id: string) {
+    const old = this.peers.get(id)
+    if (!old) return
+    const pending = old.pendingChat
+    this.remove(id)
+    const peer = this.create(id, old.username, true)
+    peer.pendingChat = pending
+    this.log('retry', id)
+  }
+
   handleLogout(id: string) {
     this.remove(id)
   }
@@ -471,6 +520,7 @@ export class PeerManager {
     peer.closed = true
     this.peers.delete(id)
     if (peer.disconnectTimer) clearTimeout(peer.disconnectTimer)
+    this.clearRestartTimer(peer)
     for (const ch of [peer.own, peer.remote]) {
       try {
         ch?.close()
@@ -619,6 +669,17 @@ export class PeerManager {
 export function videoBitrateFor(peers: number): number {
   const per = 1_200_000 / Math.max(1, peers)
   return Math.min(1_000_000, Math.max(150_000, Math.round(per / 50_000) * 50_000))
+}
+
+/**
+ * An offer of another session than the one this connection has (its SDP
+ * origin line's session id differs): the other side made a new connection.
+ */
+export function isNewSession(current: string | undefined, offered: string | undefined): boolean {
+  const id = (sdp: string | undefined) => (sdp ? /^o=\S+ (\S+) /m.exec(sdp)?.[1] ?? null : null)
+  const a = id(current)
+  const b = id(offered)
+  return a !== null && b !== null && a !== b
 }
 
 /** A {"type":"media","video":bool,"audio":bool(,"screen":bool)} control frame, or null. */
