@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
-# turn-bench.sh — relay throughput, loss and server CPU of our TURN server
-# (chat-turn, as the turn-bench-server example, release build) against
-# coturn's turnserver and against the bare `turn` crate (the same example
-# with --bare: what our gate/filters/quotas cost), all on 127.0.0.1 on this
-# machine, driven by coturn's turnutils_uclient (-y: each client relays to
-# its twin through two allocations, so every peer is on loopback).
+# turn-bench.sh — our TURN server (chat-turn, as the turn-bench-server
+# example, release build) side by side with coturn's turnserver under the
+# same load, on 127.0.0.1: CPU per relayed packet, packets/s, loss and p99
+# added latency, and the relay ceiling per core that the CPU cost implies.
 # Not a test: it prints numbers.
 #
+# Load: coturn's turnutils_uclient -y (each client relays to its twin, so
+# every peer is one of the server's own relayed addresses), RTP and RTCP
+# channels per client, each session sending 2,000 x 500-byte messages as
+# fast as it can (-z 0), over channels
+# (ChannelData). -m 16 -y: 16 uclient sessions paired into 8 clients of
+# 4 allocations each (RTP + RTCP on both sides), 32 in all. Ours is authenticated with a live session's credential
+# (the bench server starts session "bench"; uclient -W makes the TURN REST
+# username <expiry>:bench), coturn with the same REST secret
+# (use-auth-secret). During each run turn-bench-probe relays small packets
+# through one more allocation to an echo socket and back (p50/p99 round
+# trip), then the same directly (no relay): added latency = relay p99 -
+# direct p99.
+#
 # Usage: scripts/turn-bench.sh            (defaults below)
-#        CLIENTS=10 MSGS=2000 LEN=500 ROUNDS=3 scripts/turn-bench.sh
+#        CLIENTS=8 MSGS=2000 LEN=500 ROUNDS=3 scripts/turn-bench.sh
+#        BARE=1 also runs the plain `turn` crate (--bare) for comparison;
+#        PAR=N runs N uclient processes at once (closer to saturation);
+#        UDP_SOCKETS=N gives our server N UDP sockets (default: one per core).
 # Needs: coturn (apt-get install -y coturn), cargo, bc.
 set -euo pipefail
 
-CLIENTS=${CLIENTS:-10}      # uclient -m: client pairs' count
+CLIENTS=${CLIENTS:-16}      # uclient -m: sending clients, 2 allocations each (RTP + RTCP);
+                            # with -y they pair up: 16 = 8 pairs x 4 allocations
 MSGS=${MSGS:-2000}          # uclient -n: messages per client
 LEN=${LEN:-500}             # uclient -l: payload bytes
 INTERVAL=${INTERVAL:-0}     # uclient -z: ms between sends (0 = as fast as it can)
-ROUNDS=${ROUNDS:-6}         # runs per server, alternating order
+ROUNDS=${ROUNDS:-3}         # runs per server, alternating order
+PROBES=${PROBES:-300}       # latency probes per run, one every PROBE_MS,
+PROBE_MS=${PROBE_MS:-10}    # starting PROBE_DELAY s after uclient (its set-up
+PROBE_DELAY=${PROBE_DELAY:-2} # takes a few seconds)
+BARE=${BARE:-0}
+PAR=${PAR:-1}               # uclient processes run at once (more load)
 PORT_OURS=${PORT_OURS:-34790}
 PORT_COTURN=${PORT_COTURN:-34792}
 PORT_BARE=${PORT_BARE:-34794}
@@ -43,13 +63,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building turn-bench-server (release)..." >&2
-(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release -p chat-turn --example turn-bench-server)
+echo "building turn-bench-server and turn-bench-probe (release)..." >&2
+(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release -p chat-turn \
+  --example turn-bench-server --example turn-bench-probe)
+PROBE="$TARGET/release/examples/turn-bench-probe"
 
-"$TARGET/release/examples/turn-bench-server" "$PORT_OURS" "$SECRET" bench >"$WORK/ours.log" 2>&1 &
+TURN_UDP_SOCKETS=${UDP_SOCKETS:-0} "$TARGET/release/examples/turn-bench-server" \
+  "$PORT_OURS" "$SECRET" bench >"$WORK/ours.log" 2>&1 &
 OURS_PID=$!
-"$TARGET/release/examples/turn-bench-server" "$PORT_BARE" "$SECRET" bench --bare >"$WORK/bare.log" 2>&1 &
-BARE_PID=$!
+if [ "$BARE" = 1 ]; then
+  "$TARGET/release/examples/turn-bench-server" "$PORT_BARE" "$SECRET" bench --bare >"$WORK/bare.log" 2>&1 &
+  BARE_PID=$!
+fi
 turnserver -n --listening-ip=$HOST --relay-ip=$HOST --listening-port="$PORT_COTURN" \
   --min-port=49152 --max-port=65535 --use-auth-secret --static-auth-secret="$SECRET" \
   --realm=bench --no-tls --no-dtls --allow-loopback-peers --no-cli --no-stdout-log \
@@ -61,60 +86,95 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 grep -q listening "$WORK/ours.log" || { echo "our server did not start:" >&2; cat "$WORK/ours.log" >&2; exit 1; }
-grep -q listening "$WORK/bare.log" || { echo "the bare server did not start:" >&2; cat "$WORK/bare.log" >&2; exit 1; }
+if [ "$BARE" = 1 ]; then
+  grep -q listening "$WORK/bare.log" || { echo "the bare server did not start:" >&2; cat "$WORK/bare.log" >&2; exit 1; }
+fi
 sleep 1
 kill -0 "$COTURN_PID" 2>/dev/null || { echo "coturn did not start" >&2; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 
-# run NAME PORT PID -> appends "sent recv lost wall cpu_s" to $WORK/NAME
+# run NAME PORT PID -> appends "sent recv tx_s cpu_s relay_p99 added_p99 probe_lost probe_recv"
 run() {
-  local name=$1 port=$2 pid=$3 c0 c1 t0 t1 out sent recv
-  c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
-  out=$(timeout 300 turnutils_uclient -y -c -m "$CLIENTS" -n "$MSGS" -l "$LEN" -z "$INTERVAL" \
-        -e $HOST -L $HOST -p "$port" -W "$SECRET" -u bench $HOST 2>&1 || true)
-  t1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
-  sent=$(echo "$out" | grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*$' | tail -1 | grep -o '[0-9]*' | head -1)
-  recv=$(echo "$out" | grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*$' | tail -1 | grep -o '[0-9]*' | tail -1)
-  echo "${sent:-0} ${recv:-0} $(echo "$t1 - $t0" | bc) $(echo "scale=3; ($c1 - $c0) / $TICKS" | bc)" >>"$WORK/$name"
-  printf '  %-7s run: sent %6s received %6s  wall %6.2f s  server CPU %6.2f s\n' \
-    "$name" "${sent:-0}" "${recv:-0}" "$(echo "$t1 - $t0" | bc)" "$(echo "scale=3; ($c1 - $c0) / $TICKS" | bc)"
+  local name=$1 port=$2 pid=$3 c0 c1 out sent recv tx cpu probe p99 added plost precv
+  c0=$(cpu_ticks "$pid")
+  (sleep "$PROBE_DELAY"; exec "$PROBE" "$HOST:$port" "$SECRET" bench "$PROBES" "$PROBE_MS") >"$WORK/probe.out" 2>&1 &
+  local probe_pid=$!
+  local i pids=()
+  for i in $(seq "$PAR"); do
+    timeout 300 turnutils_uclient -y -m "$CLIENTS" -n "$MSGS" -l "$LEN" -z "$INTERVAL" \
+      -e $HOST -L $HOST -p "$port" -W "$SECRET" -u bench $HOST >"$WORK/uclient.$i" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  wait "$probe_pid" || true
+  c1=$(cpu_ticks "$pid")
+  sent=0 recv=0 tx=0
+  for i in $(seq "$PAR"); do
+    out=$(grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*$' "$WORK/uclient.$i" | tail -1 || true)
+    sent=$((sent + $(echo "$out" | grep -o '[0-9]*' | head -1 || echo 0)))
+    recv=$((recv + $(echo "$out" | grep -o '[0-9]*' | tail -1 || echo 0)))
+    t=$(grep -o 'Total transmit time is [0-9]*' "$WORK/uclient.$i" | tail -1 | grep -o '[0-9]*$' || echo 0)
+    [ "${t:-0}" -gt "$tx" ] && tx=$t
+  done
+  probe=$(grep '^probe ' "$WORK/probe.out" || true)
+  p99=$(echo "$probe" | grep -o 'relay_p99_us=[0-9]*' | cut -d= -f2)
+  added=$(echo "$probe" | grep -o 'added_p99_us=[0-9]*' | cut -d= -f2)
+  plost=$(echo "$probe" | grep -o 'lost=[0-9]*' | cut -d= -f2)
+  [ -n "$probe" ] || { echo "  probe failed: $(tail -2 "$WORK/probe.out")" >&2; plost=$PROBES; }
+  precv=$((PROBES - ${plost:-$PROBES}))
+  cpu=$(echo "scale=3; ($c1 - $c0) / $TICKS" | bc)
+  echo "${sent:-0} ${recv:-0} ${tx:-0} $cpu ${p99:-0} ${added:-0} ${plost:-0} $precv" >>"$WORK/$name"
+  printf '  %-7s run: sent %6s received %6s  transmit %3s s  server CPU %6.2f s  probe p99 %6s us (added %6s us, lost %s)\n' \
+    "$name" "${sent:-0}" "${recv:-0}" "${tx:-?}" "$cpu" "${p99:-?}" "${added:-?}" "${plost:-?}"
 }
 
-echo "workload: $CLIENTS clients x $MSGS msgs x $LEN bytes, -z $INTERVAL ms, $ROUNDS rounds each, on $HOST"
+echo "workload: $PAR x uclient -y -m $CLIENTS ($((CLIENTS * 2)) allocations, RTP+RTCP), $MSGS msgs x $LEN bytes each, -z $INTERVAL ms,"
+echo "          $ROUNDS rounds per server, $PROBES latency probes every $PROBE_MS ms during each run, on $HOST"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+SERVERS="ours coturn"
+[ "$BARE" = 1 ] && SERVERS="ours coturn bare"
 for r in $(seq "$ROUNDS"); do
-  case $((r % 3)) in
-    1) run ours "$PORT_OURS" "$OURS_PID"; run coturn "$PORT_COTURN" "$COTURN_PID"; run bare "$PORT_BARE" "$BARE_PID" ;;
-    2) run coturn "$PORT_COTURN" "$COTURN_PID"; run bare "$PORT_BARE" "$BARE_PID"; run ours "$PORT_OURS" "$OURS_PID" ;;
-    0) run bare "$PORT_BARE" "$BARE_PID"; run ours "$PORT_OURS" "$OURS_PID"; run coturn "$PORT_COTURN" "$COTURN_PID" ;;
-  esac
+  order=$SERVERS
+  [ $((r % 2)) = 0 ] && order=$(echo "$SERVERS" | tr ' ' '\n' | tac | tr '\n' ' ')
+  for s in $order; do
+    case $s in
+      ours) run ours "$PORT_OURS" "$OURS_PID" ;;
+      coturn) run coturn "$PORT_COTURN" "$COTURN_PID" ;;
+      bare) run bare "$PORT_BARE" "$BARE_PID" ;;
+    esac
+  done
 done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# summary NAME -> "best_recv_per_s loss_pct cpu_us_per_pkt cpu_s best_mbit_s lossy_runs/runs"
-# (rates: the best run, since a run with any loss makes uclient wait ~10 s
-# more and the machine's other load comes and goes; loss and CPU: all runs
-# added up)
+# summary NAME -> "best_pkt_s loss_pct cpu_us_per_pkt cpu_s lossy/runs p99_added_us_median ceiling_per_core"
+# Relayed packets: uclient's received messages (each crossed two
+# allocations, relay to relay) plus the probe's (two per round trip).
+# pkt/s: the best run's received messages over uclient's transmit time
+# (whole seconds; set-up excluded). Added latency: the median run's.
 summary() {
-  local best
+  local best added
   best=$(awk '$3 > 0 {print $2 / $3}' "$WORK/$1" | sort -n | tail -1)
-  awk -v len="$LEN" -v best="${best:-0}" '{s+=$1; r+=$2; c+=$4; n++; if ($2 < $1) l++}
-    END { if (r == 0) { print "0 100 0 0 0 -"; exit }
-          printf "%.0f %.3f %.2f %.2f %.2f %d/%d\n", best, (s-r)*100/s, c*1e6/r, c, best*len*8/1e6, l, n }' "$WORK/$1"
+  added=$(awk '{print $6}' "$WORK/$1" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  awk -v best="${best:-0}" -v added="${added:-0}" '{s+=$1; r+=$2; c+=$4; p+=2*$8; n++; if ($2 < $1) l++}
+    END { if (r == 0) { print "0 100 0 0 -/- 0 0"; exit }
+          us = c*1e6/(r+p);
+          printf "%.0f %.3f %.2f %.2f %d/%d %d %.0f\n", best, (s-r)*100/s, us, c, l, n, added, 1e6/us }' "$WORK/$1"
 }
 
-read -r O_RATE O_LOSS O_CPU O_CPUS O_MBIT O_LR <<<"$(summary ours)"
-read -r C_RATE C_LOSS C_CPU C_CPUS C_MBIT C_LR <<<"$(summary coturn)"
-read -r B_RATE B_LOSS B_CPU B_CPUS B_MBIT B_LR <<<"$(summary bare)"
 echo
-F='%-10s %14s %8s %8s %11s %13s %12s\n'
-printf "$F" server "relayed pkt/s" "Mbit/s" "loss %" "lossy runs" "CPU us / pkt" "CPU s total"
-printf "$F" chat-turn "$O_RATE" "$O_MBIT" "$O_LOSS" "$O_LR" "$O_CPU" "$O_CPUS"
-printf "$F" coturn "$C_RATE" "$C_MBIT" "$C_LOSS" "$C_LR" "$C_CPU" "$C_CPUS"
-printf "$F" turn-bare "$B_RATE" "$B_MBIT" "$B_LOSS" "$B_LR" "$B_CPU" "$B_CPUS"
+F='%-10s %13s %8s %11s %13s %12s %16s %18s\n'
+printf "$F" server "relayed pkt/s" "loss %" "lossy runs" "CPU us / pkt" "CPU s total" "p99 added (us)" "ceiling pkt/s/core"
+for s in $SERVERS; do
+  read -r RATE LOSS CPU CPUS LR ADDED CEIL <<<"$(summary "$s")"
+  label=$s; [ "$s" = ours ] && label=chat-turn; [ "$s" = bare ] && label=turn-bare
+  printf "$F" "$label" "$RATE" "$LOSS" "$LR" "$CPU" "$CPUS" "$ADDED" "$CEIL"
+  eval "${s}_CPU=$CPU ${s}_RATE=$RATE"
+done
 echo
-echo "throughput ratio chat-turn/coturn: $(echo "scale=2; $O_RATE / $C_RATE" | bc)"
-echo "CPU per packet ratio chat-turn/coturn: $(echo "scale=2; $O_CPU / $C_CPU" | bc) (lower is better)"
-echo "CPU per packet ratio chat-turn/bare turn crate: $(echo "scale=2; $O_CPU / $B_CPU" | bc) (the cost of our layers)"
-echo "(pkt/s and Mbit/s: best run, over wall time including uclient's ~4 s of set-up:"
-echo " uclient, not the servers, sets that pace; compare CPU per packet first)"
+echo "CPU per packet ratio chat-turn/coturn: $(echo "scale=2; $ours_CPU / $coturn_CPU" | bc) (lower is better; target <= 0.5)"
+echo "throughput ratio chat-turn/coturn: $(echo "scale=2; $ours_RATE / $coturn_RATE" | bc)"
+[ "$BARE" = 1 ] && echo "CPU per packet ratio chat-turn/bare turn crate: $(echo "scale=2; $ours_CPU / $bare_CPU" | bc)"
+echo "(ceiling per core = 1 s / CPU per packet: what one fully busy core would relay;"
+echo " pkt/s is what uclient reached, which paces itself: compare CPU per packet first)"

@@ -12,7 +12,8 @@
 //! 127.0.0.1) sets the listening and relayed address; on a non-loopback
 //! one, loopback peers are refused (the default rules: relay to relay
 //! only), as turn-chromium-check.sh does in a network namespace of its own.
-//! Stop it with SIGINT (Ctrl-C).
+//! TURN_UDP_SOCKETS sets the number of UDP sockets on the port (default 0:
+//! one per core). Stop it with SIGINT (Ctrl-C).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +84,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         allow_loopback: listen.is_loopback(),
         max_allocations_per_session: 1000,
         max_allocations_per_ip: 1000,
+        // TURN_UDP_SOCKETS: UDP sockets on the port (0 = one per core).
+        udp_sockets: std::env::var("TURN_UDP_SOCKETS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         ..TurnConfig::default()
     };
     let tls = match (
@@ -119,6 +125,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_default()
     );
     tokio::signal::ctrl_c().await?;
+    let s = server.stats();
+    println!(
+        "stats allocations_made={} fast_packets_to_peers={} fast_packets_from_peers={} bytes_to_peers={} bytes_from_peers={}",
+        s.allocations_made,
+        s.fast_packets_to_peers,
+        s.fast_packets_from_peers,
+        s.bytes_to_peers,
+        s.bytes_from_peers
+    );
     server.close().await;
     Ok(())
 }
