@@ -97,6 +97,17 @@ describe('call controls', { timeout: 280_000 }, () => {
     assert.equal(await alice.getByLabel('Speaker', { exact: true }).count(), 1)
     // the fake microphone beeps: the meter moves
     await alice.waitForFunction(() => document.querySelector('#mic-level').value > 0.05, null, { timeout: 15_000, polling: 50 })
+    // the preview takes the placeholder's place: the form, the preview and the pickers are all on screen
+    await alice.locator('#username').fill('Alice')
+    const onScreen = await alice.evaluate(() =>
+      ['#username', '.prejoin-video', '#device-videoinput', '#mic-level'].map((sel) => {
+        const r = document.querySelector(sel).getBoundingClientRect()
+        return r.top >= 0 && r.bottom <= innerHeight && r.height > 0
+      }),
+    )
+    assert.deepEqual(onScreen, [true, true, true, true])
+    assert.equal(await alice.locator('.login-avatar').count(), 0)
+    await shot(alice, 'prejoin-desktop.png')
 
     // pick the second camera, the second microphone and a speaker
     const idOf = (sel, label) => alice.locator(`${sel} option`, { hasText: label }).getAttribute('value')
@@ -121,10 +132,8 @@ describe('call controls', { timeout: 280_000 }, () => {
       return v.videoWidth > 0 && v.srcObject.getVideoTracks()[0].readyState === 'live'
     })
     assert.equal(await alice.evaluate(() => window.__webrtcChat.localStream.value.getTracks().length), 2)
-    await shot(alice, 'prejoin-desktop.png')
 
     // join: the stream picked is the one sent, and the others play on the speaker picked
-    await alice.locator('#username').fill('Alice')
     await alice.locator('form.login-form button[type=submit]').click()
     await alice.locator('.room').waitFor()
     const bob = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
