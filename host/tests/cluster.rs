@@ -481,6 +481,25 @@ async fn redis_restarted_mid_call_the_call_continues() {
         metrics.contains("\nwebrtc_chat_cluster_ready 0\n"),
         "{metrics}"
     );
+    // A member whose room another host owns is refused at once: the frame
+    // is not queued for a Redis known to be down (and then dropped).
+    let dropped = |metrics: &str| -> String {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("webrtc_chat_cluster_relay_dropped_total "))
+            .unwrap_or_else(|| panic!("relay_dropped_total in {metrics}"))
+            .to_string()
+    };
+    let before = dropped(&metrics);
+    bob.send(json!({"type":"offer","to":alice.id,"data":{"sdp":"lost"}}))
+        .await;
+    assert_error(&recv_within(&mut bob, SLOW).await, "unavailable");
+    let metrics = http_get(&metrics_addr(&hosts[1]), "/metrics").await;
+    assert!(
+        metrics.contains("\nwebrtc_chat_errors_total{kind=\"unavailable\"} 2\n"),
+        "{metrics}"
+    );
+    assert_eq!(dropped(&metrics), before, "the frame was never queued");
 
     // (Signs of life, so that a slow machine's long wait below does not get
     // the idle members reaped.)

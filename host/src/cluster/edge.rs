@@ -65,6 +65,11 @@ impl Cluster {
 
     pub(super) async fn relay(&self, hub: &Hub, sender: &Sender<'_>, text: &str, owner: Arc<str>) {
         let id = sender.id;
+        if !self.reachable() {
+            // Redis is known to be down: refused now, not after ACK_WAIT.
+            unavailable(hub, sender);
+            return;
+        }
         let (tx, rx) = oneshot::channel();
         let q = self.relay_seq.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().insert(id.clone(), Pending { q, tx });

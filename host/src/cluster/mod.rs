@@ -256,6 +256,13 @@ impl Cluster {
             && self.subscribed.load(Ordering::Relaxed)
     }
 
+    /// Whether messages can go to other hosts and their answers come back:
+    /// the last heartbeat reached Redis and this host's channel is
+    /// subscribed (a subscription ends at once when Redis goes away).
+    fn reachable(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
+    }
+
     fn send(&self, host: &str, msg: Msg) {
         let envelope = Envelope {
             src: self.id.to_string(),
