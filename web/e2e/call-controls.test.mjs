@@ -3,10 +3,10 @@
 // (three fake cameras: device-count=3 — fake_device_1 is Y16, which plays but
 // is never encoded, so the switch goes to fake_device_2; three fake
 // microphones and speakers).
-import { describe, it, before, after } from 'node:test'
+import { describe, it, before, after, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, expectRemoteAudio, shot, sleep } from './support/harness.mjs'
+import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, expectRemoteAudio, shot, sleep, until } from './support/harness.mjs'
 
 /** The device ids the page's own tracks come from, and what each peer connection sends. */
 const localDevices = (page) =>
@@ -22,17 +22,6 @@ const localDevices = (page) =>
       ),
     }
   })
-
-/** Sample `read()` until `ok(value)`, at most `ms`; returns the value (or fails with the last one). */
-async function until(read, ok, ms = 30_000) {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const v = await read()
-    if (ok(v)) return v
-    if (Date.now() > deadline) assert.fail(`not reached within ${ms} ms: ${JSON.stringify(v)}`)
-    await sleep(200)
-  }
-}
 
 /** How much of the desktop grid panel the remote tiles cover (0..1), and whether every tile lies inside it. */
 const tileCoverage = (page) =>
@@ -67,8 +56,11 @@ describe('call controls', { timeout: 280_000 }, () => {
 
   before(async () => {
     host = await startHost()
-    // the screen picker picks the whole (virtual) screen by itself
-    browser = await launchBrowser({ args: ['--use-fake-device-for-media-stream=device-count=3', '--auto-select-desktop-capture-source=Entire screen'] })
+    browser = await launchBrowser({ args: ['--use-fake-device-for-media-stream=device-count=3'] })
+  })
+  // each test's calls end with it (fewer running calls on a busy machine)
+  afterEach(async () => {
+    for (const p of pages.splice(0)) await p.context().close().catch(() => {})
   })
   after(async () => {
     await browser?.close()
@@ -194,110 +186,6 @@ describe('call controls', { timeout: 280_000 }, () => {
     for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
   })
 
-  it('phone: the camera switch (front/back) sends the other camera with replaceTrack, and the other side keeps receiving video', async () => {
-    const room = randomUUID()
-    const ann = await open()
-    const ben = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
-    await join(ann, host.base, room, 'Ann')
-    await join(ben, host.base, room, 'Ben')
-    await expectRemoteVideos(ann, 1)
-    // Ben picks fake_device_2 (as the device picker does); the switch then wraps round to fake_device_0
-    // (fake cameras report no facingMode, so the next camera in the list is taken)
-    const cams = await ben.evaluate(async () => {
-      const list = await navigator.mediaDevices.enumerateDevices()
-      const byLabel = Object.fromEntries(list.filter((d) => d.kind === 'videoinput').map((d) => [d.label, d.deviceId]))
-      await window.__webrtcChat.useDevice('videoinput', byLabel.fake_device_2)
-      return byLabel
-    })
-    assert.equal((await localDevices(ben)).video, cams.fake_device_2)
-    assert.equal(await ann.getByRole('button', { name: 'Switch camera (front/back)' }).count(), 0, 'no switch on the desktop layout')
-    /** Ben's video sender (the same object before and after), and what Ann has received and decoded. */
-    const benSender = () =>
-      ben.evaluate(() => {
-        const pc = [...window.__webrtcChat.peerConnections().values()][0]
-        const t = pc.getTransceivers().find((x) => x.receiver.track.kind === 'video')
-        window.__firstSender ??= t.sender
-        return { same: window.__firstSender === t.sender, device: t.sender.track?.getSettings().deviceId, state: t.sender.track?.readyState, offers: [...window.__webrtcChat.pm.peers.values()][0].offersSent }
-      })
-    const annReceived = () =>
-      ann.evaluate(async () => {
-        const pc = [...window.__webrtcChat.peerConnections().values()][0]
-        let frames = 0
-        ;(await pc.getStats()).forEach((r) => {
-          if (r.type === 'inbound-rtp' && r.kind === 'video') frames += r.framesDecoded ?? 0
-        })
-        return { frames, sdp: pc.remoteDescription.sdp }
-      })
-    const s0 = await benSender()
-    assert.deepEqual([s0.same, s0.device, s0.state], [true, cams.fake_device_2, 'live'])
-    const r0 = await annReceived()
-    await ben.getByRole('button', { name: 'Switch camera (front/back)' }).click()
-    const s1 = await until(benSender, (x) => x.device === cams.fake_device_0)
-    assert.deepEqual([s1.same, s1.state, s1.offers], [true, 'live', s0.offers], 'same sender, new live track, no new offer')
-    const local = await ben.evaluate(() => window.__webrtcChat.localStream.value.getVideoTracks().map((t) => [t.getSettings().deviceId, t.readyState]))
-    assert.deepEqual(local, [[cams.fake_device_0, 'live']], 'the old camera is released')
-    // Ann keeps receiving: new frames decoded after the switch, on the same negotiated session
-    const r1 = await until(annReceived, (x) => x.frames > r0.frames + 20)
-    assert.equal(r1.sdp, r0.sdp, 'no renegotiation')
-    for (const r of await expectRemoteVideos(ann, 1)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
-    // remembered like a pick
-    assert.equal(await ben.evaluate(() => JSON.parse(localStorage.getItem('webrtc-chat.devices')).videoinput), cams.fake_device_0)
-    await shot(ben, 'call-mobile-switch.png')
-    for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
-  })
-
-  it('a shared screen is shown whole, marked and pinned for the others; the camera comes back when it stops', async () => {
-    const room = randomUUID()
-    const ann = await open()
-    const ben = await open()
-    const cal = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
-    await join(ann, host.base, room, 'Ann')
-    await join(ben, host.base, room, 'Ben')
-    await join(cal, host.base, room, 'Cal')
-    await expectRemoteVideos(ben, 2)
-    await expectRemoteVideos(cal, 2)
-    /** Ann's tile as a viewer sees it: first in the grid? pinned? marked? uncropped? the video's shape. */
-    const annTile = (page) =>
-      page.evaluate(() => {
-        const li = [...document.querySelectorAll('.grid > li')].find((x) => x.querySelector('.name').textContent.trim() === 'Ann')
-        const tile = li.querySelector('.tile')
-        const v = tile.querySelector('video')
-        return {
-          first: document.querySelector('.grid > li') === li,
-          pinned: li.classList.contains('pinned') && tile.querySelector('.pin').getAttribute('aria-pressed') === 'true',
-          marked: tile.querySelector('.screen-badge')?.textContent.trim() ?? null,
-          label: tile.getAttribute('aria-label'),
-          fit: getComputedStyle(v).objectFit,
-          aspect: v.videoHeight ? Math.round((v.videoWidth / v.videoHeight) * 100) / 100 : 0,
-        }
-      })
-    assert.deepEqual(await annTile(ben), { first: true, pinned: false, marked: null, label: 'Ann', fit: 'cover', aspect: 1.33 })
-
-    await ann.getByRole('button', { name: 'Share screen' }).click()
-    await ann.getByRole('button', { name: 'Stop sharing' }).waitFor()
-    // what Ann sends is the screen (getDisplayMedia's track), on the senders negotiated before
-    const sent = await ann.evaluate(() =>
-      [...window.__webrtcChat.peerConnections().values()].map((pc) => pc.getSenders().find((s) => s.track?.kind === 'video')?.track.getSettings().displaySurface ?? null),
-    )
-    assert.deepEqual(sent, ['monitor', 'monitor'])
-    for (const viewer of [ben, cal]) {
-      // the screen is 16:9 where the camera was 4:3: the others receive it, whole (contain), marked and pinned
-      const seen = await until(() => annTile(viewer), (t) => t.aspect > 1.7 && t.pinned)
-      assert.deepEqual(seen, { first: true, pinned: true, marked: 'Screen', label: 'Ann (Screen)', fit: 'contain', aspect: 1.78 })
-    }
-    for (const r of await expectRemoteVideos(ben, 2)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
-    await shot(ben, 'screen-share-desktop.png')
-
-    // stopping brings the camera back and the automatic pin goes
-    await ann.getByRole('button', { name: 'Stop sharing' }).click()
-    for (const viewer of [ben, cal]) {
-      const back = await until(() => annTile(viewer), (t) => t.aspect < 1.4 && !t.marked)
-      assert.deepEqual([back.pinned, back.fit, back.aspect], [false, 'cover', 1.33])
-      assert.equal(await viewer.locator('.grid.has-pin').count(), 0)
-    }
-    for (const p of [ann, ben, cal]) assert.deepEqual(pageProblems(p), [])
-  })
-
   it('mobile video screen: a new message raises the unread badge and pops up as a short toast', async () => {
     const room = randomUUID()
     const cy = await open()
@@ -353,8 +241,8 @@ describe('call controls', { timeout: 280_000 }, () => {
     // the tiles fill the panel (columns and size by count and aspect ratio), none spills out
     const grid = await tileCoverage(ann)
     assert.ok(grid.covered > 0.6 && grid.inside, `2 tiles: ${JSON.stringify(grid)}`)
-    // every remote tile carries a connection-quality badge from getStats (on loopback: good),
-    // its title the numbers it was rated on
+    // every remote tile carries a connection-quality badge from getStats, its title the numbers
+    // it was rated on (on loopback, but a busy machine may add jitter: the rating must fit the numbers)
     const badges = () =>
       ann.evaluate(() =>
         [...document.querySelectorAll('.tile.remote .quality')].map((q) => ({
@@ -365,10 +253,14 @@ describe('call controls', { timeout: 280_000 }, () => {
       )
     const shown = await until(badges, (b) => b.length === 2 && b.every((x) => x.numbers), 20_000)
     for (const b of shown) {
-      assert.deepEqual([b.quality, b.label], ['good', 'Connection: good'], JSON.stringify(b))
-      assert.ok(b.numbers[0] < 250 && b.numbers[1] < 2, JSON.stringify(b))
+      const [rtt, loss, jitter] = b.numbers
+      assert.equal(b.label, `Connection: ${b.quality}`)
+      // thresholds of docs/web.md, away from their edges (the title's numbers are rounded)
+      if (rtt < 240 && loss < 1.9 && jitter < 29) assert.equal(b.quality, 'good', JSON.stringify(b))
+      else if (rtt > 510 || loss > 8.1 || jitter > 101) assert.equal(b.quality, 'poor', JSON.stringify(b))
+      else if (rtt > 260 || loss > 2.1 || jitter > 31) assert.notEqual(b.quality, 'good', JSON.stringify(b))
     }
-    await ben.locator('.tile.remote .quality[data-quality="good"]').nth(1).waitFor({ timeout: 20_000 })
+    await ben.locator('.tile.remote .quality[data-quality]').nth(1).waitFor({ timeout: 20_000 })
     const pinCal = ann.getByRole('button', { name: 'Pin Cal (spotlight)' })
     assert.equal(await pinCal.getAttribute('aria-pressed'), 'false')
     await pinCal.click()
@@ -408,41 +300,6 @@ describe('call controls', { timeout: 280_000 }, () => {
     await ann.waitForFunction(() => document.querySelectorAll('.grid > li').length === 1)
     assert.equal(await ann.locator('.grid.has-pin').count(), 0)
     for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
-  })
-
-  it('a failed connection: its tile offers Retry, which reconnects that peer only and brings the video back', async () => {
-    const room = randomUUID()
-    const ann = await open()
-    const ben = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
-    const cal = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
-    await join(ann, host.base, room, 'Ann')
-    await join(ben, host.base, room, 'Ben')
-    await join(cal, host.base, room, 'Cal')
-    await expectRemoteVideos(ann, 2)
-    await expectRemoteVideos(ben, 2)
-    const idOf = (page) => page.evaluate(() => window.__webrtcChat.session.selfId)
-    const [annId, benId, calId] = [await idOf(ann), await idOf(ben), await idOf(cal)]
-    await ann.evaluate((cal) => (window.__calPc = window.__webrtcChat.peerConnections().get(cal)), calId)
-    // Ben's end of the Ann–Ben connection goes away under him (not through the app): Ann's ICE
-    // restarts get no answer, and her tile for Ben ends "failed" with a Retry button
-    await ben.evaluate((ann) => window.__webrtcChat.peerConnections().get(ann).close(), annId)
-    const benTile = ann.locator(`.tile[data-peer-id="${benId}"]`)
-    await ann.locator(`.tile[data-peer-id="${benId}"][data-state="failed"]`).waitFor({ timeout: 60_000 })
-    const retry = ann.getByRole('button', { name: 'Retry the connection to Ben' })
-    await retry.waitFor()
-    assert.equal(await ann.getByRole('button', { name: /^Retry the connection to Cal/ }).count(), 0)
-    assert.equal(await ann.locator(`.tile[data-peer-id="${calId}"]`).getAttribute('data-state'), 'connected')
-    await shot(ann, 'retry-desktop.png')
-    await retry.click()
-    // a new connection to Ben (Ben makes one too), the one to Cal untouched
-    await ann.locator(`.tile[data-peer-id="${benId}"][data-state="connected"]`).waitFor({ timeout: 30_000 })
-    assert.equal(await retry.count(), 0)
-    assert.equal(await benTile.getAttribute('data-state'), 'connected')
-    assert.ok(await ann.evaluate((cal) => window.__webrtcChat.peerConnections().get(cal) === window.__calPc, calId), 'the connection to Cal was left alone')
-    assert.ok(await ben.evaluate((ann) => window.__webrtcChat.peerConnections().get(ann).connectionState === 'connected', annId))
-    for (const r of await expectRemoteVideos(ann, 2)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
-    for (const r of await expectRemoteVideos(ben, 2)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
-    for (const p of [ann, ben, cal]) assert.deepEqual(pageProblems(p), [])
   })
 
   it('video bitrate falls as peers join and rises as they leave (RTCRtpSender.setParameters, read back with getParameters)', async () => {

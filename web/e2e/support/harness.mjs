@@ -139,6 +139,17 @@ export async function launchBrowser({ args = [] } = {}) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
+/** Sample `read()` until `ok(value)`, at most `ms`; returns the value (or fails with the last one). */
+export async function until(read, ok, ms = 30_000) {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const v = await read()
+    if (ok(v)) return v
+    if (Date.now() > deadline) throw new Error(`not reached within ${ms} ms: ${JSON.stringify(v)}`)
+    await sleep(200)
+  }
+}
+
 export async function newPage(browser, { viewport = { width: 1280, height: 800 }, locale = 'en-US', isMobile = false } = {}) {
   const context = await browser.newContext({
     ignoreHTTPSErrors: true,
