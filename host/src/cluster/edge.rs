@@ -78,7 +78,7 @@ impl Cluster {
             .entry(id.clone())
             .or_default()
             .insert(owner.clone());
-        self.send(
+        let sent = self.send(
             &owner,
             Msg::Frame {
                 s: id.to_string(),
@@ -87,8 +87,13 @@ impl Cluster {
                 t: text.to_string(),
             },
         );
-        let ack = match tokio::time::timeout(ACK_WAIT, rx).await {
-            Ok(Ok(ack)) => ack,
+        let acked = match sent {
+            Sent::Queued => tokio::time::timeout(ACK_WAIT, rx).await.ok(),
+            // Not queued: refused now, nothing was delivered.
+            Sent::Dropped | Sent::Full => None,
+        };
+        let ack = match acked {
+            Some(Ok(ack)) => ack,
             _ => {
                 let mut pending = self.pending.lock();
                 if pending.get(&**id).is_some_and(|p| p.q == q) {
@@ -166,7 +171,7 @@ impl Cluster {
     /// Once per session: its TURN credentials are honoured on every host.
     pub(super) fn announce_turn(&self, id: &SessionId) {
         if self.turn_local.lock().insert(id.clone()) {
-            let _ = self.mirror.send(MirrorOp::Announce(id.clone()));
+            self.mirror(MirrorOp::Announce(id.clone()));
         }
     }
 
@@ -176,7 +181,7 @@ impl Cluster {
             return;
         }
         if let Some(id) = self.turn_local.lock().take(session) {
-            let _ = self.mirror.send(MirrorOp::Retract(id));
+            self.mirror(MirrorOp::Retract(id));
         }
         self.routes.lock().remove(session);
         self.pending.lock().remove(session);

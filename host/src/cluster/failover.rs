@@ -236,7 +236,7 @@ impl Cluster {
             .map(|s| s.to_string())
             .collect();
         self.store
-            .announce(&self.id, &announced, SESSIONS_TTL)
+            .announce(&self.id, &announced, SESSIONS_TTL, true)
             .await?;
         self.reconcile_turn(hub).await
     }
@@ -366,7 +366,7 @@ impl Cluster {
             Ok(a) => hosts.iter().cloned().zip(a).collect(),
             Err(_) => HashMap::new(),
         };
-        let _ = self.mirror.send(MirrorOp::Clear { room: room.clone() });
+        self.mirror(MirrorOp::Clear { room: room.clone() });
         let mut gone = Vec::new();
         for m in &recorded {
             let live = m.host != **dead && alive.get(&m.host).copied().unwrap_or(false);

@@ -30,7 +30,7 @@ pub mod wire;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -66,6 +66,13 @@ const UNAVAILABLE: &str = "unavailable";
 const SESSIONS_TTL: Duration = Duration::from_secs(30);
 /// Every this many ticks each host re-reads the others' TURN sessions.
 const RECONCILE_TICKS: u32 = 5;
+/// Messages waiting to be published to other hosts hold at most this many
+/// bytes: past it a client frame (relayed, or delivered to a member on
+/// another host) is refused, never queued and lost (see `Cluster::send`).
+const OUT_BUDGET_BYTES: usize = 16 << 20;
+/// Membership changes waiting to be written to Redis, at most; past it they
+/// are dropped and the whole state is written again instead.
+const MIRROR_CAP: usize = 16_384;
 
 /// Where a local session's room lives when another host owns it.
 #[derive(Clone, Debug)]
@@ -129,11 +136,31 @@ struct Pending {
     tx: oneshot::Sender<Ack>,
 }
 
+/// A message for another host's channel, with what it counts against
+/// `OUT_BUDGET_BYTES`.
+struct Outgoing {
+    channel: String,
+    payload: String,
+    bytes: usize,
+}
+
+/// What became of a message to another host.
+#[derive(Debug, PartialEq)]
+enum Sent {
+    Queued,
+    /// Redis is known to be down: dropped at once (at most once).
+    Dropped,
+    /// The queue to Redis holds `OUT_BUDGET_BYTES`: refused.
+    Full,
+}
+
 #[derive(Default)]
 pub struct Stats {
     relayed_out: AtomicU64,
     relayed_in: AtomicU64,
     publish_dropped: AtomicU64,
+    relay_refused: AtomicU64,
+    mirror_overflows: AtomicU64,
     hosts_seen: AtomicU64,
     rtt_us: AtomicU64,
     hosts_died: AtomicU64,
@@ -143,10 +170,16 @@ pub struct Stats {
 pub struct Cluster {
     id: Arc<str>,
     store: Store,
-    out: mpsc::UnboundedSender<(String, String)>,
-    out_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
-    mirror: mpsc::UnboundedSender<MirrorOp>,
-    mirror_rx: Mutex<Option<mpsc::UnboundedReceiver<MirrorOp>>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    out_rx: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
+    /// Bytes of `Outgoing` messages not yet taken by the publisher.
+    out_bytes: AtomicUsize,
+    out_full: AtomicBool,
+    mirror: mpsc::Sender<MirrorOp>,
+    mirror_rx: Mutex<Option<mpsc::Receiver<MirrorOp>>>,
+    /// A membership change was dropped (the mirror queue was full): Redis
+    /// gets this host's whole state again once the queue drained.
+    mirror_lost: AtomicBool,
     /// Local sessions in rooms other hosts own.
     routes: Mutex<HashMap<SessionId, Route>>,
     /// Hosts each local session's frames were relayed to (told when it ends).
@@ -195,7 +228,7 @@ impl Cluster {
     pub fn new(url: &str) -> Result<Arc<Self>, String> {
         let store = Store::open(url)?;
         let (out, out_rx) = mpsc::unbounded_channel();
-        let (mirror, mirror_rx) = mpsc::unbounded_channel();
+        let (mirror, mirror_rx) = mpsc::channel(MIRROR_CAP);
         let seq_base = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -205,8 +238,11 @@ impl Cluster {
             store,
             out,
             out_rx: Mutex::new(Some(out_rx)),
+            out_bytes: AtomicUsize::new(0),
+            out_full: AtomicBool::new(false),
             mirror,
             mirror_rx: Mutex::new(Some(mirror_rx)),
+            mirror_lost: AtomicBool::new(false),
             routes: Mutex::default(),
             touched: Mutex::default(),
             pending: Mutex::default(),
@@ -236,8 +272,7 @@ impl Cluster {
 
     /// Starts the background tasks; `hub` must carry this cluster.
     pub fn start(self: &Arc<Self>, hub: Arc<Hub>) {
-        hub.registry
-            .set_observer(Arc::new(Observer(self.mirror.clone())));
+        hub.registry.set_observer(Arc::new(Observer(self.clone())));
         if let Some(rx) = self.out_rx.lock().take() {
             tokio::spawn(self.clone().publisher(rx));
         }
@@ -263,15 +298,60 @@ impl Cluster {
         self.healthy.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
     }
 
-    fn send(&self, host: &str, msg: Msg) {
+    /// Queues `msg` for `host`'s channel. Client frames (`Frame`,
+    /// `Deliver`) are dropped at once while Redis is known to be down, and
+    /// refused while the queue holds `OUT_BUDGET_BYTES`: the caller answers
+    /// the sender or closes the recipient, so nothing accepted is lost in
+    /// the queue. Control messages are small, one per frame or session, and
+    /// always queued.
+    fn send(&self, host: &str, msg: Msg) -> Sent {
+        let client_frame = matches!(msg, Msg::Frame { .. } | Msg::Deliver { .. });
+        if client_frame && !self.reachable() {
+            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            return Sent::Dropped;
+        }
         let envelope = Envelope {
             src: self.id.to_string(),
             e: self.epoch.load(Ordering::SeqCst),
             msg,
         };
-        if let Ok(payload) = serde_json::to_string(&envelope) {
-            self.stats.relayed_out.fetch_add(1, Ordering::Relaxed);
-            let _ = self.out.send((store::host_channel(host), payload));
+        let Ok(payload) = serde_json::to_string(&envelope) else {
+            return Sent::Dropped;
+        };
+        let channel = store::host_channel(host);
+        let bytes = channel.len() + payload.len();
+        let queued = self.out_bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        if client_frame && queued > OUT_BUDGET_BYTES {
+            self.out_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            self.stats.relay_refused.fetch_add(1, Ordering::Relaxed);
+            if !self.out_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cluster: {} MiB wait to be published to Redis: frames to other hosts are refused until it catches up (is Redis overloaded or slow to reach?)",
+                    OUT_BUDGET_BYTES >> 20
+                );
+            }
+            return Sent::Full;
+        }
+        self.stats.relayed_out.fetch_add(1, Ordering::Relaxed);
+        let _ = self.out.send(Outgoing {
+            channel,
+            payload,
+            bytes,
+        });
+        Sent::Queued
+    }
+
+    /// Queues a membership change for Redis without blocking; when the
+    /// queue is full the change is dropped and the whole state written
+    /// again once it drained.
+    fn mirror(&self, op: MirrorOp) {
+        if self.mirror.try_send(op).is_err() {
+            self.stats.mirror_overflows.fetch_add(1, Ordering::Relaxed);
+            if !self.mirror_lost.swap(true, Ordering::SeqCst) {
+                tracing::warn!(
+                    "cluster: membership changes come faster than Redis takes them: this host's whole state is written again once it catches up"
+                );
+            }
         }
     }
 
@@ -362,7 +442,9 @@ impl Cluster {
                         self.touched.lock().entry(id).or_default().insert(owner);
                     }
                     // It ended meanwhile: the new owner forgets it.
-                    _ => self.send(&owner, Msg::Gone { s }),
+                    _ => {
+                        self.send(&owner, Msg::Gone { s });
+                    }
                 }
             }
             Msg::Deliver { s, t } => {
@@ -378,15 +460,23 @@ impl Cluster {
         }
     }
 
-    async fn publisher(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(String, String)>) {
+    async fn publisher(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
         let mut batch = Vec::new();
         while let Some(first) = rx.recv().await {
-            batch.push(first);
+            let mut taken = first.bytes;
+            batch.push((first.channel, first.payload));
             while batch.len() < 512 {
                 match rx.try_recv() {
-                    Ok(m) => batch.push(m),
+                    Ok(m) => {
+                        taken += m.bytes;
+                        batch.push((m.channel, m.payload));
+                    }
                     Err(_) => break,
                 }
+            }
+            let left = self.out_bytes.fetch_sub(taken, Ordering::SeqCst) - taken;
+            if left <= OUT_BUDGET_BYTES / 2 {
+                self.out_full.store(false, Ordering::Relaxed);
             }
             if let Err(e) = self.store.publish_all(&batch).await {
                 // At most once: what cannot be published now is dropped.
@@ -486,6 +576,18 @@ impl Cluster {
             get(&self.stats.publish_dropped),
         );
         line(
+            "Client frames to other hosts refused because the queue to Redis was full.",
+            "counter",
+            "relay_refused_total",
+            get(&self.stats.relay_refused),
+        );
+        line(
+            "Membership changes dropped because the queue to Redis was full (the whole state is written again).",
+            "counter",
+            "mirror_overflows_total",
+            get(&self.stats.mirror_overflows),
+        );
+        line(
             "Round trip of the last heartbeat to Redis, in microseconds.",
             "gauge",
             "redis_rtt_microseconds",
@@ -527,11 +629,11 @@ fn unavailable(hub: &Hub, sender: &Sender<'_>) {
 }
 
 /// Forwards registry changes to the mirror writer, without blocking.
-struct Observer(mpsc::UnboundedSender<MirrorOp>);
+struct Observer(Arc<Cluster>);
 
 impl RoomObserver for Observer {
     fn joined(&self, room: &RoomId, session: &SessionId, username: &Arc<str>) {
-        let _ = self.0.send(MirrorOp::Joined {
+        self.0.mirror(MirrorOp::Joined {
             room: room.clone(),
             session: session.clone(),
             username: username.clone(),
@@ -539,10 +641,89 @@ impl RoomObserver for Observer {
     }
 
     fn left(&self, room: &RoomId, session: &SessionId, room_deleted: bool) {
-        let _ = self.0.send(MirrorOp::Left {
+        self.0.mirror(MirrorOp::Left {
             room: room.clone(),
             session: session.clone(),
             room_deleted,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster that believes Redis answers (nothing is started).
+    fn reachable() -> Arc<Cluster> {
+        let c = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+        c.healthy.store(true, Ordering::Relaxed);
+        c.subscribed.store(true, Ordering::Relaxed);
+        c
+    }
+
+    fn deliver(c: &Cluster, t: &str) -> Sent {
+        c.send(
+            "h",
+            Msg::Deliver {
+                s: "s".into(),
+                t: t.into(),
+            },
+        )
+    }
+
+    fn close(c: &Cluster) -> Sent {
+        c.send(
+            "h",
+            Msg::Close {
+                s: "s".into(),
+                code: 1008,
+                reason: "r".into(),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn frames_to_other_hosts_are_refused_past_the_byte_budget() {
+        let c = reachable();
+        let frame = "x".repeat(64 << 10);
+        let fits = OUT_BUDGET_BYTES / frame.len();
+        let mut queued = 0;
+        while deliver(&c, &frame) == Sent::Queued {
+            queued += 1;
+            assert!(queued <= fits, "queued past the budget");
+        }
+        assert!(queued + 1 >= fits, "refused early: {queued} of {fits}");
+        assert_eq!(c.stats.relay_refused.load(Ordering::Relaxed), 1);
+        // Control messages still go (a slow member can be closed).
+        assert_eq!(close(&c), Sent::Queued);
+        // Once the publisher took the queue (to fail: nothing listens on
+        // port 1), frames are queued again.
+        let rx = c.out_rx.lock().take().unwrap();
+        tokio::spawn(c.clone().publisher(rx));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while deliver(&c, &frame) != Sent::Queued {
+            assert!(Instant::now() < deadline, "the budget never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_are_dropped_at_once_while_redis_is_known_down() {
+        let c = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+        assert_eq!(deliver(&c, "x"), Sent::Dropped);
+        assert_eq!(c.out_bytes.load(Ordering::SeqCst), 0, "nothing queued");
+        assert_eq!(close(&c), Sent::Queued);
+    }
+
+    #[tokio::test]
+    async fn membership_changes_past_the_cap_force_a_full_rewrite() {
+        let c = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+        for i in 0..MIRROR_CAP {
+            c.mirror(MirrorOp::Retract(Arc::from(i.to_string())));
+        }
+        assert!(!c.mirror_lost.load(Ordering::SeqCst));
+        c.mirror(MirrorOp::Retract(Arc::from("one too many")));
+        assert!(c.mirror_lost.load(Ordering::SeqCst));
+        assert_eq!(c.stats.mirror_overflows.load(Ordering::Relaxed), 1);
     }
 }

@@ -98,7 +98,7 @@ impl Cluster {
             let next = tokio::select! {
                 biased;
                 _ = kill.cancelled() => {
-                    self.send(&edge, Msg::Close { s: id.to_string(), code: 1008, reason: "too slow: send queue full".into() });
+                    self.close_slow(&edge, &id, "too slow: send queue full");
                     return;
                 }
                 next = rx.recv() => next,
@@ -117,8 +117,25 @@ impl Cluster {
                 Some(Outbound::Ping) => continue,
                 None => return,
             };
-            self.send(&edge, msg);
+            if self.send(&edge, msg) == Sent::Full {
+                // A frame the owner accepted for this member cannot be
+                // queued: the member is closed as a slow one is, rather
+                // than silently missing it.
+                self.close_slow(&edge, &id, "too slow: the relay between hosts is full");
+                return;
+            }
         }
+    }
+
+    fn close_slow(&self, edge: &str, id: &str, reason: &str) {
+        self.send(
+            edge,
+            Msg::Close {
+                s: id.to_string(),
+                code: 1008,
+                reason: reason.into(),
+            },
+        );
     }
 
     /// Handles a proxy's frames one at a time, in order, as a local
@@ -301,9 +318,16 @@ impl Cluster {
     pub(super) async fn mirror_writer(
         self: Arc<Self>,
         hub: Arc<Hub>,
-        mut rx: mpsc::UnboundedReceiver<MirrorOp>,
+        mut rx: mpsc::Receiver<MirrorOp>,
     ) {
-        while let Some(op) = rx.recv().await {
+        loop {
+            if rx.is_empty() && self.mirror_lost.swap(false, Ordering::SeqCst) {
+                // Changes were dropped: the ticker writes everything again.
+                self.synced.store(false, Ordering::Relaxed);
+            }
+            let Some(op) = rx.recv().await else {
+                return;
+            };
             if self.leaving.load(Ordering::SeqCst) {
                 continue;
             }
@@ -338,7 +362,7 @@ impl Cluster {
                 }
                 MirrorOp::Announce(s) => {
                     self.store
-                        .announce(&self.id, &[s.to_string()], SESSIONS_TTL)
+                        .announce(&self.id, &[s.to_string()], SESSIONS_TTL, false)
                         .await
                 }
                 MirrorOp::Retract(s) => self.store.retract(&self.id, &s).await,

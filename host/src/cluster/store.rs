@@ -251,10 +251,20 @@ impl Store {
 
     /// Records that `host` serves `sessions` holding TURN credentials (the
     /// record lapses `ttl` after the host's last refresh) and tells the
-    /// other hosts.
-    pub async fn announce(&self, host: &str, sessions: &[String], ttl: Duration) -> Result<()> {
+    /// other hosts; `replace`: they are all it serves.
+    pub async fn announce(
+        &self,
+        host: &str,
+        sessions: &[String],
+        ttl: Duration,
+        replace: bool,
+    ) -> Result<()> {
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();
+        pipe.atomic();
+        if replace {
+            pipe.del(sessions_key(host)).ignore();
+        }
         for s in sessions {
             pipe.sadd(sessions_key(host), s).ignore();
             pipe.publish(TURN_CHANNEL, format!("+{host} {s}")).ignore();
