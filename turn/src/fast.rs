@@ -303,6 +303,7 @@ impl FastTable {
     /// Relays a client's ChannelData or Send indication at
     /// `buf[off..off + len]` if its channel or permission is known; false
     /// hands it to the crate.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn client_packet(
         &self,
         path: &FastPath<'_>,
@@ -311,6 +312,7 @@ impl FastTable {
         len: usize,
         src: SocketAddr,
         now: u64,
+        gather: Gather<'_>,
     ) -> bool {
         let pkt = &buf[off..off + len];
         let (peer, data_off, data_len, clients) = if (0x40..0x80).contains(&pkt[0]) {
@@ -351,7 +353,7 @@ impl FastTable {
         if relay.kill.is_cancelled() {
             return false;
         }
-        path.to_peer(relay, buf, data_off, data_len, peer, now);
+        path.to_peer(relay, buf, data_off, data_len, peer, now, Some(gather));
         true
     }
 }
@@ -371,6 +373,29 @@ pub(crate) struct Batch {
     filled: usize,
     msg: usize,
     seg: usize,
+    /// Frames for this socket's clients, sent together by [`flush`](Self::flush).
+    out: Vec<Out>,
+}
+
+/// One frame waiting in a [`Batch`]'s outbox: where it sits in the batch's
+/// buffers, its client, and the allocation to count it for.
+#[derive(Debug)]
+pub(crate) struct Out {
+    slot: usize,
+    start: usize,
+    len: usize,
+    to: SocketAddr,
+    payload: usize,
+    relay: Arc<FastRelay>,
+}
+
+/// Where [`FastPath::to_client`] may leave frames for one listening socket
+/// instead of sending each one: that socket's outbox and the batch buffer
+/// the frame is in.
+pub(crate) struct Gather<'a> {
+    pub(crate) socket: &'a Arc<UdpSocket>,
+    pub(crate) out: &'a mut Vec<Out>,
+    pub(crate) slot: usize,
 }
 
 impl std::fmt::Debug for Batch {
@@ -394,6 +419,7 @@ impl Batch {
             filled: 0,
             msg: 0,
             seg: 0,
+            out: Vec::with_capacity(size),
         })
     }
 
@@ -418,6 +444,27 @@ impl Batch {
         &mut self.bufs[i]
     }
 
+    /// Buffer `i` and the outbox, for the listener's fast path.
+    pub(crate) fn parts(&mut self, i: usize) -> (&mut [u8], &mut Vec<Out>) {
+        (&mut self.bufs[i], &mut self.out)
+    }
+
+    /// Sends the frames in the outbox through `socket`, as few system
+    /// calls as possible (`sendmmsg`); a full socket buffer drops the
+    /// rest, as the network would. Counts what was sent.
+    pub(crate) fn flush(&mut self, socket: &UdpSocket, counters: &Counters) {
+        if self.out.is_empty() {
+            return;
+        }
+        let sent = send_many(socket, &self.bufs, &self.out);
+        for o in &self.out[..sent] {
+            Counters::add(&counters.bytes_from_peers, o.payload as u64);
+            Counters::add(&counters.fast_packets_from_peers, 1);
+            o.relay.bytes.fetch_add(o.payload as u64, Ordering::Relaxed);
+        }
+        self.out.clear();
+    }
+
     /// Waits for datagrams and reads as many as are queued (up to the
     /// batch size). Cancel-safe: nothing is consumed before it returns.
     pub(crate) async fn fill(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
@@ -430,6 +477,7 @@ impl Batch {
                 filled,
                 msg,
                 seg,
+                ..
             } = &mut *self;
             let mut iovs: [IoSliceMut<'_>; LISTENER_BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(&mut []));
@@ -454,6 +502,77 @@ impl Batch {
             }
         }
     }
+}
+
+/// Sends `out` (at most [`LISTENER_BATCH`] frames) with `sendmmsg`;
+/// returns how many of the first ones went out (a frame the kernel refuses
+/// on its own, e.g. an unreachable client, is skipped and counted as not
+/// sent only if it is the last).
+#[cfg(target_os = "linux")]
+fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
+    use std::os::fd::AsRawFd;
+    let n = out.len().min(LISTENER_BATCH);
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let addrs: [socket2::SockAddr; LISTENER_BATCH] =
+        std::array::from_fn(|k| socket2::SockAddr::from(out.get(k).map_or(unspecified, |o| o.to)));
+    let mut iovs: [libc::iovec; LISTENER_BATCH] = std::array::from_fn(|k| match out.get(k) {
+        Some(o) => libc::iovec {
+            iov_base: bufs[o.slot][o.start..o.start + o.len].as_ptr() as *mut libc::c_void,
+            iov_len: o.len,
+        },
+        None => libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        },
+    });
+    // SAFETY: mmsghdr is plain old data, for which all zeroes is valid.
+    let mut hdrs: [libc::mmsghdr; LISTENER_BATCH] = unsafe { std::mem::zeroed() };
+    for k in 0..n {
+        hdrs[k].msg_hdr.msg_name = addrs[k].as_ptr() as *mut libc::c_void;
+        hdrs[k].msg_hdr.msg_namelen = addrs[k].len();
+        hdrs[k].msg_hdr.msg_iov = &mut iovs[k];
+        hdrs[k].msg_hdr.msg_iovlen = 1;
+    }
+    let (mut done, mut sent) = (0, 0);
+    while done < n {
+        // SAFETY: hdrs[done..n] point at addresses and buffers that live
+        // (unchanged) until this function returns; the kernel only reads
+        // them and writes msg_len.
+        let r = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                hdrs.as_mut_ptr().add(done),
+                (n - done) as libc::c_uint,
+                0,
+            )
+        };
+        if r > 0 {
+            done += r as usize;
+            sent = done;
+            continue;
+        }
+        match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => break,
+            // This frame was refused (e.g. a pending ICMP error): skip it.
+            _ => done += 1,
+        }
+    }
+    sent
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
+    let mut sent = 0;
+    for (k, o) in out.iter().enumerate() {
+        if socket
+            .try_send_to(&bufs[o.slot][o.start..o.start + o.len], o.to)
+            .is_ok()
+        {
+            sent = k + 1;
+        }
+    }
+    sent
 }
 
 /// Turns UDP GRO off (quinn-udp turns it on): coalesced datagrams would
@@ -595,6 +714,7 @@ impl FastPath<'_> {
     /// installed (the gate answers 403 otherwise); a peer on one of this
     /// server's relayed addresses gets it in the process, or nothing if no
     /// live allocation is there.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn to_peer(
         &self,
         relay: &FastRelay,
@@ -603,6 +723,7 @@ impl FastPath<'_> {
         len: usize,
         peer: SocketAddr,
         now: u64,
+        gather: Option<Gather<'_>>,
     ) {
         // A peer on the address relays are advertised on: another live
         // allocation gets it in the process; any other port there is judged
@@ -621,7 +742,8 @@ impl FastPath<'_> {
             if !relay.within_bandwidth(len) {
                 return;
             }
-            let handed = match self.to_client(&target, buf, off, len, relay.relay_addr, now) {
+            let handed = match self.to_client(&target, buf, off, len, relay.relay_addr, now, gather)
+            {
                 Some(_) => true,
                 // The receiving side has no fast route (TCP client, no
                 // permission yet): its crate-side queue decides.
@@ -653,15 +775,19 @@ impl FastPath<'_> {
     /// Sends `buf[off..off + len]`, received from `from`, to `relay`'s
     /// client as ChannelData (channel bound) or a Data indication
     /// (permission only). `None`: no fast route (TCP client, or no channel
-    /// or permission: the crate decides); `Some(sent)` otherwise.
+    /// or permission: the crate decides); `Some(sent)` otherwise. A frame
+    /// for `gather`'s socket waits in its outbox (sent and counted by
+    /// [`Batch::flush`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn to_client(
         &self,
-        relay: &FastRelay,
+        relay: &Arc<FastRelay>,
         buf: &mut [u8],
         off: usize,
         len: usize,
         from: SocketAddr,
         now: u64,
+        gather: Option<Gather<'_>>,
     ) -> Option<bool> {
         let reply = relay.reply.as_ref()?;
         if relay.kill.is_cancelled() {
@@ -679,6 +805,20 @@ impl FastPath<'_> {
         };
         if !relay.within_bandwidth(len) {
             return Some(false);
+        }
+        if let Some(g) = gather
+            && Arc::ptr_eq(reply, g.socket)
+            && g.out.len() < LISTENER_BATCH
+        {
+            g.out.push(Out {
+                slot: g.slot,
+                start,
+                len: frame_len,
+                to: relay.client,
+                payload: len,
+                relay: Arc::clone(relay),
+            });
+            return Some(true); // counted when sent
         }
         let sent = reply
             .try_send_to(&buf[start..start + frame_len], relay.client)

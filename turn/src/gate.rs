@@ -23,7 +23,7 @@ use stun::textattrs::TextAttribute;
 use webrtc_util::Conn;
 
 use crate::creds::Authenticator;
-use crate::fast::{FastPath, FastTable};
+use crate::fast::{FastPath, FastTable, Gather};
 use crate::peer::PeerPolicy;
 use crate::relay::{CtxSlot, RequestCtx, lock};
 
@@ -436,11 +436,18 @@ impl Gate {
         loop {
             let now = crate::fast::now_secs();
             while let Some((i, off, n, src)) = batch.next() {
-                let b = batch.buf(i);
-                if fast.client_packet(&path, b, off, n, src, now) {
+                let (b, out) = batch.parts(i);
+                let gather = Gather {
+                    socket: &fast.udp,
+                    out,
+                    slot: i,
+                };
+                if fast.client_packet(&path, b, off, n, src, now, gather) {
                     continue;
                 }
-                let pkt = &b[off..off + n];
+                // Frames relayed so far go out before the crate's turn.
+                batch.flush(&fast.udp, &self.counters);
+                let pkt = &batch.buf(i)[off..off + n];
                 match self.inspect(pkt, src) {
                     Verdict::Pass => {}
                     Verdict::Replace(r) if r.len() <= buf.len() => {
@@ -461,6 +468,7 @@ impl Gate {
                 buf[..n].copy_from_slice(&pkt[..n]);
                 return Ok((n, src));
             }
+            batch.flush(&fast.udp, &self.counters);
             batch.fill(&fast.udp).await?;
         }
     }

@@ -509,7 +509,10 @@ impl Conn for FilteredRelayConn {
                     continue;
                 }
                 let b = batch.buf(i);
-                if path.to_client(&self.fast, b, off, n, from, now).is_some() {
+                if path
+                    .to_client(&self.fast, b, off, n, from, now, None)
+                    .is_some()
+                {
                     continue;
                 }
                 // Not for the fast path: the crate decides (it drops what

@@ -154,12 +154,14 @@ async fn packets_from_a_peer_without_permission_are_not_relayed() {
 }
 
 /// Relay to relay is handed over between allocations on the fast path
-/// (no queue, no copy): both allocations count it.
+/// (no queue, no copy): both allocations count it. One UDP socket, so both
+/// clients are on it and the frames go out through its batched send.
 #[tokio::test]
 async fn relay_to_relay_on_the_fast_path() {
     let cfg = TurnConfig {
         public_ip: Some("203.0.113.77".parse().expect("ip")),
         allow_loopback: false,
+        udp_sockets: 1,
         ..loopback_config()
     };
     let (server, dir) = start(cfg).await;
