@@ -409,7 +409,7 @@ impl std::fmt::Debug for Batch {
 impl Batch {
     pub(crate) fn new(socket: &UdpSocket, size: usize) -> std::io::Result<Self> {
         let state = quinn_udp::UdpSocketState::new(socket.into())?;
-        disable_gro(socket);
+        restore_socket_defaults(socket);
         Ok(Self {
             state,
             bufs: (0..size)
@@ -575,24 +575,47 @@ fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
     sent
 }
 
-/// Turns UDP GRO off (quinn-udp turns it on): coalesced datagrams would
-/// need 64 KiB buffers per slot, and TURN traffic is small mixed packets.
-fn disable_gro(socket: &UdpSocket) {
+/// Undoes what quinn-udp turns on that this data path does not want: GRO
+/// (coalesced datagrams would need 64 KiB per slot, and TURN traffic is
+/// small mixed packets), the per-datagram destination-address and TOS
+/// control messages (nothing here reads them; they cost the kernel work per
+/// packet), and "probe" path-MTU discovery (back to the kernel's default,
+/// as on the other sockets of this server). Best effort: a socket that
+/// keeps them still works.
+fn restore_socket_defaults(socket: &UdpSocket) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let off: libc::c_int = 0;
-        // SAFETY: a valid socket descriptor and a pointer to a c_int of the
-        // size given; setsockopt only reads it.
-        let _ = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_GRO,
-                (&off as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
+        let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+            // SAFETY: a valid socket descriptor and a pointer to a c_int of
+            // the size given; setsockopt only reads it.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    level,
+                    name,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
         };
+        set(libc::SOL_UDP, libc::UDP_GRO, 0);
+        set(libc::IPPROTO_IP, libc::IP_PKTINFO, 0);
+        set(libc::IPPROTO_IP, libc::IP_RECVTOS, 0);
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_WANT,
+        );
+        if socket.local_addr().is_ok_and(|a| a.is_ipv6()) {
+            set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 0);
+            set(libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 0);
+            set(
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_WANT,
+            );
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = socket;

@@ -211,3 +211,61 @@ async fn relay_to_relay_on_the_fast_path() {
     assert!(after.bytes_relay_to_relay > before.bytes_relay_to_relay);
     server.close().await;
 }
+
+/// With several UDP sockets on the port (SO_REUSEPORT, the kernel picks
+/// one per client address), every client's control messages and relayed
+/// packets meet the same socket: eight clients all relay both ways, on the
+/// fast path.
+#[tokio::test]
+async fn clients_spread_over_several_udp_sockets_all_relay() {
+    let cfg = TurnConfig {
+        udp_sockets: 4,
+        ..loopback_config()
+    };
+    let (server, dir) = start(cfg).await;
+    let udp = server.addr(Transport::Udp).expect("udp");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let session = format!("s{i}");
+        dir.session_started(&session);
+        let (user, pass) = credentials(SECRET, &session, Duration::from_secs(600));
+        let client = udp_client(udp, &user, &pass).await;
+        let relay = within("allocate", client.allocate())
+            .await
+            .expect("allocate");
+        relay_round_trip(&relay, &peer, 5).await;
+        clients.push((client, relay));
+    }
+    let s = server.stats();
+    assert_eq!(s.allocations, 8);
+    assert!(
+        s.fast_packets_to_peers >= 32 && s.fast_packets_from_peers >= 32,
+        "{s:?}"
+    );
+    server.close().await;
+}
+
+/// SO_REUSEPORT on the UDP sockets must not let a second server (same
+/// user) share the port unnoticed: its TCP listener on the same port
+/// fails, and it says so.
+#[tokio::test]
+async fn a_second_server_on_the_same_port_is_refused() {
+    let cfg = TurnConfig {
+        udp_sockets: 2,
+        ..loopback_config()
+    };
+    let (first, _dir) = start(cfg.clone()).await;
+    let port = first.addr(Transport::Udp).expect("udp").port();
+    let second = chat_turn::TurnServer::start(
+        TurnConfig { port, ..cfg },
+        std::sync::Arc::new(chat_turn::SessionDirectory::default()),
+    )
+    .await;
+    let err = second.err().expect("the second server is refused");
+    assert!(
+        err.to_string().contains("in use") && err.to_string().contains("--turn-port"),
+        "{err}"
+    );
+    first.close().await;
+}
