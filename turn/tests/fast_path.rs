@@ -262,7 +262,7 @@ async fn a_second_server_on_the_same_port_is_refused() {
         std::sync::Arc::new(chat_turn::SessionDirectory::default()),
     )
     .await;
-    let err = second.err().expect("the second server is refused");
+    let err = second.expect_err("the second server is refused");
     assert!(
         err.to_string().contains("in use") && err.to_string().contains("--turn-port"),
         "{err}"
