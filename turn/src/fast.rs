@@ -152,8 +152,10 @@ impl FastRelay {
     }
 
     fn channel_of(&self, peer: SocketAddr, now: u64) -> Option<u16> {
-        let number = *self.by_peer.load().get(&canonical_addr(peer))?;
-        self.channel_peer(number, now).map(|_| number)
+        let peer = canonical_addr(peer);
+        let number = *self.by_peer.load().get(&peer)?;
+        // The number may have expired and been bound to another peer since.
+        (self.channel_peer(number, now)? == peer).then_some(number)
     }
 
     /// Drops expired permissions and channels (copying only when one did).
@@ -882,6 +884,38 @@ mod tests {
                 .expect("peer");
             assert_eq!(crate::gate::decode_xor_address(&peer, &[7; 12]), Some(from));
         }
+    }
+
+    #[tokio::test]
+    async fn channels_and_permissions_expire_and_rebind() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let relay = FastRelay::new(
+            socket,
+            "127.0.0.1:1".parse().expect("addr"),
+            CancellationToken::new(),
+            Arc::default(),
+            None,
+            "127.0.0.1:2".parse().expect("addr"),
+            None,
+        );
+        let a: SocketAddr = "198.51.100.1:1000".parse().expect("addr");
+        let b: SocketAddr = "198.51.100.2:2000".parse().expect("addr");
+        relay.bind(0x4000, a, 10);
+        relay.permit(a.ip(), 5);
+        assert_eq!(relay.channel_of(a, 9), Some(0x4000));
+        assert_eq!(relay.channel_peer(0x4000, 9), Some(a));
+        // IPv4-mapped forms are the same peer.
+        let mapped: SocketAddr = "[::ffff:198.51.100.1]:1000".parse().expect("addr");
+        assert_eq!(relay.channel_of(mapped, 9), Some(0x4000));
+        assert!(relay.permitted(a.ip(), 4) && !relay.permitted(a.ip(), 5));
+        assert_eq!(relay.channel_of(a, 10), None, "expired");
+        // The number bound again to another peer: the old one has no channel.
+        relay.bind(0x4000, b, 20);
+        assert_eq!(relay.channel_of(a, 11), None);
+        assert_eq!(relay.channel_of(b, 11), Some(0x4000));
+        relay.sweep(12);
+        assert!(!relay.permitted(a.ip(), 0), "swept");
+        assert_eq!(relay.channel_of(b, 12), Some(0x4000));
     }
 
     #[test]
