@@ -142,7 +142,8 @@ describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
     await alice.locator('.entry.message', { hasText: '안녕 from Bob' }).waitFor({ timeout: 15_000 })
     await shot(bob, 'chat-mobile.png')
     await bob.getByRole('button', { name: '영상으로 돌아가기' }).click()
-    assert.equal(await bob.evaluate(() => !!document.pictureInPictureElement), false, 'PIP closed on return')
+    // exitPictureInPicture() resolves a little later: wait for it rather than read at once
+    await bob.waitForFunction(() => !document.pictureInPictureElement, null, { timeout: 10_000 }).catch(() => assert.fail('PIP closed on return'))
 
     const carol = await open({ viewport: { width: 1280, height: 800 } })
     await join(carol, host.base, room, 'Carol', '', { keyboard: true })
