@@ -93,12 +93,15 @@ sleep 1
 kill -0 "$COTURN_PID" 2>/dev/null || { echo "coturn did not start" >&2; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# UDP datagrams the kernel dropped for a full receive buffer, any socket on
+# this machine (uclient's, the server's): where lost packets went.
+rcvbuf_drops() { awk '/^Udp:/ {n++} n == 2 {print $6; exit}' /proc/net/snmp; }
 TICKS=$(getconf CLK_TCK)
 
 # run NAME PORT PID -> appends "sent recv tx_s cpu_s relay_p99 added_p99 probe_lost probe_recv"
 run() {
-  local name=$1 port=$2 pid=$3 c0 c1 out sent recv tx cpu probe p99 added plost precv
-  c0=$(cpu_ticks "$pid")
+  local name=$1 port=$2 pid=$3 c0 c1 d0 d1 out sent recv tx cpu probe p99 added plost precv
+  c0=$(cpu_ticks "$pid"); d0=$(rcvbuf_drops)
   (sleep "$PROBE_DELAY"; exec "$PROBE" "$HOST:$port" "$SECRET" bench "$PROBES" "$PROBE_MS") >"$WORK/probe.out" 2>&1 &
   local probe_pid=$!
   local i pids=()
@@ -109,7 +112,7 @@ run() {
   done
   wait "${pids[@]}" || true
   wait "$probe_pid" || true
-  c1=$(cpu_ticks "$pid")
+  c1=$(cpu_ticks "$pid"); d1=$(rcvbuf_drops)
   sent=0 recv=0 tx=0
   for i in $(seq "$PAR"); do
     out=$(grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*$' "$WORK/uclient.$i" | tail -1 || true)
@@ -125,9 +128,9 @@ run() {
   [ -n "$probe" ] || { echo "  probe failed: $(tail -2 "$WORK/probe.out")" >&2; plost=$PROBES; }
   precv=$((PROBES - ${plost:-$PROBES}))
   cpu=$(echo "scale=3; ($c1 - $c0) / $TICKS" | bc)
-  echo "${sent:-0} ${recv:-0} ${tx:-0} $cpu ${p99:-0} ${added:-0} ${plost:-0} $precv" >>"$WORK/$name"
-  printf '  %-7s run: sent %6s received %6s  transmit %3s s  server CPU %6.2f s  probe p99 %6s us (added %6s us, lost %s)\n' \
-    "$name" "${sent:-0}" "${recv:-0}" "${tx:-?}" "$cpu" "${p99:-?}" "${added:-?}" "${plost:-?}"
+  echo "${sent:-0} ${recv:-0} ${tx:-0} $cpu ${p99:-0} ${added:-0} ${plost:-0} $precv $((d1 - d0))" >>"$WORK/$name"
+  printf '  %-7s run: sent %6s received %6s  transmit %3s s  server CPU %6.2f s  probe p99 %6s us (added %6s us, lost %s)  rcvbuf drops %s\n' \
+    "$name" "${sent:-0}" "${recv:-0}" "${tx:-?}" "$cpu" "${p99:-?}" "${added:-?}" "${plost:-?}" "$((d1 - d0))"
 }
 
 echo "workload: $PAR x uclient -y -m $CLIENTS ($((CLIENTS * 2)) allocations, RTP+RTCP), $MSGS msgs x $LEN bytes each, -z $INTERVAL ms,"
@@ -157,19 +160,19 @@ summary() {
   local best added
   best=$(awk '$3 > 0 {print $2 / $3}' "$WORK/$1" | sort -n | tail -1)
   added=$(awk '{print $6}' "$WORK/$1" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  awk -v best="${best:-0}" -v added="${added:-0}" '{s+=$1; r+=$2; c+=$4; p+=2*$8; n++; if ($2 < $1) l++}
-    END { if (r == 0) { print "0 100 0 0 -/- 0 0"; exit }
+  awk -v best="${best:-0}" -v added="${added:-0}" '{s+=$1; r+=$2; c+=$4; p+=2*$8; d+=$9; n++; if ($2 < $1) l++}
+    END { if (r == 0) { print "0 100 0 0 -/- 0 0 0"; exit }
           us = c*1e6/(r+p);
-          printf "%.0f %.3f %.2f %.2f %d/%d %d %.0f\n", best, (s-r)*100/s, us, c, l, n, added, 1e6/us }' "$WORK/$1"
+          printf "%.0f %.3f %.2f %.2f %d/%d %d %.0f %d\n", best, (s-r)*100/s, us, c, l, n, added, 1e6/us, d }' "$WORK/$1"
 }
 
 echo
-F='%-10s %13s %8s %11s %13s %12s %16s %18s\n'
-printf "$F" server "relayed pkt/s" "loss %" "lossy runs" "CPU us / pkt" "CPU s total" "p99 added (us)" "ceiling pkt/s/core"
+F='%-10s %13s %8s %11s %13s %12s %16s %18s %13s\n'
+printf "$F" server "relayed pkt/s" "loss %" "lossy runs" "CPU us / pkt" "CPU s total" "p99 added (us)" "ceiling pkt/s/core" "rcvbuf drops"
 for s in $SERVERS; do
-  read -r RATE LOSS CPU CPUS LR ADDED CEIL <<<"$(summary "$s")"
+  read -r RATE LOSS CPU CPUS LR ADDED CEIL DROPS <<<"$(summary "$s")"
   label=$s; [ "$s" = ours ] && label=chat-turn; [ "$s" = bare ] && label=turn-bare
-  printf "$F" "$label" "$RATE" "$LOSS" "$LR" "$CPU" "$CPUS" "$ADDED" "$CEIL"
+  printf "$F" "$label" "$RATE" "$LOSS" "$LR" "$CPU" "$CPUS" "$ADDED" "$CEIL" "$DROPS"
   eval "${s}_CPU=$CPU ${s}_RATE=$RATE"
 done
 echo
@@ -177,4 +180,9 @@ echo "CPU per packet ratio chat-turn/coturn: $(echo "scale=2; $ours_CPU / $cotur
 echo "throughput ratio chat-turn/coturn: $(echo "scale=2; $ours_RATE / $coturn_RATE" | bc)"
 [ "$BARE" = 1 ] && echo "CPU per packet ratio chat-turn/bare turn crate: $(echo "scale=2; $ours_CPU / $bare_CPU" | bc)"
 echo "(ceiling per core = 1 s / CPU per packet: what one fully busy core would relay;"
-echo " pkt/s is what uclient reached, which paces itself: compare CPU per packet first)"
+echo " pkt/s is what uclient reached, which paces itself: compare CPU per packet first;"
+echo " rcvbuf drops: datagrams the kernel dropped for a full socket receive buffer during"
+echo " the runs, any socket on the machine -- uclient's own included)"
+kill -INT "$OURS_PID" 2>/dev/null && wait "$OURS_PID" 2>/dev/null || true
+OURS_PID=
+echo "chat-turn's own counters (all runs): $(grep '^stats' "$WORK/ours.log" | cut -d' ' -f2-)"
