@@ -124,6 +124,13 @@ describe('call media', { timeout: 280_000 }, () => {
       const seen = await until(() => annTile(viewer), (t) => t.aspect > 1.7 && t.pinned)
       assert.deepEqual(seen, { first: true, pinned: true, marked: 'Screen', label: 'Ann (Screen)', fit: 'contain', aspect: 1.78 })
     }
+    // on the desktop the pinned screen gets a 16:9 tile (a 4:3 one would letterbox it), inside the panel
+    const box = await ben.evaluate(() => {
+      const r = document.querySelector('.grid > li.pinned .tile').getBoundingClientRect()
+      const p = document.querySelector('.grid-panel').getBoundingClientRect()
+      return { ratio: r.width / r.height, inside: r.right <= p.right + 1 && r.bottom <= p.bottom + 1, share: (r.width * r.height) / (p.width * p.height) }
+    })
+    assert.ok(box.ratio > 1.7 && box.inside && box.share > 0.3, JSON.stringify(box))
     for (const r of await expectRemoteVideos(ben, 2)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
     await shot(ben, 'screen-share-desktop.png')
 

@@ -33,6 +33,11 @@ describe('desktop tile layout', () => {
     expect((s.pinned * 3) / 4 + 16 + (s.others.width * 3) / 4).toBeLessThanOrEqual(720 + 0.01)
     expect(s.pinned).toBeLessThanOrEqual(600)
     expect(spotlightLayout(600, 720, 1, 16, 4 / 3).pinned).toBe(gridLayout(600, 720, 1, 16, 4 / 3).width)
+    // a pinned screen (16:9) is wider than a camera tile in the same room
+    const screen = spotlightLayout(900, 720, 3, 16, 4 / 3, 16 / 9)
+    expect(screen.pinned).toBeGreaterThan(spotlightLayout(900, 720, 3, 16, 4 / 3).pinned)
+    expect((screen.pinned * 9) / 16 + 16 + (screen.others.width * 3) / 4).toBeLessThanOrEqual(720 + 0.01)
+    expect(screen.pinned).toBeLessThanOrEqual(900)
   })
 
   it('nothing to lay out', () => {

@@ -34,13 +34,14 @@ export function gridLayout(w: number, h: number, n: number, gap: number, aspect:
 
 /**
  * A pinned tile over one row of the others: the row takes at most a quarter
- * of the height, the pinned tile the rest.
+ * of the height, the pinned tile the rest (a shared screen pinned is wider:
+ * `pinnedAspect`).
  */
-export function spotlightLayout(w: number, h: number, n: number, gap: number, aspect: number): SpotlightLayout {
+export function spotlightLayout(w: number, h: number, n: number, gap: number, aspect: number, pinnedAspect = aspect): SpotlightLayout {
   const rest = n - 1
-  if (rest <= 0) return { pinned: gridLayout(w, h, 1, gap, aspect).width, others: { cols: 1, width: 0 } }
+  if (rest <= 0) return { pinned: gridLayout(w, h, 1, gap, pinnedAspect).width, others: { cols: 1, width: 0 } }
   const rowH = Math.max(0, (h - gap) / 4)
   const width = Math.floor(Math.max(0, Math.min((w - (rest - 1) * gap) / rest, rowH * aspect)))
   const pinnedH = h - gap - width / aspect
-  return { pinned: Math.floor(Math.max(0, Math.min(w, pinnedH * aspect))), others: { cols: rest, width } }
+  return { pinned: Math.floor(Math.max(0, Math.min(w, pinnedH * pinnedAspect))), others: { cols: rest, width } }
 }
