@@ -102,6 +102,13 @@ impl PolicyHarness {
         })
     }
 
+    /// The hub the scripted sessions share, for the host's own tests of
+    /// what sits around it (e.g. cluster proxies).
+    #[doc(hidden)]
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
     /// Opens a session (the chain's `on-connect` runs). A refused
     /// connection shows as a queued `Close`.
     pub fn connect(&self) -> TestSession {

@@ -17,6 +17,9 @@ impl Cluster {
         if let Some(p) = proxies.get(session) {
             return p.inbox.clone();
         }
+        // (Tests widen the window between the look-up and the insert.)
+        #[cfg(test)]
+        std::thread::sleep(Duration::from_millis(2));
         let id: SessionId = Arc::from(session);
         let edge: Arc<str> = Arc::from(edge);
         let (inbox, work) = mpsc::unbounded_channel();
@@ -399,5 +402,92 @@ impl Cluster {
                 .lock()
                 .get(room)
                 .is_some_and(|t| t.elapsed() < CLAIM_GRACE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::PolicyHarness;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_proxy_is_made_once_however_many_ask_at_once() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        runtime().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            for i in 0..20 {
+                let session = format!("s{i}");
+                let start = Arc::new(tokio::sync::Barrier::new(8));
+                let asks: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (c, hub, s, start) =
+                            (cluster.clone(), hub.clone(), session.clone(), start.clone());
+                        tokio::spawn(async move {
+                            start.wait().await;
+                            c.proxy(&hub, &s, "edge")
+                        })
+                    })
+                    .collect();
+                let inboxes: Vec<_> = futures_util::future::join_all(asks)
+                    .await
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect();
+                assert!(
+                    inboxes.iter().all(|x| x.same_channel(&inboxes[0])),
+                    "two proxies made for {session}"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn a_frame_reaching_an_ending_proxy_is_handled_not_lost() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        // One thread: the proxy's worker runs only once the test awaits, so
+        // both messages below are in its inbox before it reads the first.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let mut out = cluster.out_rx.lock().take().unwrap();
+            // The proxy is told to end (its edge was declared dead), and a
+            // frame of the session reaches it before it ended (the edge is
+            // back).
+            let inbox = cluster.proxy(&hub, "s", "edge");
+            inbox.send(Work::Gone).unwrap();
+            let frame = r#"{"type":"offer","data":{}}"#.to_string();
+            let work = Work::Frame {
+                host: "localhost".into(),
+                q: 5,
+                text: frame,
+            };
+            assert!(inbox.send(work).is_ok(), "accepted by the ending proxy");
+            // Its sender hears back (here: notInRoom, and the ack).
+            let acked = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(m) = out.recv().await {
+                    let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+                    if let Msg::Ack { s, q, .. } = envelope.msg {
+                        return (s, q);
+                    }
+                }
+                panic!("the queue to other hosts closed");
+            })
+            .await
+            .expect("the frame was answered");
+            assert_eq!(acked, ("s".to_string(), 5));
+        });
     }
 }
