@@ -186,6 +186,61 @@ describe('a mixed room with the original client', { timeout: 280_000 }, () => {
     await shot(ann, 'mixed-room-desktop.png')
   })
 
+  it('Retry of a failed connection to the original client: it takes the new offer as it takes any, video and chat come back', async () => {
+    const room = `mixed-${randomUUID().slice(0, 8)}`
+    const ann = await open()
+    await join(ann, host.base, room, 'Ann')
+    const kim = await open({ locale: 'ko-KR' })
+    await openOriginal(kim, host.base, '')
+    await kim.waitForFunction(() => window.original?.ready(), null, { timeout: 20_000 })
+    await kim.evaluate((room) => window.original.login(room, 'Kim'), room)
+    await expectRemoteVideos(ann, 1)
+    const annId = await ann.evaluate(() => window.__webrtcChat.session.selfId)
+    const kimPlays = () =>
+      kim.waitForFunction(
+        (id) => {
+          const v = document.getElementById(id)
+          return v && v.videoWidth > 0 && v.readyState >= 2 && !v.paused
+        },
+        annId,
+        { timeout: 45_000 },
+      )
+    await kimPlays()
+    await ann.waitForFunction(() => [...window.__webrtcChat.pm.peers.values()].every((x) => x.kind === 'legacy'), null, { timeout: 20_000 })
+    // Kim's connection to Ann breaks: Kim does what the original does on ICE "disconnected" —
+    // drops the peer (its video, its RTCPeerConnection)
+    await kim.evaluate((id) => {
+      document.getElementById(id)?.remove()
+      const peers = window.original.remotePeers
+      const [peer] = peers.splice(peers.findIndex((p) => p.sessionId === id), 1)
+      peer.RTCPeer.oniceconnectionstatechange = null
+      peer.RTCPeer.close()
+    }, annId)
+    // Ann gives no ICE restart to the original client; her tile ends "failed" and offers Retry
+    const retry = ann.getByRole('button', { name: 'Retry the connection to Kim' })
+    await retry.waitFor({ timeout: 60_000 })
+    assert.equal(await ann.locator('.tile.remote').getAttribute('data-state'), 'failed')
+    const offersBefore = (await originalView(kim)).offers
+    await retry.click()
+    // Kim takes the new offer as the original takes every offer: a new connection, an answer
+    await ann.locator('.tile.remote[data-state=connected]').waitFor({ timeout: 30_000 })
+    await kimPlays()
+    for (const r of await expectRemoteVideos(ann, 1)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
+    const seen = await originalView(kim)
+    assert.equal(seen.offers, offersBefore + 1, 'one new offer to Kim')
+    assert.deepEqual(
+      seen.peers.filter((p) => p.id === annId).map((p) => ['connected', 'completed'].includes(p.ice)),
+      [true],
+      'Kim has one live connection to Ann',
+    )
+    // chat goes again, in the original's form, on the channel Kim's new connection made
+    await ann.waitForFunction(() => [...window.__webrtcChat.pm.peers.values()].every((x) => x.kind === 'legacy'), null, { timeout: 20_000 })
+    await ann.locator('#chat-input').fill('back again')
+    await ann.locator('#chat-input').press('Enter')
+    await kim.waitForFunction(() => window.original.chatList.includes('false,Ann : back again'), null, { timeout: 15_000 })
+    assert.deepEqual((await originalView(kim)).errors, [])
+  })
+
   it('no page reported an error (uncaught, console.error, CSP violation)', () => {
     assert.ok(pages.length > 0)
     for (const p of pages) assert.deepEqual(pageProblems(p), [], p.url())
