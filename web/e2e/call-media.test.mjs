@@ -7,7 +7,7 @@
 import { describe, it, before, after, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, shot, until } from './support/harness.mjs'
+import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, shot, until, axeViolations } from './support/harness.mjs'
 
 describe('call media', { timeout: 280_000 }, () => {
   let host, browser
@@ -82,6 +82,7 @@ describe('call media', { timeout: 280_000 }, () => {
     // remembered like a pick
     assert.equal(await ben.evaluate(() => JSON.parse(localStorage.getItem('webrtc-chat.devices')).videoinput), cams.fake_device_0)
     await shot(ben, 'call-mobile-switch.png')
+    assert.deepEqual(await axeViolations(ben), [], 'mobile room with the switch: no serious accessibility violations')
     for (const p of [ann, ben]) assert.deepEqual(pageProblems(p), [])
   })
 
@@ -133,6 +134,7 @@ describe('call media', { timeout: 280_000 }, () => {
     assert.ok(box.ratio > 1.7 && box.inside && box.share > 0.3, JSON.stringify(box))
     for (const r of await expectRemoteVideos(ben, 2)) assert.ok(r.advanced && r.framesAdvanced, JSON.stringify(r))
     await shot(ben, 'screen-share-desktop.png')
+    assert.deepEqual(await axeViolations(ben), [], 'a pinned, marked screen: no serious accessibility violations')
 
     // stopping brings the camera back and the automatic pin goes
     await ann.getByRole('button', { name: 'Stop sharing' }).click()
@@ -167,6 +169,7 @@ describe('call media', { timeout: 280_000 }, () => {
     assert.equal(await ann.getByRole('button', { name: /^Retry the connection to Cal/ }).count(), 0)
     assert.equal(await ann.locator(`.tile[data-peer-id="${calId}"]`).getAttribute('data-state'), 'connected')
     await shot(ann, 'retry-desktop.png')
+    assert.deepEqual(await axeViolations(ann), [], 'a failed tile with Retry: no serious accessibility violations')
     await retry.click()
     // a new connection to Ben (Ben makes one too), the one to Cal untouched
     await ann.locator(`.tile[data-peer-id="${benId}"][data-state="connected"]`).waitFor({ timeout: 30_000 })

@@ -19,8 +19,8 @@ export interface CallDeps {
   getDisplayMedia?: () => Promise<MediaStream>
   /** one track from exactly this device (pre-join / in-call device pickers) */
   openDevice?: (kind: 'videoinput' | 'audioinput', deviceId: string) => Promise<MediaStreamTrack>
-  /** the phone's other camera (front ↔ back) */
-  openOtherCamera?: (current: MediaStreamTrack) => Promise<MediaStreamTrack>
+  /** the phone's other camera (front ↔ back), from the current one's settings */
+  openOtherCamera?: (current: MediaTrackSettings) => Promise<MediaStreamTrack>
   log?: (...a: unknown[]) => void
   maxRandomTries?: number
   /** give up on a join with no answer after this long (0: never) */
@@ -222,18 +222,18 @@ export class CallController {
     const old = stream?.getVideoTracks()[0]
     if (!stream || !old || s.media.audioOnly || this.switching) return
     this.switching = true
-    const open = this.deps.openOtherCamera ?? ((tr: MediaStreamTrack) => openOtherCamera(tr))
+    const open = this.deps.openOtherCamera ?? ((cur: MediaTrackSettings) => openOtherCamera(cur))
+    const settings = old.getSettings()
     try {
       let track: MediaStreamTrack
       try {
-        track = await open(old)
+        track = await open(settings)
       } catch (err) {
         if ((err as { name?: string })?.name !== 'NotReadableError') throw err
         // busy: this phone opens one camera at a time
-        const settings = old.getSettings()
         old.stop()
         try {
-          track = await open(old)
+          track = await open(settings)
         } catch (again) {
           await this.swapTrack(stream, old, await (this.deps.openDevice ?? openDevice)('videoinput', settings.deviceId ?? ''))
           throw again

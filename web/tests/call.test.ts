@@ -207,6 +207,30 @@ describe('CallController', () => {
     expect(JSON.parse(ch.sent.at(-1)!)).toEqual({ type: 'media', video: true, audio: true, screen: false })
   })
 
+  it('camera switch on a phone that opens one camera at a time: the front one is released, the back one opened and sent', async () => {
+    const { call, stream } = setup()
+    const front = stream.getVideoTracks()[0]
+    front.settings = { deviceId: 'front', facingMode: 'user' }
+    const back = new FakeTrack('video')
+    back.settings = { deviceId: 'back', facingMode: 'environment' }
+    const asked: string[] = []
+    ;(call as unknown as { deps: { openOtherCamera: (s: MediaTrackSettings) => Promise<MediaStreamTrack> } }).deps.openOtherCamera = async (cur) => {
+      asked.push(`${cur.facingMode}:${front.readyState}`)
+      if (front.readyState === 'live') throw Object.assign(new Error('busy'), { name: 'NotReadableError' })
+      return back as unknown as MediaStreamTrack
+    }
+    const ws = await joinRoom(call)
+    ws.receive({ type: 'login', from: 'p', data: { username: 'P' } })
+    await flush()
+    await call.switchCamera()
+    expect(asked).toEqual(['user:live', 'user:ended'])
+    const sender = FakePC.instances[0].transceivers.find((t) => t.receiver.track.kind === 'video')!.sender
+    expect(sender.track).toBe(back)
+    expect(stream.getVideoTracks()).toEqual([back])
+    expect(call.session.media.backCamera).toBe(true)
+    expect(call.session.devices.videoinput).toBe('back')
+  })
+
   it('receive-only media still joins, with the issue recorded', async () => {
     const { call } = setup({ stream: new FakeStream([]) as unknown as MediaStream, hasVideo: false, hasAudio: false, issue: 'denied' })
     await joinRoom(call)

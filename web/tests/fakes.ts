@@ -51,7 +51,11 @@ export class FakeTrack {
   readyState = 'live'
   muted = false
   onended: (() => void) | null = null
+  settings: MediaTrackSettings = {}
   constructor(readonly kind: 'audio' | 'video') {}
+  getSettings() {
+    return this.settings
+  }
   stop() {
     this.readyState = 'ended'
   }
@@ -75,6 +79,9 @@ export class FakeStream {
   }
   addTrack(t: FakeTrack) {
     this.tracks.push(t)
+  }
+  removeTrack(t: FakeTrack) {
+    this.tracks = this.tracks.filter((x) => x !== t)
   }
   addEventListener() {}
   removeEventListener() {}

@@ -97,10 +97,11 @@ export function nextCameraId(cameras: Pick<MediaDeviceInfo, 'deviceId' | 'kind'>
 /**
  * The other camera of a phone: by facingMode when the camera says which way
  * it faces (front "user" ↔ back "environment"), else the next camera in the
- * list. Rejects when there is no other camera.
+ * list. `current` is the running camera's settings (read before it is
+ * stopped). Rejects when there is no other camera.
  */
-export async function openOtherCamera(current: MediaStreamTrack, md: MediaDevices = navigator.mediaDevices): Promise<MediaStreamTrack> {
-  const facing = current.getSettings().facingMode
+export async function openOtherCamera(current: MediaTrackSettings, md: MediaDevices = navigator.mediaDevices): Promise<MediaStreamTrack> {
+  const facing = current.facingMode
   if (facing === 'user' || facing === 'environment') {
     const other = facing === 'user' ? 'environment' : 'user'
     try {
@@ -112,7 +113,7 @@ export async function openOtherCamera(current: MediaStreamTrack, md: MediaDevice
       if ((err as { name?: string })?.name !== 'OverconstrainedError') throw err
     }
   }
-  const next = nextCameraId(await md.enumerateDevices(), current.getSettings().deviceId ?? '')
+  const next = nextCameraId(await md.enumerateDevices(), current.deviceId ?? '')
   if (!next) throw new Error('no other camera')
   return openDevice('videoinput', next, md)
 }
