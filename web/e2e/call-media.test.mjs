@@ -37,17 +37,21 @@ describe('call media', { timeout: 280_000 }, () => {
     const room = randomUUID()
     const ann = await open()
     const ben = await open({ viewport: { width: 390, height: 844 }, isMobile: true })
+    // Ben picked fake_device_2 on an earlier visit (remembered in localStorage): the call opens
+    // exactly that camera; the switch then wraps round to fake_device_0 (fake cameras report no
+    // facingMode, so the next camera in the list is taken)
+    await ben.goto(host.base)
+    const cams = await ben.evaluate(async () => {
+      const s = await navigator.mediaDevices.getUserMedia({ video: true })
+      s.getTracks().forEach((t) => t.stop())
+      const list = await navigator.mediaDevices.enumerateDevices()
+      const byLabel = Object.fromEntries(list.filter((d) => d.kind === 'videoinput').map((d) => [d.label, d.deviceId]))
+      localStorage.setItem('webrtc-chat.devices', JSON.stringify({ videoinput: byLabel.fake_device_2, audioinput: '', audiooutput: '' }))
+      return byLabel
+    })
     await join(ann, host.base, room, 'Ann')
     await join(ben, host.base, room, 'Ben')
     await expectRemoteVideos(ann, 1)
-    // Ben picks fake_device_2 (as the device picker does); the switch then wraps round to fake_device_0
-    // (fake cameras report no facingMode, so the next camera in the list is taken)
-    const cams = await ben.evaluate(async () => {
-      const list = await navigator.mediaDevices.enumerateDevices()
-      const byLabel = Object.fromEntries(list.filter((d) => d.kind === 'videoinput').map((d) => [d.label, d.deviceId]))
-      await window.__webrtcChat.useDevice('videoinput', byLabel.fake_device_2)
-      return byLabel
-    })
     assert.equal(await ben.evaluate(() => window.__webrtcChat.localStream.value.getVideoTracks()[0].getSettings().deviceId), cams.fake_device_2)
     assert.equal(await ann.getByRole('button', { name: 'Switch camera (front/back)' }).count(), 0, 'no switch on the desktop layout')
     /** Ben's video sender (the same object before and after), and what Ann has received and decoded. */

@@ -15,6 +15,24 @@ describe('acquireLocalMedia', () => {
     expect((c.video as MediaTrackConstraints).height).toEqual({ ideal: 240 })
   })
 
+  it('opens exactly the devices picked before; one unplugged since falls back to another', async () => {
+    const gum = vi.fn(async () => new FakeStream([new FakeTrack('audio'), new FakeTrack('video')]) as unknown as MediaStream)
+    await acquireLocalMedia({ getUserMedia: gum }, fakeStreamFactory, { videoinput: 'cam2', audioinput: 'mic1' })
+    const c = (gum.mock.calls[0] as unknown as [MediaStreamConstraints])[0]
+    expect((c.video as MediaTrackConstraints).deviceId).toEqual({ exact: 'cam2' })
+    expect((c.audio as MediaTrackConstraints).deviceId).toEqual({ exact: 'mic1' })
+
+    const gone = vi.fn(async (c: MediaStreamConstraints) => {
+      if (JSON.stringify(c).includes('exact')) throw err('OverconstrainedError')
+      return new FakeStream([new FakeTrack('audio'), new FakeTrack('video')]) as unknown as MediaStream
+    })
+    const m = await acquireLocalMedia({ getUserMedia: gone }, fakeStreamFactory, { videoinput: 'cam2', audioinput: '' })
+    expect(m).toMatchObject({ hasVideo: true, hasAudio: true, issue: 'none' })
+    expect(gone).toHaveBeenCalledTimes(2)
+    const second = (gone.mock.calls[1] as unknown as [MediaStreamConstraints])[0]
+    expect((second.video as MediaTrackConstraints).deviceId).toEqual({ ideal: 'cam2' })
+  })
+
   it('falls back to audio only when there is no camera', async () => {
     const gum = vi.fn(async (c: MediaStreamConstraints) => {
       if (c.video) throw err('NotFoundError')

@@ -39,7 +39,10 @@ export async function acquireLocalMedia(
     return { stream: makeStream(), hasVideo: false, hasAudio: false, issue: 'unsupported' }
   }
   let firstIssue: MediaIssue = 'none'
-  // a picked device is preferred (`ideal`), so a device unplugged since falls back to another
+  // The picked devices exactly first: as `ideal` alone Chromium weighs a
+  // deviceId like the size and frame rate and may open another camera. A
+  // device unplugged since then fails that attempt, and the next ones (the
+  // pick only preferred) fall back to another.
   const video: MediaTrackConstraints = prefs.videoinput ? { ...VIDEO_CONSTRAINTS, deviceId: { ideal: prefs.videoinput } } : VIDEO_CONSTRAINTS
   const audio: MediaTrackConstraints | true = prefs.audioinput ? { deviceId: { ideal: prefs.audioinput } } : true
   const attempts: [MediaStreamConstraints, MediaIssue][] = [
@@ -47,6 +50,11 @@ export async function acquireLocalMedia(
     [{ video: false, audio }, 'audioOnly'],
     [{ video, audio: false }, 'videoOnly'],
   ]
+  if (prefs.videoinput || prefs.audioinput) {
+    const exactVideo = prefs.videoinput ? { ...VIDEO_CONSTRAINTS, deviceId: { exact: prefs.videoinput } } : VIDEO_CONSTRAINTS
+    const exactAudio = prefs.audioinput ? { deviceId: { exact: prefs.audioinput } } : true
+    attempts.unshift([{ video: exactVideo, audio: exactAudio }, 'none'])
+  }
   for (const [constraints, issue] of attempts) {
     try {
       const stream = await md.getUserMedia(constraints)
