@@ -92,6 +92,61 @@ describe('UI', () => {
     expect(el.querySelector('[role=log]')?.textContent).toContain('Mike left')
   })
 
+  it('room: a peer who shares a screen is pinned and marked; the automatic pin goes with the share unless changed by hand', async () => {
+    const { call, el } = mount()
+    const ws = FakeWebSocket.last()
+    ws.open()
+    ;(el.querySelector('#room') as HTMLInputElement).value = 'r1'
+    el.querySelector('#room')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('#username') as HTMLInputElement).value = 'Me'
+    el.querySelector('#username')!.dispatchEvent(new Event('input'))
+    ;(el.querySelector('form') as HTMLFormElement).dispatchEvent(new Event('submit'))
+    await flush()
+    ws.receive({ type: 'joined', data: 'me', members: [{ sessionId: 'me', username: 'Me' }], iceServers: [] })
+    await nextTick()
+    ws.receive({ type: 'login', from: 'ann', data: { username: 'Ann' } })
+    ws.receive({ type: 'login', from: 'ben', data: { username: 'Ben' } })
+    await flush()
+    const share = async (id: string, screen: boolean) => {
+      call.peersStore.byId[id].screen = screen
+      await nextTick()
+    }
+    const view = () =>
+      [...el.querySelectorAll('.grid > li')].map((li) => ({
+        name: li.querySelector('.name')!.textContent,
+        pinned: li.classList.contains('pinned'),
+        marked: li.querySelector('.screen-badge')?.textContent?.trim() ?? null,
+      }))
+    await share('ben', true)
+    expect(view()).toEqual([
+      { name: 'Ben', pinned: true, marked: 'Screen' },
+      { name: 'Ann', pinned: false, marked: null },
+    ])
+    expect(el.querySelector('.grid > li.pinned .tile')!.getAttribute('aria-label')).toBe('Ben (Screen)')
+    await share('ben', false)
+    expect(view().some((x) => x.pinned)).toBe(false)
+    // pinned again, then unpinned by hand: the end of the share changes nothing
+    await share('ben', true)
+    ;(el.querySelector('button[aria-label="Pin Ann (spotlight)"]') as HTMLButtonElement).click()
+    await nextTick()
+    await share('ben', false)
+    expect(view().find((x) => x.pinned)?.name).toBe('Ann')
+    // pinned by hand while sharing: it stays after the share
+    ;(el.querySelector('button[aria-label="Pin Ann (spotlight)"]') as HTMLButtonElement).click()
+    await share('ben', true)
+    const pinBen = () => (el.querySelector('button[aria-label="Pin Ben (spotlight)"]') as HTMLButtonElement).click()
+    pinBen()
+    await nextTick()
+    pinBen()
+    await nextTick()
+    await share('ben', false)
+    expect(view().find((x) => x.pinned)?.name).toBe('Ben')
+    // a failed connection offers Retry on that tile only
+    call.peersStore.setState('ann', 'failed')
+    await nextTick()
+    expect([...el.querySelectorAll('.tile .retry')].map((b) => b.getAttribute('aria-label'))).toEqual(['Retry the connection to Ann'])
+  })
+
   it('login: a password field only where the server takes one; a refusal says why and asks again', async () => {
     const { el } = mount()
     const ws = FakeWebSocket.last()
