@@ -61,20 +61,24 @@ fn register() -> Arc<ThreadSlot> {
     slot
 }
 
-/// Marks the current thread busy with a call until the guard drops.
-pub(super) struct Busy(Arc<ThreadSlot>);
+/// Marks the current thread busy with a call until the guard drops (on the
+/// same thread: it is not `Send`).
+pub(super) struct Busy(std::marker::PhantomData<*const ()>);
 
 pub(super) fn enter() -> Busy {
-    let slot = SLOT.with(Arc::clone);
-    let g = slot.generation.load(Ordering::Relaxed);
-    slot.generation.store(g | 1, Ordering::Release);
-    Busy(slot)
+    SLOT.with(|slot| {
+        let g = slot.generation.load(Ordering::Relaxed);
+        slot.generation.store(g | 1, Ordering::Release);
+    });
+    Busy(std::marker::PhantomData)
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let g = self.0.generation.load(Ordering::Relaxed);
-        self.0.generation.store((g | 1) + 1, Ordering::Release);
+        SLOT.with(|slot| {
+            let g = slot.generation.load(Ordering::Relaxed);
+            slot.generation.store((g | 1) + 1, Ordering::Release);
+        });
     }
 }
 
