@@ -729,15 +729,21 @@ async fn a_host_cut_off_alone_rejoins_without_duplicating_or_losing_members() {
     let redis = Redis::start();
     let cable = Cable::to(&redis).await;
     let url = cable.url();
-    let cut_off = Host::start(&["--redis-url", &url, "--turn-secret", "cluster-test-secret"]);
-    let other = member_host(&redis, &[]);
+    let turn = ["--turn-allow-loopback", "--turn-grace-secs", "1"];
+    let mut args = vec!["--redis-url", &url, "--turn-secret", "cluster-test-secret"];
+    args.extend_from_slice(&turn);
+    let cut_off = Host::start(&args);
+    let other = member_host(&redis, &turn);
     wait_ready(&cut_off, true).await;
     wait_ready(&other, true).await;
     // "standup" is owned by the host to be cut off, "retro" by the other.
     let mut alice = cut_off.client().await;
     alice.login("standup", "alice").await;
     let mut bob = other.client().await;
-    bob.login("standup", "bob").await;
+    let joined = bob.login("standup", "bob").await;
+    let bob_turn = &joined["iceServers"][1];
+    let bob_user = bob_turn["username"].as_str().unwrap().to_string();
+    let bob_pass = bob_turn["credential"].as_str().unwrap().to_string();
     assert_eq!(alice.recv().await["username"], "bob");
     let mut dave = other.client().await;
     dave.login("retro", "dave").await;
@@ -792,6 +798,14 @@ async fn a_host_cut_off_alone_rejoins_without_duplicating_or_losing_members() {
     assert_eq!(
         recv_within(&mut dave, SLOW).await["from"],
         carol.id.as_str()
+    );
+    // bob's membership was handed over, his session lives on: the host that
+    // handed it over still honours his TURN credentials (past the grace a
+    // disconnect would have started).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        turn_allocates(cut_off.turn_addr(), &bob_user, &bob_pass).await,
+        "bob's TURN credentials refused by the host that handed him over"
     );
 
     // Newcomers on either host find each room once, with each member once.

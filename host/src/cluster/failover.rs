@@ -154,7 +154,7 @@ impl Cluster {
             let edge = match edge {
                 Some(edge) => {
                     if let Some(p) = self.proxies.lock().get(&**m) {
-                        let _ = p.inbox.send(Work::Gone);
+                        let _ = p.inbox.send(Work::Handed);
                     }
                     edge
                 }

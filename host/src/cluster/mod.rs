@@ -101,7 +101,11 @@ enum Work {
         seen: Option<Vec<(String, String)>>,
     },
     Leave,
+    /// The session's socket ended (or its host died): it disconnects here.
     Gone,
+    /// The session lives on in another host's copy of its room (handed
+    /// over): the proxy ends without a disconnect.
+    Handed,
 }
 
 /// Membership changes to mirror into Redis, in order.

@@ -152,6 +152,7 @@ impl Cluster {
         (inbox, mut work): (mpsc::UnboundedSender<Work>, mpsc::UnboundedReceiver<Work>),
     ) {
         let mut host = String::new();
+        let mut handed = false;
         while let Some(w) = work.recv().await {
             match w {
                 Work::Frame { host: h, q, text } => {
@@ -199,14 +200,29 @@ impl Cluster {
                     }
                 }
                 Work::Gone => break,
+                Work::Handed => {
+                    handed = true;
+                    break;
+                }
             }
         }
-        let sender = Sender {
-            id: &id,
-            handle: &handle,
-            host: &host,
-        };
-        dispatch::handle_disconnect(&hub, &sender).await;
+        if handed {
+            // Not a disconnect: no policy hook, no logout, and its TURN
+            // credentials stay honoured; only this host forgets it.
+            if let Some(d) = hub.registry.unregister(&id) {
+                // (Joined a room here again since the hand-over.)
+                dispatch::announce_departure(&hub, &d);
+            }
+            hub.kv
+                .drop_scope(&crate::policy::kv::Scope::Session(id.to_string()));
+        } else {
+            let sender = Sender {
+                id: &id,
+                handle: &handle,
+                host: &host,
+            };
+            dispatch::handle_disconnect(&hub, &sender).await;
+        }
         // Out of the map first, then closed: what was sent to this inbox
         // meanwhile is handed to a new proxy, and nothing more can be.
         {
