@@ -92,16 +92,17 @@ fi
 sleep 1
 kill -0 "$COTURN_PID" 2>/dev/null || { echo "coturn did not start" >&2; exit 1; }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU time of every thread of a process, in ns (schedstat: finer than the
+# 10 ms ticks of /proc/PID/stat).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
 # UDP datagrams the kernel dropped for a full receive buffer, any socket on
 # this machine (uclient's, the server's): where lost packets went.
 rcvbuf_drops() { awk '/^Udp:/ {n++} n == 2 {print $6; exit}' /proc/net/snmp; }
-TICKS=$(getconf CLK_TCK)
 
 # run NAME PORT PID -> appends "sent recv tx_s cpu_s relay_p99 added_p99 probe_lost probe_recv"
 run() {
   local name=$1 port=$2 pid=$3 c0 c1 d0 d1 out sent recv tx cpu probe p99 added plost precv
-  c0=$(cpu_ticks "$pid"); d0=$(rcvbuf_drops)
+  c0=$(cpu_ns "$pid"); d0=$(rcvbuf_drops)
   (sleep "$PROBE_DELAY"; exec "$PROBE" "$HOST:$port" "$SECRET" bench "$PROBES" "$PROBE_MS") >"$WORK/probe.out" 2>&1 &
   local probe_pid=$!
   local i pids=()
@@ -112,7 +113,7 @@ run() {
   done
   wait "${pids[@]}" || true
   wait "$probe_pid" || true
-  c1=$(cpu_ticks "$pid"); d1=$(rcvbuf_drops)
+  c1=$(cpu_ns "$pid"); d1=$(rcvbuf_drops)
   sent=0 recv=0 tx=0
   for i in $(seq "$PAR"); do
     out=$(grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*$' "$WORK/uclient.$i" | tail -1 || true)
@@ -127,7 +128,7 @@ run() {
   plost=$(echo "$probe" | grep -o 'lost=[0-9]*' | cut -d= -f2)
   [ -n "$probe" ] || { echo "  probe failed: $(tail -2 "$WORK/probe.out")" >&2; plost=$PROBES; }
   precv=$((PROBES - ${plost:-$PROBES}))
-  cpu=$(echo "scale=3; ($c1 - $c0) / $TICKS" | bc)
+  cpu=$(echo "scale=4; ($c1 - $c0) / 1000000000" | bc)
   echo "${sent:-0} ${recv:-0} ${tx:-0} $cpu ${p99:-0} ${added:-0} ${plost:-0} $precv $((d1 - d0))" >>"$WORK/$name"
   printf '  %-7s run: sent %6s received %6s  transmit %3s s  server CPU %6.2f s  probe p99 %6s us (added %6s us, lost %s)  rcvbuf drops %s\n' \
     "$name" "${sent:-0}" "${recv:-0}" "${tx:-?}" "$cpu" "${p99:-?}" "${added:-?}" "${plost:-?}" "$((d1 - d0))"

@@ -360,6 +360,11 @@ impl FastTable {
     }
 }
 
+/// A read loop that keeps finding datagrams yields to the runtime after
+/// this many batches (at most 256 packets on a listener), so that one busy
+/// socket does not hold a worker thread for long and delay the others.
+pub(crate) const YIELD_EVERY: usize = 8;
+
 /// Datagrams read per system call on a listener and on a relay socket.
 const LISTENER_BATCH: usize = 32;
 pub(crate) const RELAY_BATCH: usize = 8;

@@ -428,6 +428,7 @@ impl Gate {
         buf: &mut [u8],
     ) -> webrtc_util::Result<(usize, SocketAddr)> {
         let mut batch = fast.batch.lock().await;
+        let mut batches = 0usize;
         let path = FastPath {
             registry: &self.registry,
             policy: &self.policy,
@@ -469,6 +470,11 @@ impl Gate {
                 return Ok((n, src));
             }
             batch.flush(&fast.udp, &self.counters);
+            batches += 1;
+            if batches.is_multiple_of(crate::fast::YIELD_EVERY) {
+                // A busy listener lets the relay tasks on this worker run.
+                tokio::task::yield_now().await;
+            }
             batch.fill(&fast.udp).await?;
         }
     }

@@ -495,6 +495,7 @@ impl Conn for FilteredRelayConn {
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         let mut io = self.io.lock().await;
         let (local, batch) = &mut *io;
+        let mut batches = 0usize;
         let path = FastPath {
             registry: &self.lease.registry,
             policy: &self.policy,
@@ -538,6 +539,10 @@ impl Conn for FilteredRelayConn {
                     }
                 }
                 r = batch.fill(&self.fast.socket) => r?,
+            }
+            batches += 1;
+            if batches.is_multiple_of(crate::fast::YIELD_EVERY) {
+                tokio::task::yield_now().await;
             }
         }
     }
