@@ -286,16 +286,22 @@ impl Cluster {
             }
             known.insert(dead.clone(), epoch);
         }
-        self.bury(hub, dead).await;
+        self.bury(hub, dead, epoch).await;
     }
 
     /// A host is gone (dead, or said goodbye): its sessions leave this
     /// host's rooms and its rooms with members here get a new owner.
-    pub(super) async fn bury(self: &Arc<Self>, hub: &Arc<Hub>, dead: Arc<str>) {
+    pub(super) async fn bury(self: &Arc<Self>, hub: &Arc<Hub>, dead: Arc<str>, epoch: u64) {
         self.stats.hosts_died.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(host = %dead, "cluster: a host is gone (heartbeat lapsed, or it shut down); its sessions are logged out and its rooms taken over");
-        // Its sessions in this host's rooms are gone.
-        for p in self.proxies.lock().values().filter(|p| p.edge == dead) {
+        // Its sessions in this host's rooms are gone (but for those it
+        // spoke of again since, at a later epoch: it is back).
+        for p in self
+            .proxies
+            .lock()
+            .values()
+            .filter(|p| p.edge == dead && p.epoch <= epoch)
+        {
             let _ = p.inbox.send(Work::Gone);
         }
         // Its rooms with members here get a new owner.
@@ -377,7 +383,7 @@ impl Cluster {
             if *m.host == *self.id {
                 self.routes.lock().remove(m.session.as_str());
             } else {
-                self.proxy(hub, &m.session, &m.host);
+                self.proxy(hub, &m.session, &m.host, 0);
                 self.send(
                     &m.host,
                     Msg::Owner {

@@ -86,6 +86,9 @@ struct Route {
 struct Proxy {
     edge: Arc<str>,
     inbox: mpsc::UnboundedSender<Work>,
+    /// The edge's latest epoch heard about this session (0: none): a death
+    /// of the edge at an earlier epoch does not end it.
+    epoch: u64,
 }
 
 enum Work {
@@ -404,7 +407,7 @@ impl Cluster {
                     q,
                     text: t,
                 };
-                self.to_proxy(hub, &s, &src, work);
+                self.to_proxy(hub, &s, &src, e, work);
             }
             Msg::Rejoin {
                 s,
@@ -416,7 +419,9 @@ impl Cluster {
                 if *edge == *self.id {
                     self.rejoin_local(hub, &src, &s, &room, &name, seen);
                 } else {
-                    self.to_proxy(hub, &s, &edge, Work::Rejoin { room, name, seen });
+                    // (`e` is the edge's epoch only when the edge sent it.)
+                    let epoch = if edge == src { e } else { 0 };
+                    self.to_proxy(hub, &s, &edge, epoch, Work::Rejoin { room, name, seen });
                 }
             }
             Msg::Gone { s } => {

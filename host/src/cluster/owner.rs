@@ -12,9 +12,11 @@ impl Cluster {
         hub: &Arc<Hub>,
         session: &str,
         edge: &str,
+        epoch: u64,
     ) -> mpsc::UnboundedSender<Work> {
         let mut proxies = self.proxies.lock();
-        if let Some(p) = proxies.get(session) {
+        if let Some(p) = proxies.get_mut(session) {
+            p.epoch = p.epoch.max(epoch);
             return p.inbox.clone();
         }
         // (Tests widen the window between the look-up and the insert.)
@@ -29,6 +31,7 @@ impl Cluster {
             Proxy {
                 edge: edge.clone(),
                 inbox: inbox.clone(),
+                epoch,
             },
         );
         // Registered before the lock is let go: whoever finds the proxy
@@ -61,11 +64,12 @@ impl Cluster {
         hub: &Arc<Hub>,
         session: &str,
         edge: &str,
+        epoch: u64,
         work: Work,
     ) {
         let mut work = work;
         for _ in 0..3 {
-            match self.proxy(hub, session, edge).send(work) {
+            match self.proxy(hub, session, edge, epoch).send(work) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(w)) => work = w,
             }
@@ -237,7 +241,7 @@ impl Cluster {
         work.close();
         while let Ok(w) = work.try_recv() {
             if matches!(w, Work::Frame { .. } | Work::Rejoin { .. }) {
-                self.to_proxy(&hub, &id, &edge, w);
+                self.to_proxy(&hub, &id, &edge, 0, w);
             }
         }
     }
@@ -449,7 +453,7 @@ mod tests {
                             (cluster.clone(), hub.clone(), session.clone(), start.clone());
                         tokio::spawn(async move {
                             start.wait().await;
-                            c.proxy(&hub, &s, "edge")
+                            c.proxy(&hub, &s, "edge", 0)
                         })
                     })
                     .collect();
@@ -463,6 +467,33 @@ mod tests {
                     "two proxies made for {session}"
                 );
             }
+        });
+    }
+
+    #[test]
+    fn a_host_declared_dead_keeps_the_sessions_it_spoke_of_since_at_a_later_epoch() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        runtime().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            cluster.proxy(&hub, "before", "edge", 1);
+            // The edge came back at epoch 2 and put this one back before
+            // the death at epoch 1 was acted on here.
+            cluster.proxy(&hub, "since", "edge", 2);
+            cluster.bury(&hub, Arc::from("edge"), 1).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while cluster.is_proxy("before") {
+                assert!(
+                    Instant::now() < deadline,
+                    "the dead edge's session lives on"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(
+                cluster.is_proxy("since"),
+                "a session of the edge's new epoch ended"
+            );
+            assert!(hub.registry.session_key("since").is_some());
         });
     }
 
@@ -482,7 +513,7 @@ mod tests {
             // The proxy is told to end (its edge was declared dead), and a
             // frame of the session reaches it before it ended (the edge is
             // back).
-            let inbox = cluster.proxy(&hub, "s", "edge");
+            let inbox = cluster.proxy(&hub, "s", "edge", 0);
             inbox.send(Work::Gone).unwrap();
             let frame = r#"{"type":"offer","data":{}}"#.to_string();
             let work = Work::Frame {

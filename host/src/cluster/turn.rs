@@ -23,7 +23,7 @@ impl Cluster {
                 let gone: Arc<str> = Arc::from(host);
                 if self.dead.lock().insert(gone.clone(), u64::MAX).is_none() {
                     let (this, hub) = (self.clone(), hub.clone());
-                    tokio::spawn(async move { this.bury(&hub, gone).await });
+                    tokio::spawn(async move { this.bury(&hub, gone, u64::MAX).await });
                 }
             }
             "+" => {
