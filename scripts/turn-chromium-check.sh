@@ -114,13 +114,27 @@ check() { # NAME URL EXPECTED_RELAY_PROTOCOL
     echo "FAIL $1 ($2)"; echo "$out" | sed 's/^/  /'; fail=1
   fi
 }
+# The server's own counters once it stopped (turn-bench-server prints them
+# on SIGINT): FASTPATH=1 also requires packets on the relay fast path.
+server_counters() {
+  kill -INT "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+  local stats
+  stats=$(grep '^stats' "$WORK/server.log" | cut -d' ' -f2-)
+  echo "server counters ($1): $stats"
+  if [ "${2:-}" = FASTPATH ] && ! echo "$stats" | grep -q 'fast_packets_to_peers=[1-9]'; then
+    echo "FAIL $1: no packet took the relay fast path"; fail=1
+  fi
+}
 if [ -n "$NETNS_ADDR" ]; then
   check relay-to-relay "turn:$NETNS_ADDR:$PORT?transport=udp" "udp relayAddress=$NETNS_ADDR"
+  server_counters relay-to-relay FASTPATH
   exit $fail
 fi
 check udp "turn:127.0.0.1:$PORT?transport=udp" udp
 check tcp "turn:127.0.0.1:$PORT?transport=tcp" tcp
 check tls "turns:127.0.0.1:$TLS_PORT?transport=tcp" tls
+server_counters "udp, tcp, tls"
 # Relay to relay on a non-loopback address, in a namespace of our own.
 if command -v unshare >/dev/null 2>&1 && unshare -n true 2>/dev/null; then
   TURN_CHECK_NETNS_ADDR=10.77.0.1 CARGO_TARGET_DIR="$TARGET" unshare -n bash "$0" || fail=1
