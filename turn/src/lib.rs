@@ -53,6 +53,11 @@
 //!   a few of them instead of letting every challenge reach the crate.
 //! - TCP/TLS: STUN and ChannelData framed on the stream ([`stream`]); an
 //!   allocation made over TCP ends with its connection.
+//! - Relayed packets of established channels and permissions (UDP clients)
+//!   take a fast path outside the `turn` crate (batched I/O, tables filled
+//!   from the crate's answers), under the same rules: peers, bandwidth,
+//!   byte counters, a session's end. The UDP port is served by one socket
+//!   per core (SO_REUSEPORT, `udp_sockets`).
 //!
 //! The `turn` crate logs through `log`; this crate through `tracing`.
 //! See docs/turn.md for the design, the tests and the benchmark.
