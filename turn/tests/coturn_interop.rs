@@ -186,3 +186,46 @@ async fn coturn_uclient_relays_through_our_server() {
     );
     server.close().await;
 }
+
+/// coturn's client with Send indications only (`-s`, no channels), client
+/// to client: our fast path relays its Send indications and hands them to
+/// the other client as Data indications that uclient understands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_uclient_send_and_data_indications_on_the_fast_path() {
+    let mut cfg = loopback_config();
+    cfg.secret = b"interop-secret".to_vec();
+    let (server, dir) = start(cfg).await;
+    let port = server.addr(Transport::Udp).expect("udp").port().to_string();
+    dir.session_started("uclient");
+    let run = run_uclient(&[
+        "-s",
+        "-y",
+        "-n",
+        "20",
+        "-m",
+        "1",
+        "-l",
+        "100",
+        "-z",
+        "5",
+        "-e",
+        "127.0.0.1",
+        "-L",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-W",
+        "interop-secret",
+        "-u",
+        "uclient",
+        "127.0.0.1",
+    ])
+    .await;
+    let s = server.stats();
+    eprintln!("uclient -s: {}/{}; {s:?}", run.received, run.sent);
+    assert!(
+        s.fast_packets_to_peers >= run.received && s.fast_packets_from_peers >= run.received,
+        "Send/Data indications on the fast path: {s:?}"
+    );
+    server.close().await;
+}
