@@ -667,6 +667,17 @@ async fn a_host_shut_down_hands_its_rooms_over() {
     hosts.remove(0);
 }
 
+/// The next frame that is not an `error unavailable` (a frame sent just
+/// before a host was cut off from Redis may get one).
+async fn next_notice(c: &mut Client) -> Value {
+    loop {
+        let f = recv_within(c, SLOW).await;
+        if f["type"] != "error" || f["message"]["errorType"] != "unavailable" {
+            return f;
+        }
+    }
+}
+
 /// A TCP path to Redis that a test can cut (its connections reset, new ones
 /// refused) and mend: one host's network partition.
 struct Cable {
@@ -750,6 +761,17 @@ async fn a_host_cut_off_alone_rejoins_without_duplicating_or_losing_members() {
     let mut carol = cut_off.client().await;
     carol.login("retro", "carol").await;
     assert_eq!(dave.recv().await["username"], "carol");
+    // A frame from each relayed member arrives: its edge has the owner's
+    // acknowledgement of its login (its route), which a cut could lose. (The
+    // acknowledgement of this last frame may be lost: its sender then gets
+    // `error unavailable`, skipped below.)
+    bob.send(json!({"type":"candidate","to":alice.id,"data":{"candidate":"b"}}))
+        .await;
+    assert_eq!(alice.recv().await["from"], bob.id.as_str());
+    carol
+        .send(json!({"type":"candidate","to":dave.id,"data":{"candidate":"c"}}))
+        .await;
+    assert_eq!(dave.recv().await["from"], carol.id.as_str());
 
     signs_of_life(&mut [&mut alice, &mut bob, &mut carol, &mut dave]).await;
     cable.cut();
@@ -773,10 +795,10 @@ async fn a_host_cut_off_alone_rejoins_without_duplicating_or_losing_members() {
     wait_ready(&cut_off, true).await;
     // alice and carol are back in the one copy of their rooms: the others
     // hear them join again.
-    let back = recv_within(&mut bob, SLOW).await;
+    let back = next_notice(&mut bob).await;
     assert_eq!(back["type"], "login", "{back}");
     assert_eq!(back["from"], alice.id.as_str());
-    let back = recv_within(&mut dave, SLOW).await;
+    let back = next_notice(&mut dave).await;
     assert_eq!(back["type"], "login", "{back}");
     assert_eq!(back["from"], carol.id.as_str());
     signs_of_life(&mut [&mut alice, &mut bob, &mut carol, &mut dave]).await;
@@ -785,20 +807,17 @@ async fn a_host_cut_off_alone_rejoins_without_duplicating_or_losing_members() {
     alice
         .send(json!({"type":"offer","to":bob.id,"data":{"sdp":"again"}}))
         .await;
-    let offer = recv_within(&mut bob, SLOW).await;
+    let offer = next_notice(&mut bob).await;
     assert_eq!(offer["type"], "offer", "{offer}");
     assert_eq!(offer["from"], alice.id.as_str());
     bob.send(json!({"type":"answer","to":alice.id,"data":{"sdp":"ok"}}))
         .await;
-    let answer = recv_within(&mut alice, SLOW).await;
+    let answer = next_notice(&mut alice).await;
     assert_eq!(answer["type"], "answer", "{answer}");
     carol
         .send(json!({"type":"candidate","to":dave.id,"data":{"candidate":"c"}}))
         .await;
-    assert_eq!(
-        recv_within(&mut dave, SLOW).await["from"],
-        carol.id.as_str()
-    );
+    assert_eq!(next_notice(&mut dave).await["from"], carol.id.as_str());
     // bob's membership was handed over, his session lives on: the host that
     // handed it over still honours his TURN credentials (past the grace a
     // disconnect would have started).
@@ -824,10 +843,10 @@ async fn a_host_cut_off_alone_rejoins_without_duplicating_or_losing_members() {
     let joined = gina.login("retro", "gina").await;
     assert_eq!(names(&joined), ["dave", "carol"], "{joined}");
     for c in [&mut alice, &mut bob] {
-        assert_eq!(recv_within(c, SLOW).await["username"], "frank");
+        assert_eq!(next_notice(c).await["username"], "frank");
     }
     for c in [&mut carol, &mut dave] {
-        assert_eq!(recv_within(c, SLOW).await["username"], "gina");
+        assert_eq!(next_notice(c).await["username"], "gina");
     }
     drop(redis);
 }

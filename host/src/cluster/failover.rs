@@ -217,6 +217,7 @@ impl Cluster {
                 .map(|(s, r)| (s.clone(), r.clone()))
                 .collect();
             for (s, r) in routes {
+                tracing::debug!(session = %s, owner = %r.owner, room = %r.room, "cluster: asking the owner to put a session back");
                 self.send(
                     &r.owner,
                     Msg::Rejoin {

@@ -416,6 +416,7 @@ impl Cluster {
                 name,
                 seen,
             } => {
+                tracing::debug!(session = %s, %edge, %room, from = %src, "cluster: asked to put a session back into its room");
                 if *edge == *self.id {
                     self.rejoin_local(hub, &src, &s, &room, &name, seen);
                 } else {

@@ -190,6 +190,7 @@ impl Cluster {
                     }
                 }
                 Work::Rejoin { room, name, seen } => {
+                    tracing::debug!(session = %id, %room, now = ?hub.registry.room_of(&id), "cluster: putting a session back");
                     if hub.registry.room_of(&id).is_none()
                         && self.readmit(&hub, &id, &room, &name, seen)
                     {
