@@ -218,13 +218,20 @@ impl FastTable {
         })
     }
 
-    /// A new allocation of `relay.client` on this listener.
-    pub(crate) fn add(&self, relay: Arc<FastRelay>) {
+    /// A new allocation of `relay.client` on this listener. Never replaces
+    /// a live one (the crate keeps one allocation per 5-tuple); false when
+    /// there is one.
+    pub(crate) fn add(&self, relay: Arc<FastRelay>) -> bool {
+        let mut added = false;
         self.clients.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.insert(relay.client, Arc::clone(&relay));
+            added = m.get(&relay.client).is_none_or(|r| r.kill.is_cancelled());
+            if added {
+                m.insert(relay.client, Arc::clone(&relay));
+            }
             m
         });
+        added
     }
 
     /// Allocation `relay` of `client` closed.
@@ -921,6 +928,32 @@ mod tests {
         relay.sweep(12);
         assert!(!relay.permitted(a.ip(), 0), "swept");
         assert_eq!(relay.channel_of(b, 12), Some(0x4000));
+    }
+
+    #[tokio::test]
+    async fn a_live_allocation_is_never_replaced_in_the_table() {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let table = FastTable::new(Arc::clone(&udp)).expect("table");
+        let client: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let relay = |port: u16| {
+            Arc::new(FastRelay::new(
+                Arc::clone(&udp),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                CancellationToken::new(),
+                Arc::default(),
+                None,
+                client,
+                None,
+            ))
+        };
+        let (first, second) = (relay(1), relay(2));
+        assert!(table.add(Arc::clone(&first)));
+        assert!(!table.add(Arc::clone(&second)), "live: kept");
+        let route = |t: &FastTable| t.clients.load().get(&client).map(|r| r.relay_addr);
+        assert_eq!(route(&table), Some(first.relay_addr));
+        first.kill.cancel();
+        assert!(table.add(Arc::clone(&second)), "closed: replaced");
+        assert_eq!(route(&table), Some(second.relay_addr));
     }
 
     #[test]

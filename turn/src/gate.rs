@@ -50,6 +50,14 @@ pub(crate) fn stun_header(p: &[u8]) -> Option<(u16, u8)> {
     Some((method, class))
 }
 
+/// True for a first byte of 0x80 or more: neither STUN (0-3) nor
+/// ChannelData (64-79, RFC 7983). Such datagrams are dropped before the
+/// crate sees them: turn 0.17 ignores the top two bits of the message type
+/// (0x8003 would be an Allocate the gate never checked).
+pub(crate) fn not_turn(first: u8) -> bool {
+    first >= 0x80
+}
+
 /// Decodes an XOR-PEER-ADDRESS value (RFC 5389 §15.2): exactly 8 bytes for
 /// IPv4, 20 for IPv6, anything else is `None`.
 pub(crate) fn decode_xor_address(v: &[u8], transaction: &[u8; 12]) -> Option<SocketAddr> {
@@ -238,13 +246,9 @@ impl Gate {
             return Verdict::Pass;
         }
         if method == METHOD_ALLOCATE {
-            *lock(&self.ctx) = text_attr(&m, ATTR_USERNAME).map(|username| RequestCtx {
-                listener: self.listener,
-                client: src,
-                username,
-                transaction: m.transaction_id.0,
-                quota_refused: false,
-            });
+            // Only a verified Allocate (below) says who is allocating: an
+            // unverified one must not leave a stale context behind.
+            *lock(&self.ctx) = None;
         }
         if !m.contains(ATTR_MESSAGE_INTEGRITY) {
             return self.challenge(&m, 401, "Unauthorized");
@@ -256,6 +260,17 @@ impl Gate {
         let Some((username, key)) = self.verified_key(&m) else {
             return Verdict::Pass;
         };
+        if method == METHOD_ALLOCATE {
+            // The crate handles this request before reading the next one
+            // (and its relay generator takes the context).
+            *lock(&self.ctx) = Some(RequestCtx {
+                listener: self.listener,
+                client: src,
+                username: username.clone(),
+                transaction: m.transaction_id.0,
+                quota_refused: false,
+            });
+        }
         match method {
             METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND => {
                 for a in &m.attributes.0 {
@@ -400,12 +415,11 @@ impl Gate {
         }
         let ctx = {
             let mut slot = lock(&self.ctx);
-            let c = slot.as_mut()?;
+            let c = slot.as_ref()?;
             if !c.quota_refused || c.client != target || buf[8..20] != c.transaction {
                 return None;
             }
-            c.quota_refused = false;
-            c.clone()
+            slot.take()?
         };
         let mut m = Message {
             raw: buf.to_vec(),
@@ -438,6 +452,9 @@ impl Gate {
             let now = crate::fast::now_secs();
             while let Some((i, off, n, src)) = batch.next() {
                 let (b, out) = batch.parts(i);
+                if not_turn(b[off]) {
+                    continue;
+                }
                 let gather = Gather {
                     socket: &fast.udp,
                     out,
@@ -496,6 +513,9 @@ impl Conn for Gate {
         }
         loop {
             let (n, src) = self.inner.recv_from(buf).await?;
+            if buf[..n].first().copied().is_some_and(not_turn) {
+                continue;
+            }
             match self.inspect(&buf[..n], src) {
                 Verdict::Pass => return Ok((n, src)),
                 Verdict::Replace(b) if b.len() <= buf.len() => {

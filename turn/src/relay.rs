@@ -198,8 +198,13 @@ impl Registry {
     /// client through `table` (UDP listeners) and from other allocations
     /// (relay to relay), until it is released.
     fn add_fast(&self, id: u64, relay: Arc<FastRelay>, table: Option<Arc<FastTable>>) {
-        if let Some(t) = &table {
-            t.add(Arc::clone(&relay));
+        if let Some(t) = &table
+            && !t.add(Arc::clone(&relay))
+        {
+            // Cannot happen while the crate keeps one allocation per
+            // 5-tuple; the live one keeps its route.
+            tracing::warn!(client = %relay.client, relay = %relay.relay_addr,
+                "TURN allocation not on the fast path: its client already has one");
         }
         if let Some(e) = lock(&self.inner).entries.get_mut(&id) {
             e.table = table;
@@ -693,8 +698,9 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
         use_ipv4: bool,
         requested_port: u16,
     ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        // Taken: one verified Allocate request makes at most one allocation.
         let ctx = lock(&self.ctx)
-            .clone()
+            .take()
             .ok_or_else(|| turn::Error::Other("allocation without a request context".into()))?;
         let lease = match self.registry.reserve(&ctx) {
             Ok(l) => l,
@@ -702,9 +708,11 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
                 crate::stats::Counters::add(&self.counters.refused_quota, 1);
                 tracing::warn!(client = %ctx.client, username = %ctx.username, quota = %why,
                     "TURN allocation refused: quota reached");
-                if let Some(c) = lock(&self.ctx).as_mut() {
-                    c.quota_refused = true;
-                }
+                // Put back for the gate, which turns the crate's 508 into 486.
+                *lock(&self.ctx) = Some(RequestCtx {
+                    quota_refused: true,
+                    ..ctx
+                });
                 return Err(turn::Error::Other(format!("quota reached: {why}")));
             }
         };

@@ -262,3 +262,118 @@ async fn a_peer_address_that_does_not_decode_exactly_is_refused() {
     assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE, "unknown family: {r}");
     server.close().await;
 }
+
+/// Sets the top two bits of the message type already written: turn 0.17
+/// ignores them (0x8003 decodes as an Allocate request), RFC 7983 says the
+/// datagram is neither STUN nor ChannelData. Placed before the integrity,
+/// so the crate would verify it.
+struct TopBits;
+
+impl Setter for TopBits {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.raw[0] |= 0x80;
+        Ok(())
+    }
+}
+
+/// A request whose type has the top bits set never reaches the crate: it
+/// would skip the gate (quotas, LIFETIME cap, peer check) and, before the
+/// fix, make an allocation charged to whoever sent the last Allocate with
+/// a USERNAME — here another session's name from another address.
+#[tokio::test]
+async fn stun_types_with_the_top_bits_set_are_dropped() {
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("mallory");
+    dir.session_started("victim");
+    let udp = server.addr(Transport::Udp).expect("udp");
+    let victim = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    victim.connect(udp).await.expect("connect");
+    let attacker = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    attacker.connect(udp).await.expect("connect");
+
+    // 1. An unsigned Allocate naming the victim's session, from "its" address.
+    let r = exchange(
+        &victim,
+        vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+            Box::new(Username::new(
+                stun::attributes::ATTR_USERNAME,
+                "1:victim".into(),
+            )),
+        ],
+    )
+    .await;
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(&r).expect("error code");
+    assert_eq!(code.code.0, 401);
+    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+    nonce.get_from(&r).expect("nonce");
+
+    // 2. Allocate (0x8003), Refresh (0x8004) and CreatePermission (0x8008),
+    // properly signed with the attacker's own credential: no answer, no
+    // allocation.
+    let (user, pass) = credentials(SECRET, "mallory", Duration::from_secs(600));
+    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
+    for method in [
+        METHOD_ALLOCATE,
+        METHOD_REFRESH,
+        stun::message::METHOD_CREATE_PERMISSION,
+    ] {
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(TopBits),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+            Box::new(Username::new(stun::attributes::ATTR_USERNAME, user.clone())),
+            Box::new(Realm::new(stun::attributes::ATTR_REALM, REALM.into())),
+            Box::new(nonce.clone()),
+            Box::new(mi.clone()),
+        ])
+        .expect("build");
+        assert_eq!(m.raw[0] & 0xc0, 0x80);
+        attacker.send(&m.raw).await.expect("send");
+        let mut buf = [0u8; 1500];
+        let answer =
+            tokio::time::timeout(Duration::from_millis(500), attacker.recv(&mut buf)).await;
+        assert!(
+            answer.is_err(),
+            "method {method:?} with the top bits set was answered"
+        );
+    }
+    assert_eq!(server.allocation_count(), 0, "no allocation was made");
+
+    // The same Allocate without the top bits is the attacker's own.
+    let r = exchange(
+        &attacker,
+        vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+            Box::new(Username::new(stun::attributes::ATTR_USERNAME, user.clone())),
+            Box::new(Realm::new(stun::attributes::ATTR_REALM, REALM.into())),
+            Box::new(nonce.clone()),
+            Box::new(mi.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
+    // Charged to the attacker's session: the victim's end does not close it.
+    dir.session_ended("victim");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(server.allocation_count(), 1);
+    dir.session_ended("mallory");
+    wait_until("closed with its own session", || {
+        server.allocation_count() == 0
+    })
+    .await;
+    server.close().await;
+}
