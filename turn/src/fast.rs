@@ -136,6 +136,12 @@ impl FastRelay {
         });
     }
 
+    /// True when the crate would relay a packet from `peer` to the client:
+    /// a live channel or permission for it.
+    pub(crate) fn accepts(&self, peer: SocketAddr, now: u64) -> bool {
+        self.permitted(peer.ip(), now) || self.channel_of(peer, now).is_some()
+    }
+
     fn permitted(&self, ip: IpAddr, now: u64) -> bool {
         self.perms
             .load()
@@ -197,25 +203,45 @@ struct Pending {
 /// each before reading the next datagram, so a few are plenty).
 const PENDING_KEEP: usize = 32;
 
-/// The fast-path state of one UDP listening socket: its clients'
-/// allocations and the batch receiver.
+/// The fast-path state of one listener: its clients' allocations (with
+/// their channels and permissions) and, on a UDP listening socket, the
+/// batch receiver. A TCP/TLS listener's clients stay on the crate's path;
+/// their table only tells the relay which peers the crate will accept.
 #[derive(Debug)]
 pub(crate) struct FastTable {
-    pub(crate) udp: Arc<UdpSocket>,
+    pub(crate) udp: Option<UdpIo>,
     clients: ArcSwap<HashMap<SocketAddr, Arc<FastRelay>>>,
     pending: Mutex<std::collections::VecDeque<Pending>>,
+}
+
+/// A UDP listening socket and its batch receiver.
+#[derive(Debug)]
+pub(crate) struct UdpIo {
+    pub(crate) socket: Arc<UdpSocket>,
     pub(crate) batch: tokio::sync::Mutex<Batch>,
 }
 
 impl FastTable {
+    /// The table of UDP listening socket `udp`.
     pub(crate) fn new(udp: Arc<UdpSocket>) -> std::io::Result<Self> {
         let batch = Batch::new(&udp, LISTENER_BATCH)?;
         Ok(Self {
-            udp,
+            udp: Some(UdpIo {
+                socket: udp,
+                batch: tokio::sync::Mutex::new(batch),
+            }),
             clients: ArcSwap::default(),
             pending: Mutex::default(),
-            batch: tokio::sync::Mutex::new(batch),
         })
+    }
+
+    /// The table of a TCP/TLS listener.
+    pub(crate) fn stream() -> Self {
+        Self {
+            udp: None,
+            clients: ArcSwap::default(),
+            pending: Mutex::default(),
+        }
     }
 
     /// A new allocation of `relay.client` on this listener. Never replaces
@@ -811,10 +837,12 @@ impl FastPath<'_> {
 
     /// Sends `buf[off..off + len]`, received from `from`, to `relay`'s
     /// client as ChannelData (channel bound) or a Data indication
-    /// (permission only). `None`: no fast route (TCP client, or no channel
-    /// or permission: the crate decides); `Some(sent)` otherwise. A frame
-    /// for `gather`'s socket waits in its outbox (sent and counted by
-    /// [`Batch::flush`]).
+    /// (permission only). `Some(false)`: dropped, uncharged and uncounted
+    /// when the crate would drop it too (no channel or permission for
+    /// `from`, allocation closed); `None`: accepted but no fast route (a
+    /// TCP/TLS client: the crate's path carries it); `Some(sent)`
+    /// otherwise. A frame for `gather`'s socket waits in its outbox (sent
+    /// and counted by [`Batch::flush`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn to_client(
         &self,
@@ -826,10 +854,12 @@ impl FastPath<'_> {
         now: u64,
         gather: Option<Gather<'_>>,
     ) -> Option<bool> {
-        let reply = relay.reply.as_ref()?;
         if relay.kill.is_cancelled() {
-            return None;
+            return Some(false);
         }
+        let Some(reply) = relay.reply.as_ref() else {
+            return (!relay.accepts(from, now)).then_some(false);
+        };
         let (start, frame_len) = if let Some(number) = relay.channel_of(from, now) {
             let start = off.checked_sub(4)?;
             buf[start..start + 2].copy_from_slice(&number.to_be_bytes());
@@ -838,7 +868,7 @@ impl FastPath<'_> {
         } else if relay.permitted(from.ip(), now) {
             data_indication(buf, off, len, from, indication_transaction())?
         } else {
-            return None;
+            return Some(false); // the crate would drop it: nobody pays
         };
         if !relay.within_bandwidth(len) {
             return Some(false);

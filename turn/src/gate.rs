@@ -23,7 +23,7 @@ use stun::textattrs::TextAttribute;
 use webrtc_util::Conn;
 
 use crate::creds::Authenticator;
-use crate::fast::{FastPath, FastTable, Gather};
+use crate::fast::{FastPath, FastTable, Gather, UdpIo};
 use crate::peer::PeerPolicy;
 use crate::relay::{CtxSlot, RequestCtx, lock};
 
@@ -407,20 +407,22 @@ impl Gate {
         Verdict::Replace(out.raw)
     }
 
-    /// Turns the crate's 508 answer to a quota refusal into 486.
-    fn quota_answer(&self, buf: &[u8], target: SocketAddr) -> Option<Vec<u8>> {
+    /// The crate answers an Allocate: its request context ends here (so a
+    /// later request never finds it). Returns it when it is this answer's.
+    fn answered(&self, buf: &[u8], target: SocketAddr) -> Option<RequestCtx> {
         let (method, class) = stun_header(buf)?;
-        if method != METHOD_ALLOCATE || class != CLASS_ERROR {
+        if method != METHOD_ALLOCATE || !matches!(class, CLASS_SUCCESS | CLASS_ERROR) {
             return None;
         }
-        let ctx = {
-            let mut slot = lock(&self.ctx);
-            let c = slot.as_ref()?;
-            if !c.quota_refused || c.client != target || buf[8..20] != c.transaction {
-                return None;
-            }
-            slot.take()?
-        };
+        lock(&self.ctx).take_if(|c| c.client == target && buf[8..20] == c.transaction)
+    }
+
+    /// Turns the crate's 508 answer to a quota refusal into 486.
+    fn quota_answer(&self, buf: &[u8], ctx: Option<RequestCtx>) -> Option<Vec<u8>> {
+        let ctx = ctx.filter(|c| c.quota_refused)?;
+        if !matches!(stun_header(buf), Some((_, CLASS_ERROR))) {
+            return None;
+        }
         let mut m = Message {
             raw: buf.to_vec(),
             ..Default::default()
@@ -439,9 +441,10 @@ impl Gate {
     async fn recv_batched(
         &self,
         fast: &FastTable,
+        udp: &UdpIo,
         buf: &mut [u8],
     ) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let mut batch = fast.batch.lock().await;
+        let mut batch = udp.batch.lock().await;
         let mut batches = 0usize;
         let path = FastPath {
             registry: &self.registry,
@@ -456,7 +459,7 @@ impl Gate {
                     continue;
                 }
                 let gather = Gather {
-                    socket: &fast.udp,
+                    socket: &udp.socket,
                     out,
                     slot: i,
                 };
@@ -464,7 +467,7 @@ impl Gate {
                     continue;
                 }
                 // Frames relayed so far go out before the crate's turn.
-                batch.flush(&fast.udp, &self.counters);
+                batch.flush(&udp.socket, &self.counters);
                 let pkt = &batch.buf(i)[off..off + n];
                 match self.inspect(pkt, src) {
                     Verdict::Pass => {}
@@ -486,13 +489,13 @@ impl Gate {
                 buf[..n].copy_from_slice(&pkt[..n]);
                 return Ok((n, src));
             }
-            batch.flush(&fast.udp, &self.counters);
+            batch.flush(&udp.socket, &self.counters);
             batches += 1;
             if batches.is_multiple_of(crate::fast::YIELD_EVERY) {
                 // A busy listener lets the relay tasks on this worker run.
                 tokio::task::yield_now().await;
             }
-            batch.fill(&fast.udp).await?;
+            batch.fill(&udp.socket).await?;
         }
     }
 }
@@ -508,8 +511,10 @@ impl Conn for Gate {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        if let Some(fast) = &self.fast {
-            return self.recv_batched(fast, buf).await;
+        if let Some(fast) = &self.fast
+            && let Some(udp) = &fast.udp
+        {
+            return self.recv_batched(fast, udp, buf).await;
         }
         loop {
             let (n, src) = self.inner.recv_from(buf).await?;
@@ -551,7 +556,8 @@ impl Conn for Gate {
         {
             fast.confirmed(&buf[8..20], target);
         }
-        if let Some(b) = self.quota_answer(buf, target) {
+        let ctx = self.answered(buf, target);
+        if let Some(b) = self.quota_answer(buf, ctx) {
             self.inner.send_to(&b, target).await?;
             return Ok(buf.len());
         }

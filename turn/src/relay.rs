@@ -519,10 +519,11 @@ impl Conn for FilteredRelayConn {
                     .to_client(&self.fast, b, off, n, from, now, None)
                     .is_some()
                 {
+                    // Relayed, or dropped without charging the bucket (no
+                    // channel or permission: anyone could send those).
                     continue;
                 }
-                // Not for the fast path: the crate decides (it drops what
-                // no permission covers).
+                // A TCP/TLS client's accepted packet: the crate's path.
                 if self.fast.within_bandwidth(n) {
                     let n = n.min(buf.len());
                     buf[..n].copy_from_slice(&b[off..off + n]);
@@ -535,10 +536,14 @@ impl Conn for FilteredRelayConn {
                     return Err(webrtc_util::Error::ErrAlreadyClosed);
                 }
                 Some((pkt, from)) = local.recv() => {
-                    // Checked by the sending allocation (it aimed at us).
+                    // Checked by the sending allocation (it aimed at us);
+                    // without our client's channel or permission for it the
+                    // crate would drop it: dropped here, uncharged.
                     let n = pkt.len().min(buf.len());
                     buf[..n].copy_from_slice(&pkt[..n]);
-                    if self.fast.within_bandwidth(n) {
+                    if self.fast.accepts(from, crate::fast::now_secs())
+                        && self.fast.within_bandwidth(n)
+                    {
                         self.relayed(&self.counters.bytes_from_peers, n);
                         return Ok((n, from));
                     }
@@ -698,9 +703,11 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
         use_ipv4: bool,
         requested_port: u16,
     ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
-        // Taken: one verified Allocate request makes at most one allocation.
+        // Set by the gate for the verified Allocate being handled, cleared
+        // when the crate answers it (EVEN-PORT makes the crate call this
+        // more than once for one request).
         let ctx = lock(&self.ctx)
-            .take()
+            .clone()
             .ok_or_else(|| turn::Error::Other("allocation without a request context".into()))?;
         let lease = match self.registry.reserve(&ctx) {
             Ok(l) => l,
@@ -708,11 +715,10 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
                 crate::stats::Counters::add(&self.counters.refused_quota, 1);
                 tracing::warn!(client = %ctx.client, username = %ctx.username, quota = %why,
                     "TURN allocation refused: quota reached");
-                // Put back for the gate, which turns the crate's 508 into 486.
-                *lock(&self.ctx) = Some(RequestCtx {
-                    quota_refused: true,
-                    ..ctx
-                });
+                // For the gate, which turns the crate's 508 into 486.
+                if let Some(c) = lock(&self.ctx).as_mut() {
+                    c.quota_refused = true;
+                }
                 return Err(turn::Error::Other(format!("quota reached: {why}")));
             }
         };
@@ -743,7 +749,10 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
             Arc::clone(&lease.bytes),
             self.bandwidth.map(Bandwidth::new),
             ctx.client,
-            self.fast.as_ref().map(|t| Arc::clone(&t.udp)),
+            self.fast
+                .as_ref()
+                .and_then(|t| t.udp.as_ref())
+                .map(|u| Arc::clone(&u.socket)),
         ));
         self.registry
             .add_fast(lease.id, Arc::clone(&fast), self.fast.clone());

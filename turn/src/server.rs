@@ -279,7 +279,10 @@ impl TurnServer {
         }
 
         let nonces = Arc::new(NonceCache::default());
-        fast_tables.resize(listeners.len(), None);
+        // TCP/TLS listeners: tables of permissions only (see `FastTable`).
+        while fast_tables.len() < listeners.len() {
+            fast_tables.push(Some(Arc::new(crate::fast::FastTable::stream())));
+        }
         let sweep_tables: Vec<_> = fast_tables.iter().flatten().cloned().collect();
         let conn_configs = listeners
             .into_iter()

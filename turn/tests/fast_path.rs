@@ -269,3 +269,58 @@ async fn a_second_server_on_the_same_port_is_refused() {
     );
     first.close().await;
 }
+
+/// Junk from a host the client never permitted must not cost the
+/// allocation anything: the crate drops it, so it is dropped before the
+/// bandwidth bucket and the byte counters (otherwise anyone who knows a
+/// relayed address could starve its traffic). UDP (fast path) and TCP
+/// (the crate's path) clients alike.
+#[tokio::test]
+async fn a_stranger_cannot_drain_the_bandwidth_bucket() {
+    for tcp in [false, true] {
+        let mut cfg = loopback_config();
+        cfg.max_bandwidth_per_allocation = Some(1000); // 1 kB/s, 16 KiB burst
+        let (server, dir) = start(cfg).await;
+        dir.session_started("gil");
+        let (user, pass) = credentials(SECRET, "gil", Duration::from_secs(600));
+        let client = if tcp {
+            tcp_client(server.addr(Transport::Tcp).expect("tcp"), &user, &pass).await
+        } else {
+            udp_client(server.addr(Transport::Udp).expect("udp"), &user, &pass).await
+        };
+        let relay = within("allocate", client.allocate())
+            .await
+            .expect("allocate");
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+        relay_round_trip(&relay, &peer, 1).await; // permission and channel
+        let relayed = relay.local_addr().expect("relayed");
+        let before = server.stats();
+        // 40 kB of junk from a host without permission (127.0.0.2).
+        let stranger = UdpSocket::bind("127.0.0.2:0").await.expect("stranger");
+        for _ in 0..40 {
+            stranger.send_to(&[9u8; 1000], relayed).await.expect("junk");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            server.stats().bytes_from_peers,
+            before.bytes_from_peers,
+            "junk is not counted (tcp: {tcp})"
+        );
+        // The permitted peer's 10 kB still fit in the burst.
+        let mut buf = [0u8; 1500];
+        let mut got = 0;
+        for _ in 0..10 {
+            peer.send_to(&[1u8; 1000], relayed).await.expect("send");
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(500), relay.recv_from(&mut buf)).await
+            {
+                assert_eq!(&buf[..n], &[1u8; 1000][..], "only the peer's packets");
+                got += 1;
+            }
+        }
+        assert_eq!(got, 10, "the peer's packets all passed (tcp: {tcp})");
+        drop(relay);
+        client.close().await.expect("close");
+        server.close().await;
+    }
+}
