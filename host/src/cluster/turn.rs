@@ -10,15 +10,14 @@ impl Cluster {
         let Ok(text) = std::str::from_utf8(payload) else {
             return;
         };
-        let (sign, rest) = text.split_at(text.len().min(1));
-        let Some((host, session)) = rest.split_once(' ') else {
+        let Some((sign, host, session)) = parse_turn_message(text) else {
             return;
         };
         if host == &*self.id {
             return;
         }
         match sign {
-            "!" => {
+            '!' => {
                 // A host leaving: from now on nothing it sends counts.
                 let gone: Arc<str> = Arc::from(host);
                 if self.dead.lock().insert(gone.clone(), u64::MAX).is_none() {
@@ -26,11 +25,11 @@ impl Cluster {
                     tokio::spawn(async move { this.bury(&hub, gone, u64::MAX).await });
                 }
             }
-            "+" => {
+            '+' => {
                 hub.ice.session_seen(session);
                 self.turn_remote.lock().insert(session.to_string());
             }
-            "-" if self.turn_remote.lock().remove(session) => {
+            '-' if self.turn_remote.lock().remove(session) => {
                 hub.ice.session_ended(session);
             }
             _ => {}
@@ -63,5 +62,29 @@ impl Cluster {
         }
         *known = live;
         Ok(())
+    }
+}
+
+/// `SIGN HOST SESSION` → its parts. The payload comes from another host
+/// through Redis: anything malformed (a multi-byte first character
+/// included) is `None`, never a panic that would end the subscriber.
+fn parse_turn_message(text: &str) -> Option<(char, &str, &str)> {
+    let sign = text.chars().next()?;
+    let (host, session) = text[sign.len_utf8()..].split_once(' ')?;
+    Some((sign, host, session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_turn_message;
+
+    #[test]
+    fn malformed_turn_messages_are_ignored_not_a_panic() {
+        assert_eq!(parse_turn_message("+h1 s1"), Some(('+', "h1", "s1")));
+        assert_eq!(parse_turn_message("!h1 "), Some(('!', "h1", "")));
+        assert_eq!(parse_turn_message("éh1 s1"), Some(('é', "h1", "s1")));
+        assert_eq!(parse_turn_message("é"), None);
+        assert_eq!(parse_turn_message(""), None);
+        assert_eq!(parse_turn_message("+nospace"), None);
     }
 }
