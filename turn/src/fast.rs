@@ -41,6 +41,13 @@ const PERMISSION_SECS: u64 = 299;
 /// Channel lifetime of the `turn` crate (600 s), minus one second.
 const CHANNEL_SECS: u64 = 599;
 
+/// Permissions (peer IPs) and channels one allocation may hold: the gate
+/// answers 508 Insufficient Capacity beyond. Bounds the copy each change
+/// of these copy-on-write maps makes (a WebRTC call needs a few per
+/// remote participant).
+pub(crate) const MAX_PERMISSIONS: usize = 256;
+pub(crate) const MAX_CHANNELS: usize = 256;
+
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 const SEND_INDICATION: [u8; 2] = [0x00, 0x16];
 const DATA_INDICATION: [u8; 2] = [0x00, 0x17];
@@ -113,17 +120,37 @@ impl FastRelay {
         self.bandwidth.as_ref().is_none_or(|b| b.take(n))
     }
 
+    /// True when a permission for `peer` (and channel `channel`) fits in
+    /// [`MAX_PERMISSIONS`] / [`MAX_CHANNELS`]: a refresh always does.
+    fn has_room(&self, peer: SocketAddr, channel: Option<u16>, now: u64) -> bool {
+        let perms = self.perms.load();
+        let perm_ok = perms.get(&canonical(peer.ip())).is_some_and(|u| *u > now)
+            || perms.values().filter(|u| **u > now).count() < MAX_PERMISSIONS;
+        let channel_ok = channel.is_none_or(|n| {
+            let channels = self.channels.load();
+            channels.get(&n).is_some_and(|c| c.until > now)
+                || channels.values().filter(|c| c.until > now).count() < MAX_CHANNELS
+        });
+        perm_ok && channel_ok
+    }
+
     fn permit(&self, ip: IpAddr, until: u64) {
         let ip = canonical(ip);
         self.perms.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.insert(ip, until);
+            if m.len() < MAX_PERMISSIONS || m.contains_key(&ip) {
+                m.insert(ip, until);
+            }
             m
         });
     }
 
     fn bind(&self, number: u16, peer: SocketAddr, until: u64) {
         let peer = canonical_addr(peer);
+        if self.channels.load().len() >= MAX_CHANNELS && !self.channels.load().contains_key(&number)
+        {
+            return;
+        }
         self.channels.rcu(|m| {
             let mut m = HashMap::clone(m);
             m.insert(number, Channel { peer, until });
@@ -271,6 +298,20 @@ impl FastTable {
             }
             m
         });
+    }
+
+    /// True when `client`'s allocation (if any) has room for a permission
+    /// for `peer` and channel `channel` (see [`MAX_PERMISSIONS`]).
+    pub(crate) fn has_room(
+        &self,
+        client: SocketAddr,
+        peer: SocketAddr,
+        channel: Option<u16>,
+    ) -> bool {
+        self.clients
+            .load()
+            .get(&client)
+            .is_none_or(|r| r.has_room(peer, channel, now_secs()))
     }
 
     /// Remembers a verified CreatePermission (`channel` None) or

@@ -4,7 +4,8 @@
 //! answers 403 to CreatePermission/ChannelBind for forbidden peers, caps
 //! the LIFETIME of Allocate/Refresh at the configured maximum (re-signing
 //! the request with the client's key), and turns the crate's 508 answer to
-//! a quota refusal into 486 Allocation Quota Reached.
+//! a quota refusal into 486 Allocation Quota Reached. It answers 508 to a
+//! permission or channel beyond the per-allocation cap.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -296,6 +297,14 @@ impl Gate {
                         };
                     }
                 }
+                if !self.has_room(&m, method, src) {
+                    tracing::info!(client = %src, %username,
+                        "TURN permission refused: too many permissions or channels");
+                    return match build_error(&m, 508, "Insufficient Capacity", Some(&key)) {
+                        Some(b) => Verdict::Answer(b),
+                        None => Verdict::Answer(Vec::new()),
+                    };
+                }
                 self.expect_answer(&m, method, src);
                 Verdict::Pass
             }
@@ -303,25 +312,41 @@ impl Gate {
         }
     }
 
+    /// The peer (first XOR-PEER-ADDRESS) and channel number of a verified
+    /// CreatePermission/ChannelBind; `None` when there is none to take.
+    fn peer_and_channel(m: &Message, method: u16) -> Option<(SocketAddr, Option<u16>)> {
+        let peer = m
+            .get(ATTR_XOR_PEER_ADDRESS)
+            .ok()
+            .and_then(|v| decode_xor_address(&v, &m.transaction_id.0))?;
+        let channel = if method == METHOD_CHANNEL_BIND {
+            match m.get(ATTR_CHANNEL_NUMBER) {
+                Ok(v) if v.len() >= 2 => Some(u16::from_be_bytes([v[0], v[1]])),
+                _ => return None,
+            }
+        } else {
+            None
+        };
+        Some((peer, channel))
+    }
+
+    /// False when the client's allocation holds as many permissions (or
+    /// channels) as it may and this request would add one.
+    fn has_room(&self, m: &Message, method: u16, src: SocketAddr) -> bool {
+        let (Some(fast), Some((peer, channel))) = (&self.fast, Self::peer_and_channel(m, method))
+        else {
+            return true;
+        };
+        fast.has_room(src, peer, channel)
+    }
+
     /// Remembers a verified CreatePermission/ChannelBind so that the fast
     /// path installs it once the crate says yes. Like turn 0.17, only the
     /// first XOR-PEER-ADDRESS counts.
     fn expect_answer(&self, m: &Message, method: u16, src: SocketAddr) {
         let Some(fast) = &self.fast else { return };
-        let Some(peer) = m
-            .get(ATTR_XOR_PEER_ADDRESS)
-            .ok()
-            .and_then(|v| decode_xor_address(&v, &m.transaction_id.0))
-        else {
+        let Some((peer, channel)) = Self::peer_and_channel(m, method) else {
             return;
-        };
-        let channel = if method == METHOD_CHANNEL_BIND {
-            match m.get(ATTR_CHANNEL_NUMBER) {
-                Ok(v) if v.len() >= 2 => Some(u16::from_be_bytes([v[0], v[1]])),
-                _ => return,
-            }
-        } else {
-            None
         };
         fast.expect(m.transaction_id.0, src, peer, channel);
     }

@@ -377,3 +377,123 @@ async fn stun_types_with_the_top_bits_set_are_dropped() {
     .await;
     server.close().await;
 }
+
+/// An allocation holds at most 256 permissions and 256 channels (each
+/// change copies its map): one more gets 508 Insufficient Capacity, a
+/// refresh of one it holds still succeeds.
+#[tokio::test]
+async fn permissions_and_channels_are_capped_per_allocation() {
+    use stun::message::{METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION};
+    use turn::proto::channum::ChannelNumber;
+    use turn::proto::peeraddr::PeerAddress;
+
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("kim");
+    let (user, pass) = credentials(SECRET, "kim", Duration::from_secs(600));
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.connect(server.addr(Transport::Udp).expect("udp"))
+        .await
+        .expect("connect");
+    let r = exchange(
+        &sock,
+        vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ],
+    )
+    .await;
+    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+    nonce.get_from(&r).expect("nonce");
+    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
+    let signed = |method, extra: Vec<Box<dyn Setter>>| -> Vec<Box<dyn Setter>> {
+        let mut s: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ];
+        s.extend(extra);
+        s.push(Box::new(Username::new(
+            stun::attributes::ATTR_USERNAME,
+            user.clone(),
+        )));
+        s.push(Box::new(Realm::new(
+            stun::attributes::ATTR_REALM,
+            REALM.into(),
+        )));
+        s.push(Box::new(nonce.clone()));
+        s.push(Box::new(mi.clone()));
+        s
+    };
+    let r = exchange(&sock, signed(METHOD_ALLOCATE, vec![])).await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
+    let peer = |i: u32, port: u16| PeerAddress {
+        ip: std::net::Ipv4Addr::from(0x7f00_0000 + 0x100 + i).into(),
+        port,
+    };
+    let code_of = |r: &Message| {
+        let mut code = ErrorCodeAttribute::default();
+        code.get_from(r).ok().map(|()| code.code.0)
+    };
+    for i in 0..256 {
+        let r = exchange(
+            &sock,
+            signed(METHOD_CREATE_PERMISSION, vec![Box::new(peer(i, 9))]),
+        )
+        .await;
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "permission {i}: {r}");
+    }
+    let r = exchange(
+        &sock,
+        signed(METHOD_CREATE_PERMISSION, vec![Box::new(peer(256, 9))]),
+    )
+    .await;
+    assert_eq!(code_of(&r), Some(508), "permission 257: {r}");
+    mi.check(&mut r.clone()).expect("signed answer");
+    let r = exchange(
+        &sock,
+        signed(METHOD_CREATE_PERMISSION, vec![Box::new(peer(7, 9))]),
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "a refresh: {r}");
+    // A channel to a peer without a permission needs one more: refused.
+    let r = exchange(
+        &sock,
+        signed(
+            METHOD_CHANNEL_BIND,
+            vec![Box::new(peer(300, 9)), Box::new(ChannelNumber(0x4000))],
+        ),
+    )
+    .await;
+    assert_eq!(code_of(&r), Some(508), "channel to a 257th peer: {r}");
+
+    // Channels: 256 to ports of permitted peers, then no more.
+    for i in 0..256u16 {
+        let r = exchange(
+            &sock,
+            signed(
+                METHOD_CHANNEL_BIND,
+                vec![
+                    Box::new(peer(0, 1000 + i)),
+                    Box::new(ChannelNumber(0x4000 + i)),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "channel {i}: {r}");
+    }
+    let r = exchange(
+        &sock,
+        signed(
+            METHOD_CHANNEL_BIND,
+            vec![Box::new(peer(0, 2000)), Box::new(ChannelNumber(0x4100))],
+        ),
+    )
+    .await;
+    assert_eq!(code_of(&r), Some(508), "channel 257: {r}");
+    server.close().await;
+}
