@@ -324,6 +324,9 @@ impl FastTable {
         channel: Option<u16>,
     ) {
         let mut g = lock(&self.pending);
+        // A retransmission (or a reuse) of the transaction replaces it: the
+        // crate answers the last one it read.
+        g.retain(|p| !(p.transaction == transaction && p.client == client));
         g.push_back(Pending {
             transaction,
             client,
@@ -333,6 +336,12 @@ impl FastTable {
         while g.len() > PENDING_KEEP {
             g.pop_front();
         }
+    }
+
+    /// The crate refused transaction `transaction` of `client`: forgets it
+    /// (a later success of the same id must not install it).
+    pub(crate) fn refused(&self, transaction: &[u8], client: SocketAddr) {
+        lock(&self.pending).retain(|p| !(p.transaction == transaction && p.client == client));
     }
 
     /// The crate answered transaction `transaction` of `client` with

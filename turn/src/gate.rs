@@ -571,15 +571,13 @@ impl Conn for Gate {
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         self.learn_nonce(buf);
         if let Some(fast) = &self.fast
-            && matches!(
-                stun_header(buf),
-                Some((
-                    METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND,
-                    CLASS_SUCCESS
-                ))
-            )
+            && let Some((METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND, class)) = stun_header(buf)
         {
-            fast.confirmed(&buf[8..20], target);
+            match class {
+                CLASS_SUCCESS => fast.confirmed(&buf[8..20], target),
+                CLASS_ERROR => fast.refused(&buf[8..20], target),
+                _ => {}
+            }
         }
         let ctx = self.answered(buf, target);
         if let Some(b) = self.quota_answer(buf, ctx) {

@@ -497,3 +497,96 @@ async fn permissions_and_channels_are_capped_per_allocation() {
     assert_eq!(code_of(&r), Some(508), "channel 257: {r}");
     server.close().await;
 }
+
+/// A refused ChannelBind leaves nothing behind: when the same transaction
+/// id is then granted for another peer, the fast path installs what the
+/// crate granted (channel 0x4000 to A), not the refused request (to B).
+#[tokio::test]
+async fn a_refused_request_is_not_installed_by_a_later_success() {
+    use stun::message::METHOD_CHANNEL_BIND;
+    use turn::proto::channum::ChannelNumber;
+    use turn::proto::peeraddr::PeerAddress;
+
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("lou");
+    let (user, pass) = credentials(SECRET, "lou", Duration::from_secs(600));
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.connect(server.addr(Transport::Udp).expect("udp"))
+        .await
+        .expect("connect");
+    let r = exchange(
+        &sock,
+        vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ],
+    )
+    .await;
+    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+    nonce.get_from(&r).expect("nonce");
+    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
+    let signed = |method, id: TransactionId, extra: Vec<Box<dyn Setter>>| {
+        let mut s: Vec<Box<dyn Setter>> = vec![
+            Box::new(id),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ];
+        s.extend(extra);
+        s.push(Box::new(Username::new(
+            stun::attributes::ATTR_USERNAME,
+            user.clone(),
+        )));
+        s.push(Box::new(Realm::new(
+            stun::attributes::ATTR_REALM,
+            REALM.into(),
+        )));
+        s.push(Box::new(nonce.clone()));
+        s.push(Box::new(mi.clone()));
+        s
+    };
+    let r = exchange(&sock, signed(METHOD_ALLOCATE, TransactionId::new(), vec![])).await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
+    let a = UdpSocket::bind("127.0.0.1:0").await.expect("peer a");
+    let b = UdpSocket::bind("127.0.0.3:0").await.expect("peer b");
+    let bind = |peer: &UdpSocket| -> Vec<Box<dyn Setter>> {
+        let addr = peer.local_addr().expect("addr");
+        vec![
+            Box::new(PeerAddress {
+                ip: addr.ip(),
+                port: addr.port(),
+            }),
+            Box::new(ChannelNumber(0x4000)),
+        ]
+    };
+    let r = exchange(
+        &sock,
+        signed(METHOD_CHANNEL_BIND, TransactionId::new(), bind(&a)),
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "bind to A: {r}");
+    // Same id: 0x4000 to B is refused (bound to A), then to A granted.
+    let id = TransactionId::new();
+    let r = exchange(&sock, signed(METHOD_CHANNEL_BIND, id, bind(&b))).await;
+    assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE, "rebind to B: {r}");
+    let r = exchange(&sock, signed(METHOD_CHANNEL_BIND, id, bind(&a))).await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "refresh to A: {r}");
+
+    let before = server.stats().fast_packets_to_peers;
+    sock.send(&[0x40, 0x00, 0x00, 0x04, b'd', b'a', b't', b'a'])
+        .await
+        .expect("channel data");
+    let mut buf = [0u8; 64];
+    let (n, _) = within("A receives", a.recv_from(&mut buf))
+        .await
+        .expect("recv");
+    assert_eq!(&buf[..n], b"data");
+    assert_eq!(server.stats().fast_packets_to_peers, before + 1);
+    let at_b = tokio::time::timeout(Duration::from_millis(300), b.recv_from(&mut buf)).await;
+    assert!(at_b.is_err(), "nothing reaches B");
+    server.close().await;
+}
