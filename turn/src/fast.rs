@@ -667,10 +667,12 @@ fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
 
 /// Undoes what quinn-udp turns on that this data path does not want: GRO
 /// (coalesced datagrams would need 64 KiB per slot, and TURN traffic is
-/// small mixed packets), the per-datagram destination-address and TOS
-/// control messages (nothing here reads them; they cost the kernel work per
-/// packet), and "probe" path-MTU discovery (back to the kernel's default,
-/// as on the other sockets of this server). Best effort: a socket that
+/// small mixed packets), the per-datagram destination-address, TOS and
+/// receive-timestamp control messages (nothing here reads them; they cost
+/// the kernel work per packet), "probe" path-MTU discovery and IPv6
+/// "don't fragment" (back to the kernel's defaults, as on the other
+/// sockets of this server: a relayed datagram above the path MTU is
+/// fragmented, not dropped with EMSGSIZE). Best effort: a socket that
 /// keeps them still works.
 fn restore_socket_defaults(socket: &UdpSocket) {
     #[cfg(target_os = "linux")]
@@ -690,6 +692,7 @@ fn restore_socket_defaults(socket: &UdpSocket) {
             }
         };
         set(libc::SOL_UDP, libc::UDP_GRO, 0);
+        set(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 0);
         set(libc::IPPROTO_IP, libc::IP_PKTINFO, 0);
         set(libc::IPPROTO_IP, libc::IP_RECVTOS, 0);
         set(
@@ -700,6 +703,7 @@ fn restore_socket_defaults(socket: &UdpSocket) {
         if socket.local_addr().is_ok_and(|a| a.is_ipv6()) {
             set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 0);
             set(libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 0);
+            set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
             set(
                 libc::IPPROTO_IPV6,
                 libc::IPV6_MTU_DISCOVER,
@@ -1034,6 +1038,57 @@ mod tests {
         first.kill.cancel();
         assert!(table.add(Arc::clone(&second)), "closed: replaced");
         assert_eq!(route(&table), Some(second.relay_addr));
+    }
+
+    /// What quinn-udp turns on is off again once a batch receiver is set
+    /// up (IPv4 and IPv6 sockets).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn batch_sockets_keep_the_kernel_defaults() {
+        use std::os::fd::AsRawFd;
+        let get = |s: &UdpSocket, level: libc::c_int, name: libc::c_int| {
+            let mut v: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid descriptor, a c_int and its size.
+            let r = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    level,
+                    name,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0, "getsockopt({level}, {name})");
+            v
+        };
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let s = UdpSocket::bind(addr).await.expect("bind");
+            let _batch = Batch::new(&s, RELAY_BATCH).expect("batch");
+            assert_eq!(get(&s, libc::SOL_UDP, libc::UDP_GRO), 0, "{addr} GRO");
+            assert_eq!(
+                get(&s, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS),
+                0,
+                "{addr} SO_TIMESTAMPNS"
+            );
+            assert_eq!(
+                get(&s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+                libc::IP_PMTUDISC_WANT,
+                "{addr} IP_MTU_DISCOVER"
+            );
+            if addr.starts_with('[') {
+                assert_eq!(
+                    get(&s, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG),
+                    0,
+                    "{addr} IPV6_DONTFRAG"
+                );
+                assert_eq!(
+                    get(&s, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+                    libc::IPV6_PMTUDISC_WANT,
+                    "{addr} IPV6_MTU_DISCOVER"
+                );
+            }
+        }
     }
 
     #[test]
