@@ -441,7 +441,7 @@ impl Cluster {
             Msg::Owner { s, room, name } => {
                 let owner: Arc<str> = Arc::from(src);
                 match hub.registry.session_key(&s) {
-                    Some(id) if !self.is_proxy(&id) => {
+                    Some(id) if !self.is_proxy(&id) && self.owner_fits(hub, &id, &room) => {
                         let route = Route {
                             room: Arc::from(room),
                             owner: owner.clone(),
@@ -451,8 +451,11 @@ impl Cluster {
                         // Told when the session ends.
                         self.touched.lock().entry(id).or_default().insert(owner);
                     }
-                    // It ended meanwhile: the new owner forgets it.
+                    // It ended meanwhile, or it is in another room now (the
+                    // owner put it back from a stale record or a Rejoin that
+                    // crossed its move): the owner drops it.
                     _ => {
+                        tracing::debug!(session = %s, %room, from = %owner, "cluster: a stale Owner message: the sender drops the session");
                         self.send(&owner, Msg::Gone { s });
                     }
                 }
@@ -467,6 +470,17 @@ impl Cluster {
                     h.deliver(Outbound::Close(code, Utf8Bytes::from(reason)));
                 }
             }
+        }
+    }
+
+    /// Whether another host may take `id` as a member of `room`
+    /// (`Msg::Owner`): its route names that room (the owner changed), or it
+    /// is in no room at all. A session that moved on since is not pulled
+    /// back into a room it left.
+    fn owner_fits(&self, hub: &Hub, id: &str, room: &str) -> bool {
+        match self.routes.lock().get(id) {
+            Some(r) => *r.room == *room,
+            None => hub.registry.room_of(id).is_none(),
         }
     }
 
@@ -723,6 +737,90 @@ mod tests {
         assert_eq!(deliver(&c, "x"), Sent::Dropped);
         assert_eq!(c.out_bytes.load(Ordering::SeqCst), 0, "nothing queued");
         assert_eq!(close(&c), Sent::Queued);
+    }
+
+    fn route(room: &str, owner: &str) -> Route {
+        Route {
+            room: Arc::from(room),
+            owner: Arc::from(owner),
+            username: Arc::from("alice"),
+        }
+    }
+
+    /// `Msg::Owner { a1, R }` from host `x`, as `c` receives it.
+    fn owner_msg(c: &Arc<Cluster>, hub: &Arc<Hub>, room: &str) {
+        let envelope = Envelope {
+            src: "x".into(),
+            e: 1,
+            msg: Msg::Owner {
+                s: "a1".into(),
+                room: room.into(),
+                name: "alice".into(),
+            },
+        };
+        c.on_message(hub, serde_json::to_string(&envelope).unwrap().as_bytes());
+    }
+
+    /// What `c` queued for other hosts: (channel, message).
+    fn sent(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<(String, Msg)> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+            out.push((m.channel, envelope.msg));
+        }
+        out
+    }
+
+    #[test]
+    fn a_stale_owner_message_never_moves_a_session_back_into_a_room_it_left() {
+        let harness = crate::harness::PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in_runtime = runtime.enter();
+        let c = reachable();
+        let mut out = c.out_rx.lock().take().unwrap();
+        let (handle, _rx) = SessionHandle::new(&hub.limits.send);
+        hub.registry.register(
+            Arc::from("a1"),
+            handle,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+        );
+        let gone = || (store::host_channel("x"), Msg::Gone { s: "a1".into() });
+
+        // a1 moved from R to T (owned by c): x put it back into R from a
+        // stale record. Its route stays; x is told to drop it.
+        c.routes.lock().insert(Arc::from("a1"), route("T", "c"));
+        owner_msg(&c, &hub, "R");
+        let r = c.routes.lock().get("a1").cloned().unwrap();
+        assert_eq!((&*r.room, &*r.owner), ("T", "c"), "route replaced");
+        assert_eq!(sent(&mut out), vec![gone()]);
+
+        // a1 is in a room of this host now: the same.
+        c.routes.lock().clear();
+        assert!(hub.registry.restore("a1", "L", "alice"));
+        owner_msg(&c, &hub, "R");
+        assert!(c.routes.lock().get("a1").is_none(), "routed away from L");
+        assert_eq!(sent(&mut out), vec![gone()]);
+        hub.registry.leave("a1");
+
+        // R changed owner (d died, x took it over): a1 follows it.
+        c.routes.lock().insert(Arc::from("a1"), route("R", "d"));
+        owner_msg(&c, &hub, "R");
+        let r = c.routes.lock().get("a1").cloned().unwrap();
+        assert_eq!((&*r.room, &*r.owner), ("R", "x"));
+        assert!(sent(&mut out).is_empty());
+
+        // In no room anywhere: taken as a member of R.
+        c.routes.lock().clear();
+        owner_msg(&c, &hub, "R");
+        assert_eq!(
+            c.routes.lock().get("a1").map(|r| r.room.clone()),
+            Some(Arc::from("R"))
+        );
+        assert!(sent(&mut out).is_empty());
     }
 
     #[tokio::test]
