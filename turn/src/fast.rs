@@ -134,7 +134,7 @@ impl FastRelay {
         perm_ok && channel_ok
     }
 
-    fn permit(&self, ip: IpAddr, until: u64) {
+    pub(crate) fn permit(&self, ip: IpAddr, until: u64) {
         let ip = canonical(ip);
         self.perms.rcu(|m| {
             let mut m = HashMap::clone(m);
@@ -448,8 +448,10 @@ impl FastTable {
 /// socket does not hold a worker thread for long and delay the others.
 pub(crate) const YIELD_EVERY: usize = 8;
 
-/// Datagrams read per system call on a listener and on a relay socket.
+/// Datagrams read per system call on a listener and on a relay socket
+/// (at most 64: [`send_many`] reports in a `u64`).
 const LISTENER_BATCH: usize = 32;
+const _: () = assert!(LISTENER_BATCH <= 64);
 pub(crate) const RELAY_BATCH: usize = 8;
 
 /// Buffers for one socket's batched receives (`recvmmsg` through
@@ -547,7 +549,12 @@ impl Batch {
             return;
         }
         let sent = send_many(socket, &self.bufs, &self.out);
-        for o in &self.out[..sent] {
+        for (_, o) in self
+            .out
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| sent & (1 << k) != 0)
+        {
             Counters::add(&counters.bytes_from_peers, o.payload as u64);
             Counters::add(&counters.fast_packets_from_peers, 1);
             o.relay.bytes.fetch_add(o.payload as u64, Ordering::Relaxed);
@@ -595,11 +602,11 @@ impl Batch {
 }
 
 /// Sends `out` (at most [`LISTENER_BATCH`] frames) with `sendmmsg`;
-/// returns how many of the first ones went out (a frame the kernel refuses
-/// on its own, e.g. an unreachable client, is skipped and counted as not
-/// sent only if it is the last).
+/// returns which went out (bit k: frame k). A frame the kernel refuses on
+/// its own (e.g. a pending ICMP error) is skipped and not counted; a full
+/// socket buffer drops the rest.
 #[cfg(target_os = "linux")]
-fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
+fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> u64 {
     use std::os::fd::AsRawFd;
     let n = out.len().min(LISTENER_BATCH);
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -623,7 +630,7 @@ fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
         hdrs[k].msg_hdr.msg_iov = &mut iovs[k];
         hdrs[k].msg_hdr.msg_iovlen = 1;
     }
-    let (mut done, mut sent) = (0, 0);
+    let (mut done, mut sent) = (0, 0u64);
     while done < n {
         // SAFETY: hdrs[done..n] point at addresses and buffers that live
         // (unchanged) until this function returns; the kernel only reads
@@ -637,8 +644,10 @@ fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
             )
         };
         if r > 0 {
+            for k in done..done + r as usize {
+                sent |= 1 << k;
+            }
             done += r as usize;
-            sent = done;
             continue;
         }
         match std::io::Error::last_os_error().kind() {
@@ -652,14 +661,14 @@ fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> usize {
-    let mut sent = 0;
-    for (k, o) in out.iter().enumerate() {
+fn send_many(socket: &UdpSocket, bufs: &[Box<[u8]>], out: &[Out]) -> u64 {
+    let mut sent = 0u64;
+    for (k, o) in out.iter().take(LISTENER_BATCH).enumerate() {
         if socket
             .try_send_to(&bufs[o.slot][o.start..o.start + o.len], o.to)
             .is_ok()
         {
-            sent = k + 1;
+            sent |= 1 << k;
         }
     }
     sent
@@ -1088,6 +1097,54 @@ mod tests {
                     "{addr} IPV6_MTU_DISCOVER"
                 );
             }
+        }
+    }
+
+    /// A frame the kernel refuses in the middle of a `sendmmsg` batch is
+    /// not counted as sent; the ones after it are.
+    #[tokio::test]
+    async fn a_refused_frame_in_a_batch_is_not_counted() {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let to = client.local_addr().expect("addr");
+        let relay = Arc::new(FastRelay::new(
+            Arc::clone(&udp),
+            "127.0.0.1:1".parse().expect("addr"),
+            CancellationToken::new(),
+            Arc::default(),
+            None,
+            to,
+            Some(Arc::clone(&udp)),
+        ));
+        let mut batch = Batch::new(&udp, LISTENER_BATCH).expect("batch");
+        // The middle frame goes to an IPv6 address, which an IPv4 socket
+        // refuses.
+        let bad: SocketAddr = "[2001:db8::1]:9".parse().expect("addr");
+        for (slot, to) in [to, bad, to].into_iter().enumerate() {
+            batch.bufs[slot][HEADROOM..HEADROOM + 3].copy_from_slice(b"abc");
+            batch.out.push(Out {
+                slot,
+                start: HEADROOM,
+                len: 3,
+                to,
+                payload: 3,
+                relay: Arc::clone(&relay),
+            });
+        }
+        let counters = Counters::default();
+        batch.flush(&udp, &counters);
+        assert_eq!(counters.fast_packets_from_peers.load(Ordering::Relaxed), 2);
+        assert_eq!(relay.bytes.load(Ordering::Relaxed), 6);
+        let mut buf = [0u8; 16];
+        for _ in 0..2 {
+            let (n, _) = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                client.recv_from(&mut buf),
+            )
+            .await
+            .expect("in time")
+            .expect("recv");
+            assert_eq!(&buf[..n], b"abc");
         }
     }
 

@@ -507,8 +507,16 @@ impl Conn for FilteredRelayConn {
             counters: &self.counters,
         };
         loop {
+            if self.lease.kill.is_cancelled() {
+                // Closed: what is left of the batch is dropped, not handed
+                // to the crate (which would send it to the client).
+                return Err(webrtc_util::Error::ErrAlreadyClosed);
+            }
             let now = crate::fast::now_secs();
             while let Some((i, off, n, from)) = batch.next() {
+                if self.lease.kill.is_cancelled() {
+                    return Err(webrtc_util::Error::ErrAlreadyClosed);
+                }
                 if check_peer(&self.policy, &self.lease.registry, from).is_err() {
                     tracing::debug!(relay = %self.fast.relay_addr, peer = %from,
                         "dropped a packet from a forbidden peer");
@@ -532,6 +540,7 @@ impl Conn for FilteredRelayConn {
                 }
             }
             tokio::select! {
+                biased;
                 _ = self.lease.kill.cancelled() => {
                     return Err(webrtc_util::Error::ErrAlreadyClosed);
                 }
@@ -781,6 +790,87 @@ mod tests {
             transaction: [0; 12],
             quota_refused: false,
         }
+    }
+
+    /// A relay conn as the generator makes it, for a TCP client (no fast
+    /// route: what it accepts goes to the crate), holding a permission for
+    /// 127.0.0.5; its relay is advertised on 127.0.0.1.
+    fn relay_conn(r: &Arc<Registry>) -> (FilteredRelayConn, SocketAddr) {
+        let lease = r.reserve(&ctx("1:a", "127.0.0.1:1")).expect("lease");
+        let socket = bind_udp("127.0.0.1:0".parse().expect("addr"), RELAY_RCVBUF).expect("bind");
+        let relay_addr = socket.local_addr().expect("addr");
+        let batch = Batch::new(&socket, crate::fast::RELAY_BATCH).expect("batch");
+        let local = r.bind_relay(lease.id, relay_addr);
+        let fast = Arc::new(FastRelay::new(
+            Arc::new(socket),
+            relay_addr,
+            lease.kill.clone(),
+            Arc::clone(&lease.bytes),
+            None,
+            "127.0.0.1:1".parse().expect("addr"),
+            None,
+        ));
+        fast.permit(
+            "127.0.0.5".parse().expect("ip"),
+            crate::fast::now_secs() + 100,
+        );
+        let conn = FilteredRelayConn {
+            fast,
+            policy: Arc::new(PeerPolicy {
+                allow_loopback: true,
+                ..PeerPolicy::default()
+            }),
+            lease,
+            counters: Arc::default(),
+            io: tokio::sync::Mutex::new((local, batch)),
+        };
+        (conn, relay_addr)
+    }
+
+    /// Once its allocation is killed, a relay hands the crate nothing more
+    /// (the crate would send it to the client without looking at the kill):
+    /// neither packets other allocations queued for it nor the rest of a
+    /// batch already read.
+    #[tokio::test]
+    async fn a_killed_relay_hands_nothing_more_to_the_crate() {
+        let r = Registry::new(
+            Limits {
+                per_session: 99,
+                per_ip: 99,
+                total: 99,
+            },
+            vec!["127.0.0.1".parse().expect("ip")],
+        );
+        let from: SocketAddr = "127.0.0.5:7".parse().expect("addr");
+        let mut buf = [0u8; 64];
+        // Queued in process (relay to relay); repeated, as an unbiased
+        // select would pick the queue half of the time.
+        for _ in 0..16 {
+            let (conn, relay_addr) = relay_conn(&r);
+            assert!(r.hand_over(relay_addr, b"queued", from));
+            conn.lease.kill.cancel();
+            let got = conn.recv_from(&mut buf).await;
+            assert!(
+                matches!(got, Err(webrtc_util::Error::ErrAlreadyClosed)),
+                "killed relay handed over {got:?}"
+            );
+        }
+        // The rest of a batch: three packets read at once, the first handed
+        // to the crate before the kill.
+        let (conn, relay_addr) = relay_conn(&r);
+        let peer = UdpSocket::bind("127.0.0.5:0").await.expect("peer");
+        for i in 0..3u8 {
+            peer.send_to(&[i], relay_addr).await.expect("send");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (n, _) = conn.recv_from(&mut buf).await.expect("first");
+        assert_eq!(&buf[..n], &[0]);
+        conn.lease.kill.cancel();
+        let got = conn.recv_from(&mut buf).await;
+        assert!(
+            matches!(got, Err(webrtc_util::Error::ErrAlreadyClosed)),
+            "killed relay handed over {got:?}"
+        );
     }
 
     #[test]
