@@ -282,7 +282,20 @@ impl Cluster {
     pub(super) async fn host_died(self: &Arc<Self>, hub: &Arc<Hub>, dead: Arc<str>, epoch: u64) {
         {
             let mut known = self.dead.lock();
-            if known.get(&dead).is_some_and(|e| *e >= epoch) {
+            if let Some(&buried) = known.get(&dead)
+                && buried >= epoch
+            {
+                drop(known);
+                // Already buried; a session of it put back since (by a
+                // message that crossed the burial) still ends.
+                for p in self
+                    .proxies
+                    .lock()
+                    .values()
+                    .filter(|p| p.edge == dead && p.epoch <= buried)
+                {
+                    let _ = p.inbox.send(Work::Gone);
+                }
                 return;
             }
             known.insert(dead.clone(), epoch);

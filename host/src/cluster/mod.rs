@@ -417,6 +417,12 @@ impl Cluster {
                 seen,
             } => {
                 tracing::debug!(session = %s, %edge, %room, from = %src, "cluster: asked to put a session back into its room");
+                if self.dead.lock().contains_key(edge.as_str()) {
+                    // Its host is gone (and buried here): put back, the
+                    // session would never leave.
+                    tracing::debug!(session = %s, %edge, "cluster: a Rejoin for a session of a dead host, dropped");
+                    return;
+                }
                 if *edge == *self.id {
                     self.rejoin_local(hub, &src, &s, &room, &name, seen);
                 } else {

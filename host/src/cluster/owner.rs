@@ -498,6 +498,57 @@ mod tests {
         });
     }
 
+    async fn ends(cluster: &Cluster, session: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.is_proxy(session) {
+            assert!(Instant::now() < deadline, "{session} lives on");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[test]
+    fn a_rejoin_for_a_session_of_a_dead_host_makes_no_member() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        runtime().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            cluster.dead.lock().insert(Arc::from("edge"), 1);
+            // Host x hands room R over to this host; one member's edge is
+            // dead (buried here already).
+            let envelope = Envelope {
+                src: "x".into(),
+                e: 1,
+                msg: Msg::Rejoin {
+                    s: "ghost".into(),
+                    edge: "edge".into(),
+                    room: "R".into(),
+                    name: "g".into(),
+                    seen: None,
+                },
+            };
+            let payload = serde_json::to_string(&envelope).unwrap();
+            cluster.on_message(&hub, payload.as_bytes());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!cluster.is_proxy("ghost"), "a proxy for a dead host");
+            assert!(hub.registry.members("R").is_empty(), "a ghost member");
+        });
+    }
+
+    #[test]
+    fn a_session_of_a_buried_host_put_back_since_ends_when_it_is_found_dead_again() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        runtime().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            cluster.host_died(&hub, Arc::from("edge"), 1).await;
+            // A message that crossed the burial made a proxy for it.
+            cluster.proxy(&hub, "late", "edge", 0);
+            cluster.host_died(&hub, Arc::from("edge"), 1).await;
+            ends(&cluster, "late").await;
+            assert!(hub.registry.session_key("late").is_none());
+        });
+    }
+
     #[test]
     fn a_frame_reaching_an_ending_proxy_is_handled_not_lost() {
         let harness = PolicyHarness::new(&[]).unwrap();
