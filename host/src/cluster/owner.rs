@@ -15,6 +15,18 @@ impl Cluster {
         epoch: u64,
     ) -> mpsc::UnboundedSender<Work> {
         let mut proxies = self.proxies.lock();
+        self.proxy_in(&mut proxies, hub, session, edge, epoch)
+    }
+
+    /// `proxy`, with the map already locked.
+    fn proxy_in(
+        self: &Arc<Self>,
+        proxies: &mut HashMap<SessionId, Proxy>,
+        hub: &Arc<Hub>,
+        session: &str,
+        edge: &str,
+        epoch: u64,
+    ) -> mpsc::UnboundedSender<Work> {
         if let Some(p) = proxies.get_mut(session) {
             p.epoch = p.epoch.max(epoch);
             return p.inbox.clone();
@@ -41,7 +53,6 @@ impl Cluster {
             handle.clone(),
             SocketAddr::from(([0, 0, 0, 0], 0)),
         );
-        drop(proxies);
         tokio::spawn(
             self.clone()
                 .pump(id.clone(), edge.clone(), rx, handle.kill.clone()),
@@ -228,21 +239,30 @@ impl Cluster {
             };
             dispatch::handle_disconnect(&hub, &sender).await;
         }
-        // Out of the map first, then closed: what was sent to this inbox
-        // meanwhile is handed to a new proxy, and nothing more can be.
-        {
-            let mut proxies = self.proxies.lock();
-            if proxies
-                .get(&*id)
-                .is_some_and(|p| p.inbox.same_channel(&inbox))
-            {
-                proxies.remove(&*id);
-            }
-        }
+        // Out of the map, closed, and what was sent to this inbox meanwhile
+        // handed to a new proxy (with this one's epoch), all under the
+        // map's lock: a message that comes later finds the new proxy with
+        // these queued before it, in the order they came.
+        let mut proxies = self.proxies.lock();
+        let epoch = match proxies.get(&*id) {
+            Some(p) if p.inbox.same_channel(&inbox) => proxies.remove(&*id).map_or(0, |p| p.epoch),
+            _ => 0,
+        };
         work.close();
+        let mut left = Vec::new();
         while let Ok(w) = work.try_recv() {
-            if matches!(w, Work::Frame { .. } | Work::Rejoin { .. }) {
-                self.to_proxy(&hub, &id, &edge, 0, w);
+            left.push(w);
+        }
+        // Only a frame or a Rejoin needs a session here; a lone Leave,
+        // Gone or Handed has nothing left to end.
+        if left
+            .iter()
+            .any(|w| matches!(w, Work::Frame { .. } | Work::Rejoin { .. }))
+        {
+            let next = self.proxy_in(&mut proxies, &hub, &id, &edge, epoch);
+            for w in left {
+                // (An inbox in the map is open: it closes only once out.)
+                let _ = next.send(w);
             }
         }
     }
@@ -546,6 +566,56 @@ mod tests {
             cluster.host_died(&hub, Arc::from("edge"), 1).await;
             ends(&cluster, "late").await;
             assert!(hub.registry.session_key("late").is_none());
+        });
+    }
+
+    fn single_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn rejoin(room: &str) -> Work {
+        Work::Rejoin {
+            room: room.into(),
+            name: "n".into(),
+            seen: None,
+        }
+    }
+
+    #[test]
+    fn an_ending_proxy_hands_on_an_end_after_a_rejoin() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        // One thread: all three are in the inbox before the worker runs.
+        single_thread().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let inbox = cluster.proxy(&hub, "s", "edge", 0);
+            inbox.send(Work::Gone).unwrap();
+            inbox.send(rejoin("R")).unwrap();
+            inbox.send(Work::Gone).unwrap();
+            ends(&cluster, "s").await;
+            assert!(hub.registry.members("R").is_empty(), "a ghost member");
+        });
+    }
+
+    #[test]
+    fn an_ending_proxy_hands_on_its_epoch() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        single_thread().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let inbox = cluster.proxy(&hub, "s", "edge", 2);
+            inbox.send(Work::Gone).unwrap();
+            inbox.send(rejoin("R")).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while hub.registry.members("R").is_empty() {
+                assert!(Instant::now() < deadline, "never put back");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let next = cluster.proxies.lock().get("s").map(|p| p.epoch);
+            assert_eq!(next, Some(2), "the new proxy forgot the edge's epoch");
         });
     }
 
