@@ -53,10 +53,13 @@ impl Cluster {
             handle.clone(),
             SocketAddr::from(([0, 0, 0, 0], 0)),
         );
-        tokio::spawn(
-            self.clone()
-                .pump(id.clone(), edge.clone(), rx, handle.kill.clone()),
-        );
+        tokio::spawn(self.clone().pump(
+            id.clone(),
+            edge.clone(),
+            rx,
+            handle.kill.clone(),
+            inbox.clone(),
+        ));
         tokio::spawn(self.clone().proxy_worker(
             hub.clone(),
             id,
@@ -105,18 +108,23 @@ impl Cluster {
     }
 
     /// Publishes what the owner queues for a proxy to its edge, in order.
+    /// When it gives up on a slow member, the edge is told to close it and
+    /// the proxy ends here too (`inbox`): the member leaves the room even
+    /// if that word is lost.
     pub(super) async fn pump(
         self: Arc<Self>,
         id: SessionId,
         edge: Arc<str>,
         mut rx: OutboundQueue,
         kill: CancellationToken,
+        inbox: mpsc::UnboundedSender<Work>,
     ) {
         loop {
             let next = tokio::select! {
                 biased;
                 _ = kill.cancelled() => {
                     self.close_slow(&edge, &id, "too slow: send queue full");
+                    let _ = inbox.send(Work::Gone);
                     return;
                 }
                 next = rx.recv() => next,
@@ -140,6 +148,7 @@ impl Cluster {
                 // queued: the member is closed as a slow one is, rather
                 // than silently missing it.
                 self.close_slow(&edge, &id, "too slow: the relay between hosts is full");
+                let _ = inbox.send(Work::Gone);
                 return;
             }
         }
@@ -616,6 +625,44 @@ mod tests {
             }
             let next = cluster.proxies.lock().get("s").map(|p| p.epoch);
             assert_eq!(next, Some(2), "the new proxy forgot the edge's epoch");
+        });
+    }
+
+    #[test]
+    fn a_remote_member_closed_as_too_slow_leaves_the_room() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        runtime().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            // Its send queue overflowed.
+            let inbox = cluster.proxy(&hub, "slow", "edge", 0);
+            inbox.send(rejoin("R")).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while hub.registry.members("R").is_empty() {
+                assert!(Instant::now() < deadline, "never put back");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            hub.registry.handle_of("slow").unwrap().kill.cancel();
+            ends(&cluster, "slow").await;
+            assert!(hub.registry.members("R").is_empty(), "still in the room");
+
+            // The relay to its edge is full.
+            cluster.healthy.store(true, Ordering::Relaxed);
+            cluster.subscribed.store(true, Ordering::Relaxed);
+            let inbox = cluster.proxy(&hub, "far", "edge", 0);
+            inbox.send(rejoin("R")).unwrap();
+            while hub.registry.members("R").is_empty() {
+                assert!(Instant::now() < deadline, "never put back");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cluster.out_bytes.store(OUT_BUDGET_BYTES, Ordering::SeqCst);
+            let frame = Utf8Bytes::from(r#"{"type":"x"}"#);
+            hub.registry
+                .handle_of("far")
+                .unwrap()
+                .deliver(Outbound::Frame(frame));
+            ends(&cluster, "far").await;
+            assert!(hub.registry.members("R").is_empty(), "still in the room");
         });
     }
 
