@@ -167,6 +167,39 @@ fn kill9(host: &Host) {
 }
 
 #[tokio::test]
+async fn a_takeover_leaves_the_lease_of_a_host_that_came_back() {
+    use host::cluster::store::Store;
+    let redis = Redis::start();
+    let store = Store::open(&redis.url()).unwrap();
+    let lease = Duration::from_secs(10);
+    let beat = Duration::from_secs(6);
+    let deadline = Instant::now() + SLOW;
+    // (The server takes a moment to listen.)
+    while store.heartbeat("d", 1, beat).await.is_err() {
+        assert!(Instant::now() < deadline, "redis-server never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.claim("r", "d", lease, "").await.unwrap(), "d");
+    // x declared d dead a moment ago, but d beats again (it was only slow,
+    // or cut off for a while): d keeps its room.
+    assert_eq!(store.claim("r", "x", lease, "d").await.unwrap(), "d");
+    // Once d's heartbeat is gone, x takes the room over.
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("webrtc-chat:alive:d")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(store.claim("r", "x", lease, "d").await.unwrap(), "x");
+    // Nobody else's lease is taken in d's name.
+    assert_eq!(store.claim("r", "y", lease, "d").await.unwrap(), "x");
+}
+
+#[tokio::test]
 async fn members_on_two_hosts_exchange_every_frame_type() {
     let redis = Redis::start();
     let hosts = cluster(&redis, 2, &[]).await;

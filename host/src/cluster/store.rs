@@ -39,14 +39,16 @@ fn members_key(room: &str) -> String {
 
 /// Sets the owner unless another live host holds the lease: returns the
 /// owner after the call. `ARGV[3]` names a host known dead whose lease may
-/// be taken over ("" for none).
+/// be taken over ("" for none), `KEYS[2]` its heartbeat: a host that beat
+/// again since it was declared dead keeps its lease.
 const CLAIM: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return v
 end
-if (not v) or v == ARGV[3] then
+if (not v) or (ARGV[3] ~= '' and v == ARGV[3]
+    and redis.call('EXISTS', KEYS[2]) == 0) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return ARGV[1]
 end
@@ -331,7 +333,10 @@ impl Store {
     pub async fn claim(&self, room: &str, me: &str, ttl: Duration, dead: &str) -> Result<String> {
         let mut con = self.con.clone();
         let mut inv = self.claim.key(owner_key(room));
-        inv.arg(me).arg(ttl.as_millis() as u64).arg(dead);
+        inv.key(alive_key(dead))
+            .arg(me)
+            .arg(ttl.as_millis() as u64)
+            .arg(dead);
         bounded(inv.invoke_async(&mut con)).await
     }
 
