@@ -29,6 +29,12 @@ impl Cluster {
             if hub.registry.room_exists(room) {
                 return false;
             }
+            if !self.reachable() {
+                // Redis is known to be down: refused now, not after a
+                // look-up that cannot answer.
+                unavailable(hub, sender);
+                return true;
+            }
             let found = if joining {
                 self.store
                     .claim(room, &self.id, LEASE_TTL, "")
@@ -206,6 +212,42 @@ mod tests {
             room: Some(room.into()),
             name: None,
         }
+    }
+
+    #[test]
+    fn a_login_elsewhere_while_redis_is_known_down_is_refused_without_asking_it() {
+        let harness = crate::harness::PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // A "Redis" that takes connections and never answers; this
+            // host's last heartbeat failed.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("redis://{}/0", listener.local_addr().unwrap());
+            let cluster = Cluster::new(&url).unwrap();
+            let id: SessionId = Arc::from("s1");
+            let (handle, mut rx) = SessionHandle::new(&hub.limits.send);
+            let sender = Sender {
+                id: &id,
+                handle: &handle,
+                host: "localhost",
+            };
+            for text in [
+                r#"{"type":"login","data":{"roomrequest":"elsewhere","username":"a"}}"#,
+                r#"{"type":"randomCheck","data":"elsewhere"}"#,
+            ] {
+                assert!(cluster.route(&hub, &sender, text).await, "{text}");
+                let Some(Outbound::Frame(f)) = rx.recv().await else {
+                    panic!("no answer to {text}");
+                };
+                assert!(f.as_str().contains(UNAVAILABLE), "{f}");
+            }
+            let asked = tokio::time::timeout(Duration::from_millis(100), listener.accept());
+            assert!(asked.await.is_err(), "Redis was asked");
+        });
     }
 
     #[tokio::test]
