@@ -147,10 +147,27 @@ impl Cluster {
             room = %room, %owner, members = members.len(),
             "cluster: another host holds the lease of a room this host serves: handing its members over"
         );
-        for (m, (_, name)) in members.iter().zip(&seen) {
+        self.hand_members(hub, room, &owner, &members, &seen);
+    }
+
+    /// `hand_over` of `members` (read from the room a moment ago, with
+    /// their names in `seen`).
+    fn hand_members(
+        &self,
+        hub: &Hub,
+        room: &RoomId,
+        owner: &Arc<str>,
+        members: &[SessionId],
+        seen: &[(String, String)],
+    ) {
+        for (m, (_, name)) in members.iter().zip(seen) {
             let edge = self.proxies.lock().get(&**m).map(|p| p.edge.clone());
             // Out of this copy without a word: the member stays in the call.
-            let _ = hub.registry.leave(m);
+            if hub.registry.leave(m).is_none() {
+                // It ended since the room was read (a proxy that ended is
+                // no local member): nothing to hand over.
+                continue;
+            }
             let edge = match edge {
                 Some(edge) => {
                     if let Some(p) = self.proxies.lock().get(&**m) {
@@ -174,13 +191,13 @@ impl Cluster {
                 }
             };
             self.send(
-                &owner,
+                owner,
                 Msg::Rejoin {
                     s: m.to_string(),
                     edge: edge.to_string(),
                     room: room.to_string(),
                     name: name.clone(),
-                    seen: Some(seen.clone()),
+                    seen: Some(seen.to_vec()),
                 },
             );
         }
@@ -429,5 +446,51 @@ impl Cluster {
             }
         }
         tracing::info!(room = %room, members = members.len(), "cluster: room taken over");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::PolicyHarness;
+
+    #[test]
+    fn a_member_that_ended_during_a_hand_over_is_not_handed_over() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in_runtime = runtime.enter();
+        let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+        let mut out = cluster.out_rx.lock().take().unwrap();
+        let (handle, _rx) = SessionHandle::new(&hub.limits.send);
+        let local: SessionId = Arc::from("local");
+        hub.registry
+            .register(local.clone(), handle, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert!(hub.registry.restore("local", "R", "l"));
+        let room: RoomId = Arc::from("R");
+        // "ended" was in the room when it was read: a proxy that ended
+        // since (out of the registry, out of the proxies).
+        let members = vec![local.clone(), Arc::from("ended")];
+        let seen = vec![
+            ("local".to_string(), "l".to_string()),
+            ("ended".to_string(), "e".to_string()),
+        ];
+        cluster.hand_members(&hub, &room, &Arc::from("x"), &members, &seen);
+        let mut rejoins = Vec::new();
+        while let Ok(m) = out.try_recv() {
+            let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+            if let Msg::Rejoin { s, .. } = envelope.msg {
+                rejoins.push(s);
+            }
+        }
+        assert_eq!(rejoins, vec!["local".to_string()]);
+        assert!(
+            cluster.routes.lock().get("ended").is_none(),
+            "a route for it"
+        );
+        assert!(cluster.routes.lock().get("local").is_some());
     }
 }
