@@ -83,6 +83,7 @@ impl Cluster {
             if self.healthy_since.lock().elapsed() >= ALIVE_TTL + TICK {
                 self.find_dead(&hub).await;
             }
+            self.prune_dead(Instant::now());
         }
     }
 
@@ -299,7 +300,7 @@ impl Cluster {
     pub(super) async fn host_died(self: &Arc<Self>, hub: &Arc<Hub>, dead: Arc<str>, epoch: u64) {
         {
             let mut known = self.dead.lock();
-            if let Some(&buried) = known.get(&dead)
+            if let Some(&(buried, _)) = known.get(&dead)
                 && buried >= epoch
             {
                 drop(known);
@@ -315,7 +316,7 @@ impl Cluster {
                 }
                 return;
             }
-            known.insert(dead.clone(), epoch);
+            known.insert(dead.clone(), (epoch, Instant::now()));
         }
         self.bury(hub, dead, epoch).await;
     }

@@ -70,6 +70,10 @@ const RECONCILE_TICKS: u32 = 5;
 /// bytes: past it a client frame (relayed, or delivered to a member on
 /// another host) is refused, never queued and lost (see `Cluster::send`).
 const OUT_BUDGET_BYTES: usize = 16 << 20;
+/// A host declared dead is remembered this long (its stale messages
+/// dropped), then forgotten: hosts that shut down never come back under
+/// the same id, and one that comes back speaks at a new epoch.
+const DEAD_MEMORY: Duration = Duration::from_secs(3600);
 /// Membership changes waiting to be written to Redis, at most; past it they
 /// are dropped and the whole state is written again instead.
 const MIRROR_CAP: usize = 16_384;
@@ -197,10 +201,10 @@ pub struct Cluster {
     proxies: Mutex<HashMap<SessionId, Proxy>>,
     /// Leases claimed for rooms that may not exist yet.
     claims: Mutex<HashMap<RoomId, Instant>>,
-    /// Hosts declared dead, with the epoch they were declared dead at:
-    /// their messages of that epoch or before are dropped; a later epoch
-    /// revives them.
-    dead: Mutex<HashMap<Arc<str>, u64>>,
+    /// Hosts declared dead, with the epoch they were declared dead at
+    /// (and when): their messages of that epoch or before are dropped; a
+    /// later epoch revives them. Forgotten after `DEAD_MEMORY`.
+    dead: Mutex<HashMap<Arc<str>, (u64, Instant)>>,
     /// This host's epoch (`Envelope::e`), raised when its heartbeat is
     /// found lapsed.
     epoch: AtomicU64,
@@ -391,7 +395,7 @@ impl Cluster {
         };
         {
             let mut dead = self.dead.lock();
-            if let Some(&buried) = dead.get(src.as_str()) {
+            if let Some(&(buried, _)) = dead.get(src.as_str()) {
                 if e <= buried {
                     return;
                 }
@@ -488,6 +492,13 @@ impl Cluster {
             Some(r) => *r.room == *room,
             None => hub.registry.room_of(id).is_none(),
         }
+    }
+
+    /// Forgets the hosts declared dead longer than `DEAD_MEMORY` ago.
+    fn prune_dead(&self, now: Instant) {
+        self.dead
+            .lock()
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < DEAD_MEMORY);
     }
 
     async fn publisher(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
@@ -827,6 +838,17 @@ mod tests {
             Some(Arc::from("R"))
         );
         assert!(sent(&mut out).is_empty());
+    }
+
+    #[tokio::test]
+    async fn hosts_declared_dead_are_forgotten_after_a_while() {
+        let c = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+        let then = Instant::now();
+        c.dead.lock().insert(Arc::from("gone"), (u64::MAX, then));
+        c.prune_dead(then + DEAD_MEMORY - Duration::from_secs(1));
+        assert!(c.dead.lock().contains_key("gone"), "forgotten early");
+        c.prune_dead(then + DEAD_MEMORY);
+        assert!(c.dead.lock().is_empty(), "never forgotten");
     }
 
     #[tokio::test]

@@ -541,7 +541,10 @@ mod tests {
         let hub = harness.hub();
         runtime().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
-            cluster.dead.lock().insert(Arc::from("edge"), 1);
+            cluster
+                .dead
+                .lock()
+                .insert(Arc::from("edge"), (1, Instant::now()));
             // Host x hands room R over to this host; one member's edge is
             // dead (buried here already).
             let envelope = Envelope {

@@ -20,7 +20,12 @@ impl Cluster {
             '!' => {
                 // A host leaving: from now on nothing it sends counts.
                 let gone: Arc<str> = Arc::from(host);
-                if self.dead.lock().insert(gone.clone(), u64::MAX).is_none() {
+                if self
+                    .dead
+                    .lock()
+                    .insert(gone.clone(), (u64::MAX, Instant::now()))
+                    .is_none()
+                {
                     let (this, hub) = (self.clone(), hub.clone());
                     tokio::spawn(async move { this.bury(&hub, gone, u64::MAX).await });
                 }
