@@ -200,6 +200,43 @@ async fn a_takeover_leaves_the_lease_of_a_host_that_came_back() {
 }
 
 #[tokio::test]
+async fn only_the_lease_holder_writes_a_member_list() {
+    use host::cluster::store::{MemberRecord, Store};
+    let redis = Redis::start();
+    let store = Store::open(&redis.url()).unwrap();
+    let lease = Duration::from_secs(10);
+    let record = |session: &str, host: &str| MemberRecord {
+        session: session.into(),
+        host: host.into(),
+        seq: 1,
+        username: "n".into(),
+    };
+    let deadline = Instant::now() + SLOW;
+    while store.owner("r").await.is_err() {
+        assert!(Instant::now() < deadline, "redis-server never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nobody holds r: x records a member and holds the lease with it.
+    assert!(
+        store
+            .put_member("r", "x", lease, &record("a", "x"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.owner("r").await.unwrap().as_deref(), Some("x"));
+    // y, which does not hold it, writes nothing.
+    assert!(
+        !store
+            .put_member("r", "y", lease, &record("b", "y"))
+            .await
+            .unwrap()
+    );
+    assert!(!store.drop_member("r", "y", "a").await.unwrap());
+    let members = store.members("r").await.unwrap();
+    assert_eq!(members, vec![record("a", "x")]);
+}
+
+#[tokio::test]
 async fn members_on_two_hosts_exchange_every_frame_type() {
     let redis = Redis::start();
     let hosts = cluster(&redis, 2, &[]).await;

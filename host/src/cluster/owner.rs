@@ -392,7 +392,7 @@ impl Cluster {
                 } => {
                     let record = self.record(&session, &username);
                     self.store
-                        .put_member(&room, &self.id, &record)
+                        .put_member(&room, &self.id, LEASE_TTL, &record)
                         .await
                         .map(drop)
                 }

@@ -65,23 +65,29 @@ return 0
 ";
 
 /// Changes a room's member list only while `ARGV[1]` holds the room's
-/// lease (or, for additions, nobody does): a host that lost a room never
-/// edits its new owner's list. `ARGV[2]`: `set` (pairs of session, value
-/// follow), `replace` (the same, after emptying the list) or `del` (one
-/// session follows). Returns 1 when it wrote.
+/// lease: a host that lost a room never edits its new owner's list. An
+/// addition to a room nobody holds takes the lease first (for `ARGV[3]`
+/// ms), as the host's next renewal would (a policy joined a session into a
+/// room on a host without its lease). `ARGV[2]`: `set` (pairs of session,
+/// value follow), `replace` (the same, after emptying the list) or `del`
+/// (one session follows). Returns 1 when it wrote.
 const MEMBERS: &str = r"
 local owner = redis.call('GET', KEYS[1])
-if owner ~= ARGV[1] and not (owner == false and ARGV[2] == 'set') then
+if owner == false and ARGV[2] == 'set' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  owner = ARGV[1]
+end
+if owner ~= ARGV[1] then
   return 0
 end
 if ARGV[2] == 'del' then
-  redis.call('HDEL', KEYS[2], ARGV[3])
+  redis.call('HDEL', KEYS[2], ARGV[4])
   return 1
 end
 if ARGV[2] == 'replace' then
   redis.call('DEL', KEYS[2])
 end
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 return 1
@@ -354,10 +360,19 @@ impl Store {
     }
 
     /// Runs the fenced `MEMBERS` script for `me`: true when it wrote.
-    async fn edit_members(&self, room: &str, me: &str, op: &str, args: &[&str]) -> Result<bool> {
+    async fn edit_members(
+        &self,
+        room: &str,
+        (me, lease): (&str, Duration),
+        op: &str,
+        args: &[&str],
+    ) -> Result<bool> {
         let mut con = self.con.clone();
         let mut inv = self.members.key(owner_key(room));
-        inv.key(members_key(room)).arg(me).arg(op);
+        inv.key(members_key(room))
+            .arg(me)
+            .arg(op)
+            .arg(lease.as_millis() as u64);
         for a in args {
             inv.arg(*a);
         }
@@ -366,16 +381,24 @@ impl Store {
             .map(|n| n == 1)
     }
 
-    /// Records a member of a room `me` owns (or nobody does yet).
-    pub async fn put_member(&self, room: &str, me: &str, m: &MemberRecord) -> Result<bool> {
+    /// Records a member of a room `me` owns; of a room nobody owns, `me`
+    /// takes the lease (for `lease`) and records it.
+    pub async fn put_member(
+        &self,
+        room: &str,
+        me: &str,
+        lease: Duration,
+        m: &MemberRecord,
+    ) -> Result<bool> {
         let value = m.value();
-        self.edit_members(room, me, "set", &[&m.session, &value])
+        self.edit_members(room, (me, lease), "set", &[&m.session, &value])
             .await
     }
 
     /// Forgets a member of a room `me` owns.
     pub async fn drop_member(&self, room: &str, me: &str, session: &str) -> Result<bool> {
-        self.edit_members(room, me, "del", &[session]).await
+        self.edit_members(room, (me, Duration::ZERO), "del", &[session])
+            .await
     }
 
     /// Replaces the whole member list of a room `me` owns.
@@ -391,7 +414,8 @@ impl Store {
             args.push(&m.session);
             args.push(v);
         }
-        self.edit_members(room, me, "replace", &args).await
+        self.edit_members(room, (me, Duration::ZERO), "replace", &args)
+            .await
     }
 
     /// The member list of `room`, in join order.
