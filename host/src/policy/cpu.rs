@@ -214,6 +214,40 @@ mod tests {
         assert_eq!(wall_ceiling(ms(500)), ms(5000));
     }
 
+    /// What the epoch callback returns for a preempted call reaches the
+    /// caller as itself (the pool tells it apart from a deadline by
+    /// downcasting, to keep it out of the quarantine count).
+    #[test]
+    fn an_overloaded_stop_reaches_the_caller_as_itself() {
+        use wasmtime::{Config, Engine, Instance, Module, Store};
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).unwrap();
+        let module =
+            Module::new(&engine, r#"(module (func (export "spin") (loop (br 0))))"#).unwrap();
+        let mut store = Store::new(&engine, ());
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| {
+            Err(Overloaded {
+                wall: ms(1000),
+                cpu: ms(3),
+            }
+            .into())
+        });
+        let instance = Instance::new(&mut store, &module, &[]).unwrap();
+        let spin = instance
+            .get_typed_func::<(), ()>(&mut store, "spin")
+            .unwrap();
+        engine.increment_epoch();
+        let e = spin.call(&mut store, ()).unwrap_err();
+        let o = e.downcast_ref::<Overloaded>().expect("an Overloaded error");
+        assert_eq!((o.wall, o.cpu), (ms(1000), ms(3)));
+        assert!(
+            e.downcast_ref::<wasmtime::Trap>().is_none(),
+            "not a deadline trap"
+        );
+    }
+
     /// The ticker's sample and the callback's reading measure the CPU time
     /// of the call on this thread, not the time it waited.
     #[cfg(target_os = "linux")]
