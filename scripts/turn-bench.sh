@@ -94,7 +94,7 @@ kill -0 "$COTURN_PID" 2>/dev/null || { echo "coturn did not start" >&2; exit 1; 
 
 # CPU time of every thread of a process, in ns (schedstat: finer than the
 # 10 ms ticks of /proc/PID/stat).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 # UDP datagrams the kernel dropped for a full receive buffer, any socket on
 # this machine (uclient's, the server's): where lost packets went.
 rcvbuf_drops() { awk '/^Udp:/ {n++} n == 2 {print $6; exit}' /proc/net/snmp; }
