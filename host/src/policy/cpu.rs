@@ -82,6 +82,18 @@ impl Drop for Busy {
     }
 }
 
+/// Starts a new call on this busy thread: the CPU time counted so far
+/// (say, a fresh instance's start-up, under a budget of its own) no longer
+/// counts against it. The ticker samples the new call at its next tick.
+pub(super) fn restart() {
+    SLOT.with(|slot| {
+        let g = slot.generation.load(Ordering::Relaxed);
+        if g & 1 == 1 {
+            slot.generation.store(g + 2, Ordering::Release);
+        }
+    });
+}
+
 /// For the epoch ticker: samples the CPU clock of every thread busy with a
 /// call not sampled yet, and forgets threads that have ended.
 pub(super) fn sample_busy_threads() {
@@ -267,6 +279,11 @@ mod tests {
                 "no CPU time counted"
             );
         }
+        // A restarted call starts from nothing.
+        restart();
+        assert_eq!(used_by_current_call(TICK), None, "a new call");
+        sample_busy_threads();
+        assert!(used_by_current_call(TICK).unwrap() < ms(10));
         drop(busy);
         assert_eq!(used_by_current_call(TICK), None, "no call on this thread");
         // The next call is a new one, sampled afresh.

@@ -189,9 +189,15 @@ impl LoadedPolicy {
         let attempt = async {
             let mut inst = match pooled {
                 Some(inst) => inst,
-                None => self.instantiate().await?,
+                None => {
+                    // A fresh instance started under a budget of its own;
+                    // the call gets a whole one too, as before.
+                    let inst = self.instantiate().await?;
+                    cpu::restart();
+                    inst
+                }
             };
-            inst.store.data_mut().call_started = start;
+            inst.store.data_mut().call_started = Instant::now();
             inst.store.set_epoch_deadline(self.deadline_ticks);
             let r = f(&inst.bindings, &mut inst.store).await?;
             Ok::<_, wasmtime::Error>((r, inst))

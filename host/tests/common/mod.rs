@@ -237,13 +237,18 @@ impl Host {
 
     /// Waits for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        self.wait_log_any(&[needle], within)
+    }
+
+    /// The first log line containing any of `needles`.
+    pub fn wait_log_any(&self, needles: &[&str], within: Duration) -> String {
         let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
+                Ok(line) if needles.iter().any(|n| line.contains(n)) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no log line containing {needle:?} within {within:?}"),
+                Err(_) => panic!("no log line containing any of {needles:?} within {within:?}"),
             }
         }
     }
