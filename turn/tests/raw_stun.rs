@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use chat_turn::{Transport, credentials};
+use chat_turn::{Transport, TurnServer, credentials};
 use common::*;
 use stun::agent::TransactionId;
 use stun::attributes::ATTR_NONCE;
@@ -39,6 +39,73 @@ async fn exchange(sock: &UdpSocket, setters: Vec<Box<dyn Setter>>) -> Message {
     r.decode().expect("decode answer");
     assert_eq!(r.transaction_id, m.transaction_id);
     r
+}
+
+/// A UDP client of `server` holding session `name`'s credential and the
+/// nonce from an unsigned Allocate's 401: it builds signed requests.
+struct SignedClient {
+    sock: UdpSocket,
+    user: String,
+    nonce: Nonce,
+    mi: MessageIntegrity,
+}
+
+impl SignedClient {
+    async fn connect(server: &TurnServer, name: &str) -> Self {
+        let (user, pass) = credentials(SECRET, name, Duration::from_secs(600));
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        sock.connect(server.addr(Transport::Udp).expect("udp"))
+            .await
+            .expect("connect");
+        let r = exchange(
+            &sock,
+            vec![
+                Box::new(TransactionId::new()),
+                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+                Box::new(RequestedTransport {
+                    protocol: PROTO_UDP,
+                }),
+            ],
+        )
+        .await;
+        let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+        nonce.get_from(&r).expect("nonce");
+        let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
+        Self {
+            sock,
+            user,
+            nonce,
+            mi,
+        }
+    }
+
+    /// A request of `method` with `extra` attributes, signed.
+    fn request(
+        &self,
+        method: stun::message::Method,
+        id: TransactionId,
+        extra: Vec<Box<dyn Setter>>,
+    ) -> Vec<Box<dyn Setter>> {
+        let mut s: Vec<Box<dyn Setter>> = vec![
+            Box::new(id),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ];
+        s.extend(extra);
+        s.push(Box::new(Username::new(
+            stun::attributes::ATTR_USERNAME,
+            self.user.clone(),
+        )));
+        s.push(Box::new(Realm::new(
+            stun::attributes::ATTR_REALM,
+            REALM.into(),
+        )));
+        s.push(Box::new(self.nonce.clone()));
+        s.push(Box::new(self.mi.clone()));
+        s
+    }
 }
 
 #[tokio::test]
@@ -190,49 +257,10 @@ impl Setter for RawAttr {
 async fn a_peer_address_that_does_not_decode_exactly_is_refused() {
     let (server, dir) = start(loopback_config()).await;
     dir.session_started("judy");
-    let (user, pass) = credentials(SECRET, "judy", Duration::from_secs(600));
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    sock.connect(server.addr(Transport::Udp).expect("udp"))
-        .await
-        .expect("connect");
-    let r = exchange(
-        &sock,
-        vec![
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-            Box::new(RequestedTransport {
-                protocol: PROTO_UDP,
-            }),
-        ],
-    )
-    .await;
-    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
-    nonce.get_from(&r).expect("nonce");
-    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
-    let signed = |method, extra: Option<RawAttr>| -> Vec<Box<dyn Setter>> {
-        let mut s: Vec<Box<dyn Setter>> = vec![
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(method, CLASS_REQUEST)),
-            Box::new(RequestedTransport {
-                protocol: PROTO_UDP,
-            }),
-        ];
-        if let Some(a) = extra {
-            s.push(Box::new(a));
-        }
-        s.push(Box::new(Username::new(
-            stun::attributes::ATTR_USERNAME,
-            user.clone(),
-        )));
-        s.push(Box::new(Realm::new(
-            stun::attributes::ATTR_REALM,
-            REALM.into(),
-        )));
-        s.push(Box::new(nonce.clone()));
-        s.push(Box::new(mi.clone()));
-        s
-    };
-    let r = exchange(&sock, signed(METHOD_ALLOCATE, None)).await;
+    let client = SignedClient::connect(&server, "judy").await;
+    let sock = &client.sock;
+    let signed = |method, extra| client.request(method, TransactionId::new(), extra);
+    let r = exchange(sock, signed(METHOD_ALLOCATE, vec![])).await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
 
     // IPv4 family, port, and one address byte: 10 ^ 0x21 (magic cookie).
@@ -241,8 +269,11 @@ async fn a_peer_address_that_does_not_decode_exactly_is_refused() {
         vec![0, 1, 0x21 ^ 0x13, 0x12 ^ 0x88, 10 ^ 0x21],
     );
     let r = exchange(
-        &sock,
-        signed(stun::message::METHOD_CREATE_PERMISSION, Some(short)),
+        sock,
+        signed(
+            stun::message::METHOD_CREATE_PERMISSION,
+            vec![Box::new(short)],
+        ),
     )
     .await;
     assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE, "short peer address: {r}");
@@ -255,8 +286,8 @@ async fn a_peer_address_that_does_not_decode_exactly_is_refused() {
         vec![0, 3, 0, 1, 1, 2, 3, 4],
     );
     let r = exchange(
-        &sock,
-        signed(stun::message::METHOD_CREATE_PERMISSION, Some(odd)),
+        sock,
+        signed(stun::message::METHOD_CREATE_PERMISSION, vec![Box::new(odd)]),
     )
     .await;
     assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE, "unknown family: {r}");
@@ -389,47 +420,10 @@ async fn permissions_and_channels_are_capped_per_allocation() {
 
     let (server, dir) = start(loopback_config()).await;
     dir.session_started("kim");
-    let (user, pass) = credentials(SECRET, "kim", Duration::from_secs(600));
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    sock.connect(server.addr(Transport::Udp).expect("udp"))
-        .await
-        .expect("connect");
-    let r = exchange(
-        &sock,
-        vec![
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-            Box::new(RequestedTransport {
-                protocol: PROTO_UDP,
-            }),
-        ],
-    )
-    .await;
-    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
-    nonce.get_from(&r).expect("nonce");
-    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
-    let signed = |method, extra: Vec<Box<dyn Setter>>| -> Vec<Box<dyn Setter>> {
-        let mut s: Vec<Box<dyn Setter>> = vec![
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(method, CLASS_REQUEST)),
-            Box::new(RequestedTransport {
-                protocol: PROTO_UDP,
-            }),
-        ];
-        s.extend(extra);
-        s.push(Box::new(Username::new(
-            stun::attributes::ATTR_USERNAME,
-            user.clone(),
-        )));
-        s.push(Box::new(Realm::new(
-            stun::attributes::ATTR_REALM,
-            REALM.into(),
-        )));
-        s.push(Box::new(nonce.clone()));
-        s.push(Box::new(mi.clone()));
-        s
-    };
-    let r = exchange(&sock, signed(METHOD_ALLOCATE, vec![])).await;
+    let client = SignedClient::connect(&server, "kim").await;
+    let (sock, mi) = (&client.sock, &client.mi);
+    let signed = |method, extra| client.request(method, TransactionId::new(), extra);
+    let r = exchange(sock, signed(METHOD_ALLOCATE, vec![])).await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
     let peer = |i: u32, port: u16| PeerAddress {
         ip: std::net::Ipv4Addr::from(0x7f00_0000 + 0x100 + i).into(),
@@ -441,28 +435,28 @@ async fn permissions_and_channels_are_capped_per_allocation() {
     };
     for i in 0..256 {
         let r = exchange(
-            &sock,
+            sock,
             signed(METHOD_CREATE_PERMISSION, vec![Box::new(peer(i, 9))]),
         )
         .await;
         assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "permission {i}: {r}");
     }
     let r = exchange(
-        &sock,
+        sock,
         signed(METHOD_CREATE_PERMISSION, vec![Box::new(peer(256, 9))]),
     )
     .await;
     assert_eq!(code_of(&r), Some(508), "permission 257: {r}");
     mi.check(&mut r.clone()).expect("signed answer");
     let r = exchange(
-        &sock,
+        sock,
         signed(METHOD_CREATE_PERMISSION, vec![Box::new(peer(7, 9))]),
     )
     .await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "a refresh: {r}");
     // A channel to a peer without a permission needs one more: refused.
     let r = exchange(
-        &sock,
+        sock,
         signed(
             METHOD_CHANNEL_BIND,
             vec![Box::new(peer(300, 9)), Box::new(ChannelNumber(0x4000))],
@@ -474,7 +468,7 @@ async fn permissions_and_channels_are_capped_per_allocation() {
     // Channels: 256 to ports of permitted peers, then no more.
     for i in 0..256u16 {
         let r = exchange(
-            &sock,
+            sock,
             signed(
                 METHOD_CHANNEL_BIND,
                 vec![
@@ -487,7 +481,7 @@ async fn permissions_and_channels_are_capped_per_allocation() {
         assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "channel {i}: {r}");
     }
     let r = exchange(
-        &sock,
+        sock,
         signed(
             METHOD_CHANNEL_BIND,
             vec![Box::new(peer(0, 2000)), Box::new(ChannelNumber(0x4100))],
@@ -509,47 +503,10 @@ async fn a_refused_request_is_not_installed_by_a_later_success() {
 
     let (server, dir) = start(loopback_config()).await;
     dir.session_started("lou");
-    let (user, pass) = credentials(SECRET, "lou", Duration::from_secs(600));
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    sock.connect(server.addr(Transport::Udp).expect("udp"))
-        .await
-        .expect("connect");
-    let r = exchange(
-        &sock,
-        vec![
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-            Box::new(RequestedTransport {
-                protocol: PROTO_UDP,
-            }),
-        ],
-    )
-    .await;
-    let mut nonce = Nonce::new(ATTR_NONCE, String::new());
-    nonce.get_from(&r).expect("nonce");
-    let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
-    let signed = |method, id: TransactionId, extra: Vec<Box<dyn Setter>>| {
-        let mut s: Vec<Box<dyn Setter>> = vec![
-            Box::new(id),
-            Box::new(MessageType::new(method, CLASS_REQUEST)),
-            Box::new(RequestedTransport {
-                protocol: PROTO_UDP,
-            }),
-        ];
-        s.extend(extra);
-        s.push(Box::new(Username::new(
-            stun::attributes::ATTR_USERNAME,
-            user.clone(),
-        )));
-        s.push(Box::new(Realm::new(
-            stun::attributes::ATTR_REALM,
-            REALM.into(),
-        )));
-        s.push(Box::new(nonce.clone()));
-        s.push(Box::new(mi.clone()));
-        s
-    };
-    let r = exchange(&sock, signed(METHOD_ALLOCATE, TransactionId::new(), vec![])).await;
+    let client = SignedClient::connect(&server, "lou").await;
+    let sock = &client.sock;
+    let signed = |method, id, extra| client.request(method, id, extra);
+    let r = exchange(sock, signed(METHOD_ALLOCATE, TransactionId::new(), vec![])).await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
     let a = UdpSocket::bind("127.0.0.1:0").await.expect("peer a");
     let b = UdpSocket::bind("127.0.0.3:0").await.expect("peer b");
@@ -564,16 +521,16 @@ async fn a_refused_request_is_not_installed_by_a_later_success() {
         ]
     };
     let r = exchange(
-        &sock,
+        sock,
         signed(METHOD_CHANNEL_BIND, TransactionId::new(), bind(&a)),
     )
     .await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "bind to A: {r}");
     // Same id: 0x4000 to B is refused (bound to A), then to A granted.
     let id = TransactionId::new();
-    let r = exchange(&sock, signed(METHOD_CHANNEL_BIND, id, bind(&b))).await;
+    let r = exchange(sock, signed(METHOD_CHANNEL_BIND, id, bind(&b))).await;
     assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE, "rebind to B: {r}");
-    let r = exchange(&sock, signed(METHOD_CHANNEL_BIND, id, bind(&a))).await;
+    let r = exchange(sock, signed(METHOD_CHANNEL_BIND, id, bind(&a))).await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "refresh to A: {r}");
 
     let before = server.stats().fast_packets_to_peers;
