@@ -243,6 +243,16 @@ pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
         "webrtc_chat_turn_fastpath_packets_total{{direction=\"from_peers\"}} {}",
         t.fast_packets_from_peers
     );
+    let _ = writeln!(
+        out,
+        "# HELP webrtc_chat_turn_fastpath_sends_total Datagrams the fast path handed the kernel for those packets (a run of frames to one client or peer leaves as one segmented datagram, GSO): packets / sends is the batching."
+    );
+    let _ = writeln!(out, "# TYPE webrtc_chat_turn_fastpath_sends_total counter");
+    let _ = writeln!(
+        out,
+        "webrtc_chat_turn_fastpath_sends_total {}",
+        t.fast_sends
+    );
     // Per session as a histogram (fixed series whatever the number of
     // sessions): one observation when a session's last allocation closes.
     let _ = writeln!(
@@ -384,6 +394,7 @@ mod tests {
         t.bytes_relay_to_relay = 7;
         t.fast_packets_to_peers = 11;
         t.fast_packets_from_peers = 12;
+        t.fast_sends = 5;
         let mut out = String::new();
         render_turn(&mut out, &t);
         for line in [
@@ -397,6 +408,7 @@ mod tests {
             "webrtc_chat_turn_relay_to_relay_bytes_total 7",
             "webrtc_chat_turn_fastpath_packets_total{direction=\"to_peers\"} 11",
             "webrtc_chat_turn_fastpath_packets_total{direction=\"from_peers\"} 12",
+            "webrtc_chat_turn_fastpath_sends_total 5",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line} in\n{out}");
         }

@@ -127,10 +127,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::signal::ctrl_c().await?;
     let s = server.stats();
     println!(
-        "stats allocations_made={} fast_packets_to_peers={} fast_packets_from_peers={} bytes_to_peers={} bytes_from_peers={}",
+        "stats allocations_made={} fast_packets_to_peers={} fast_packets_from_peers={} fast_sends={} bytes_to_peers={} bytes_from_peers={}",
         s.allocations_made,
         s.fast_packets_to_peers,
         s.fast_packets_from_peers,
+        s.fast_sends,
         s.bytes_to_peers,
         s.bytes_from_peers
     );

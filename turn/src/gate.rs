@@ -483,16 +483,12 @@ impl Gate {
                 if not_turn(b[off]) {
                     continue;
                 }
-                let gather = Gather {
-                    socket: &udp.socket,
-                    out,
-                    slot: i,
-                };
+                let gather = Gather { out, slot: i };
                 if fast.client_packet(&path, b, off, n, src, now, gather) {
                     continue;
                 }
                 // Frames relayed so far go out before the crate's turn.
-                batch.flush(&udp.socket, &self.counters);
+                batch.flush(&self.counters);
                 let pkt = &batch.buf(i)[off..off + n];
                 match self.inspect(pkt, src) {
                     Verdict::Pass => {}
@@ -514,7 +510,7 @@ impl Gate {
                 buf[..n].copy_from_slice(&pkt[..n]);
                 return Ok((n, src));
             }
-            batch.flush(&udp.socket, &self.counters);
+            batch.flush(&self.counters);
             batches += 1;
             if batches.is_multiple_of(crate::fast::YIELD_EVERY) {
                 // A busy listener lets the relay tasks on this worker run.

@@ -510,11 +510,13 @@ impl Conn for FilteredRelayConn {
             if self.lease.kill.is_cancelled() {
                 // Closed: what is left of the batch is dropped, not handed
                 // to the crate (which would send it to the client).
+                batch.discard();
                 return Err(webrtc_util::Error::ErrAlreadyClosed);
             }
             let now = crate::fast::now_secs();
             while let Some((i, off, n, from)) = batch.next() {
                 if self.lease.kill.is_cancelled() {
+                    batch.discard();
                     return Err(webrtc_util::Error::ErrAlreadyClosed);
                 }
                 if check_peer(&self.policy, &self.lease.registry, from).is_err() {
@@ -522,23 +524,29 @@ impl Conn for FilteredRelayConn {
                         "dropped a packet from a forbidden peer");
                     continue;
                 }
-                let b = batch.buf(i);
+                let (b, out) = batch.parts(i);
+                let gather = crate::fast::Gather { out, slot: i };
                 if path
-                    .to_client(&self.fast, b, off, n, from, now, None)
+                    .to_client(&self.fast, b, off, n, from, now, Some(gather))
                     .is_some()
                 {
-                    // Relayed, or dropped without charging the bucket (no
-                    // channel or permission: anyone could send those).
+                    // Relayed (its frame waits in the outbox), or dropped
+                    // without charging the bucket (no channel or
+                    // permission: anyone could send those).
                     continue;
                 }
                 // A TCP/TLS client's accepted packet: the crate's path.
+                batch.flush(&self.counters);
                 if self.fast.within_bandwidth(n) {
+                    let b = batch.buf(i);
                     let n = n.min(buf.len());
                     buf[..n].copy_from_slice(&b[off..off + n]);
                     self.relayed(&self.counters.bytes_from_peers, n);
                     return Ok((n, from));
                 }
             }
+            // The batch's frames for the client leave together.
+            batch.flush(&self.counters);
             tokio::select! {
                 biased;
                 _ = self.lease.kill.cancelled() => {

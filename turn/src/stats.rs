@@ -30,6 +30,10 @@ pub struct TurnStats {
     /// from peers back to clients; the rest went through the `turn` crate.
     pub fast_packets_to_peers: u64,
     pub fast_packets_from_peers: u64,
+    /// Datagrams the fast path handed the kernel for those packets: a run
+    /// of frames to one destination leaves as one segmented datagram
+    /// (GSO), so packets ÷ sends is how well sends were batched.
+    pub fast_sends: u64,
     /// Payload bytes each ended session relayed (all its allocations, both
     /// directions), as a histogram: one observation when a session's last
     /// allocation closes.
@@ -96,6 +100,7 @@ pub(crate) struct Counters {
     pub(crate) bytes_relay_to_relay: AtomicU64,
     pub(crate) fast_packets_to_peers: AtomicU64,
     pub(crate) fast_packets_from_peers: AtomicU64,
+    pub(crate) fast_sends: AtomicU64,
 }
 
 impl Counters {
@@ -117,6 +122,7 @@ impl Counters {
             bytes_relay_to_relay: get(&self.bytes_relay_to_relay),
             fast_packets_to_peers: get(&self.fast_packets_to_peers),
             fast_packets_from_peers: get(&self.fast_packets_from_peers),
+            fast_sends: get(&self.fast_sends),
             session_bytes,
         }
     }

@@ -324,3 +324,82 @@ async fn a_stranger_cannot_drain_the_bandwidth_bucket() {
         server.close().await;
     }
 }
+
+/// Bursts like a video frame's packets (equal-size packets, a shorter
+/// last one), which the fast path may send as segmented datagrams (GSO),
+/// arrive whole and in order both ways.
+#[tokio::test]
+async fn bursts_arrive_whole_and_in_order_both_ways() {
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("gus");
+    let (user, pass) = credentials(SECRET, "gus", Duration::from_secs(600));
+    let client = udp_client(server.addr(Transport::Udp).expect("udp"), &user, &pass).await;
+    let relay = within("allocate", client.allocate())
+        .await
+        .expect("allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    relay_round_trip(&relay, &peer, 2).await; // permission and channel
+    let relayed = relay.local_addr().expect("relayed");
+    let peer_addr = peer.local_addr().expect("peer");
+    // Packet k of burst b: (b, k) then filler; 6 x 1000 bytes, then 200.
+    let packet = |b: u8, k: u8| {
+        let mut p = vec![b ^ k; if k == 6 { 200 } else { 1000 }];
+        p[0] = b;
+        p[1] = k;
+        p
+    };
+    let expected: Vec<Vec<u8>> = (0..8u8)
+        .flat_map(|b| (0..7u8).map(move |k| (b, k)))
+        .map(|(b, k)| packet(b, k))
+        .collect();
+    let before = server.stats();
+    for p in &expected {
+        peer.send_to(p, relayed).await.expect("peer send");
+    }
+    let mut buf = vec![0u8; 2000];
+    for (i, p) in expected.iter().enumerate() {
+        let (n, from) = within("client receive", relay.recv_from(&mut buf))
+            .await
+            .expect("relay recv");
+        assert_eq!(from, peer_addr);
+        assert_eq!(
+            &buf[..n],
+            &p[..],
+            "packet {i} to the client, whole and in order"
+        );
+    }
+    for p in &expected {
+        within("relay send", relay.send_to(p, peer_addr))
+            .await
+            .expect("relay send");
+    }
+    for (i, p) in expected.iter().enumerate() {
+        let (n, from) = within("peer receive", peer.recv_from(&mut buf))
+            .await
+            .expect("peer recv");
+        assert_eq!(from, relayed);
+        assert_eq!(
+            &buf[..n],
+            &p[..],
+            "packet {i} to the peer, whole and in order"
+        );
+    }
+    let s = server.stats();
+    let packets = s.fast_packets_to_peers + s.fast_packets_from_peers
+        - before.fast_packets_to_peers
+        - before.fast_packets_from_peers;
+    assert_eq!(
+        packets,
+        2 * expected.len() as u64,
+        "all on the fast path: {s:?}"
+    );
+    let sends = s.fast_sends - before.fast_sends;
+    assert!(
+        sends >= 1 && sends <= packets,
+        "{sends} sends for {packets} packets"
+    );
+    eprintln!("{packets} packets relayed in {sends} datagrams handed to the kernel");
+    drop(relay);
+    client.close().await.expect("close");
+    server.close().await;
+}
