@@ -23,7 +23,18 @@
 #        BARE=1 also runs the plain `turn` crate (--bare) for comparison;
 #        PAR=N runs N uclient processes at once (closer to saturation);
 #        UDP_SOCKETS=N gives our server N UDP sockets (default: one per core).
-# Needs: coturn (apt-get install -y coturn), cargo, bc.
+#        SAT=0 skips the saturation part (below).
+#
+# Saturation: uclient cannot load either server to the full, so a second
+# part measures it. Each server runs alone on CPU 1 (taskset; ours with
+# one UDP socket) and turn-bench-load, on CPU 0, drives SAT_PAIRS pairs of
+# allocations relay to relay with LEN-byte ChannelData in bursts of
+# SAT_BURST packets per client (as a video frame's packets leave; a burst
+# costs the generator one segmented send), at each rate of SAT_RATES for
+# SAT_SECS seconds: delivered packets/s, loss and the server's CPU per
+# packet at each step. The saturation point is the highest delivered rate
+# with under 1 % loss: one core's relay ceiling, measured. Needs 2 cores.
+# Needs: coturn (apt-get install -y coturn), cargo, bc, taskset.
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-16}      # uclient -m: sending clients, 2 allocations each (RTP + RTCP);
@@ -36,6 +47,12 @@ PROBES=${PROBES:-300}       # latency probes per run, one every PROBE_MS,
 PROBE_MS=${PROBE_MS:-10}    # starting PROBE_DELAY s after uclient (its set-up
 PROBE_DELAY=${PROBE_DELAY:-2} # takes a few seconds)
 BARE=${BARE:-0}
+SAT=${SAT:-1}
+SAT_RATES=${SAT_RATES:-50000,75000,100000,150000,200000,300000,400000,500000,600000}
+SAT_SECS=${SAT_SECS:-2}
+SAT_PAIRS=${SAT_PAIRS:-8}
+SAT_BURST=${SAT_BURST:-8}
+PORT_SAT=${PORT_SAT:-34796}
 PAR=${PAR:-1}               # uclient processes run at once (more load)
 PORT_OURS=${PORT_OURS:-34790}
 PORT_COTURN=${PORT_COTURN:-34792}
@@ -53,8 +70,9 @@ done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d)
-OURS_PID= COTURN_PID= BARE_PID=
+OURS_PID= COTURN_PID= BARE_PID= SAT_PID=
 cleanup() {
+  [ -n "$SAT_PID" ] && kill -INT "$SAT_PID" 2>/dev/null || true
   [ -n "$OURS_PID" ] && kill -INT "$OURS_PID" 2>/dev/null || true
   [ -n "$BARE_PID" ] && kill -INT "$BARE_PID" 2>/dev/null || true
   [ -n "$COTURN_PID" ] && kill "$COTURN_PID" 2>/dev/null || true
@@ -63,10 +81,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building turn-bench-server and turn-bench-probe (release)..." >&2
+echo "building turn-bench-server, turn-bench-probe and turn-bench-load (release)..." >&2
 (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release -p chat-turn \
-  --example turn-bench-server --example turn-bench-probe)
+  --example turn-bench-server --example turn-bench-probe --example turn-bench-load)
 PROBE="$TARGET/release/examples/turn-bench-probe"
+LOAD="$TARGET/release/examples/turn-bench-load"
 
 TURN_UDP_SOCKETS=${UDP_SOCKETS:-0} "$TARGET/release/examples/turn-bench-server" \
   "$PORT_OURS" "$SECRET" bench >"$WORK/ours.log" 2>&1 &
@@ -187,3 +206,64 @@ echo " the runs, any socket on the machine -- uclient's own included)"
 kill -INT "$OURS_PID" 2>/dev/null && wait "$OURS_PID" 2>/dev/null || true
 OURS_PID=
 echo "chat-turn's own counters (all runs): $(grep '^stats' "$WORK/ours.log" | cut -d' ' -f2-)"
+
+# --- Saturation: each server alone on CPU 1, the load generator on CPU 0.
+if [ "$SAT" = 0 ]; then exit 0; fi
+if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null 2>&1; then
+  echo "saturation part skipped: it needs 2 cores and taskset (util-linux)"
+  exit 0
+fi
+kill "$COTURN_PID" 2>/dev/null && wait "$COTURN_PID" 2>/dev/null || true
+COTURN_PID=
+echo
+echo "saturation: one server core (CPU 1), turn-bench-load on CPU 0: $SAT_PAIRS pairs relay to relay,"
+echo "            $LEN-byte ChannelData in bursts of $SAT_BURST per client, $SAT_SECS s per rate"
+# saturate NAME PORT PID: the generator's lines, as a table; sets SAT_BEST
+saturate() {
+  local out
+  if ! out=$(taskset -c 0 "$LOAD" "$HOST:$2" "$SECRET" bench "$3" "$SAT_RATES" "$SAT_SECS" \
+      "$SAT_PAIRS" "$LEN" "$SAT_BURST" 2>"$WORK/load.err"); then
+    echo "  $1: turn-bench-load failed: $(tail -2 "$WORK/load.err")" >&2
+    SAT_BEST="0 0 0"
+    return
+  fi
+  echo "$out" | awk -v name="$1" '{
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      printf "  %-9s offered %8d  delivered %8d pkt/s  loss %6.2f %%  server CPU %5.1f %% of a core  %5.2f us/pkt%s\n",
+        name, v["offered"], v["delivered_pps"], v["loss_pct"], v["server_cpu_pct"], v["cpu_us_per_pkt"],
+        (v["sent"] < 0.95 * v["offered"] * v["secs"]) ? "  (generator-bound)" : "" }'
+  # max delivered (the plateau), its step's loss and us/pkt, whether the
+  # generator fell short there, and the highest step with under 1 % loss
+  SAT_BEST=$(echo "$out" | awk '{
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      if (v["delivered_pps"] > max) { max = v["delivered_pps"]; loss = v["loss_pct"]; us = v["cpu_us_per_pkt"];
+        short = (v["sent"] < 0.95 * v["offered"] * v["secs"]) }
+      if (v["loss_pct"] < 1 && v["delivered_pps"] > clean) clean = v["delivered_pps"] }
+      END { printf "%d %s %s %d %d\n", max, loss, us, short, clean }')
+}
+TURN_UDP_SOCKETS=1 taskset -c 1 "$TARGET/release/examples/turn-bench-server" \
+  "$PORT_SAT" "$SECRET" bench >"$WORK/sat.log" 2>&1 &
+SAT_PID=$!
+for _ in $(seq 50); do grep -q listening "$WORK/sat.log" 2>/dev/null && break; sleep 0.1; done
+saturate chat-turn "$PORT_SAT" "$SAT_PID"
+read -r OURS_SAT OURS_SAT_LOSS OURS_SAT_US OURS_SAT_SHORT OURS_CLEAN <<<"$SAT_BEST"
+kill -INT "$SAT_PID" 2>/dev/null && wait "$SAT_PID" 2>/dev/null || true
+SAT_PID=
+taskset -c 1 turnserver -n --listening-ip=$HOST --relay-ip=$HOST --listening-port="$PORT_COTURN" \
+  --min-port=49152 --max-port=65535 --use-auth-secret --static-auth-secret="$SECRET" \
+  --realm=bench --no-tls --no-dtls --allow-loopback-peers --no-cli --no-stdout-log \
+  --log-file="$WORK/coturn-sat.log" --simple-log --pidfile="$WORK/coturn-sat.pid" >/dev/null 2>&1 &
+COTURN_PID=$!
+sleep 1.5
+saturate coturn "$PORT_COTURN" "$COTURN_PID"
+read -r COTURN_SAT COTURN_SAT_LOSS COTURN_SAT_US COTURN_SAT_SHORT COTURN_CLEAN <<<"$SAT_BEST"
+echo
+echo "packets/s at saturation on one core (the most delivered at any rate; >= when the generator fell short there):"
+for n in OURS COTURN; do
+  eval "v=\$${n}_SAT loss=\$${n}_SAT_LOSS us=\$${n}_SAT_US short=\$${n}_SAT_SHORT clean=\$${n}_CLEAN"
+  label=chat-turn; [ "$n" = COTURN ] && label=coturn
+  ge=; [ "$short" = 1 ] && ge=">= "
+  printf '  %-9s %s%d pkt/s (loss %s %%, %s us/pkt there); highest rate tried with < 1 %% loss: %d pkt/s\n' \
+    "$label" "$ge" "$v" "$loss" "$us" "$clean"
+done
+[ "${COTURN_SAT:-0}" -gt 0 ] && echo "  saturation throughput ratio chat-turn/coturn: $(echo "scale=2; $OURS_SAT / $COTURN_SAT" | bc)"
