@@ -191,6 +191,7 @@ pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
         ("credential", t.refused_credentials),
         ("peer", t.refused_peers),
         ("quota", t.refused_quota),
+        ("capacity", t.refused_capacity),
     ] {
         let _ = writeln!(
             out,
@@ -395,6 +396,7 @@ mod tests {
         t.fast_packets_to_peers = 11;
         t.fast_packets_from_peers = 12;
         t.fast_sends = 5;
+        t.refused_capacity = 4;
         let mut out = String::new();
         render_turn(&mut out, &t);
         for line in [
@@ -409,6 +411,7 @@ mod tests {
             "webrtc_chat_turn_fastpath_packets_total{direction=\"to_peers\"} 11",
             "webrtc_chat_turn_fastpath_packets_total{direction=\"from_peers\"} 12",
             "webrtc_chat_turn_fastpath_sends_total 5",
+            "webrtc_chat_turn_refused_total{reason=\"capacity\"} 4",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line} in\n{out}");
         }

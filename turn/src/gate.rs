@@ -298,6 +298,7 @@ impl Gate {
                     }
                 }
                 if !self.has_room(&m, method, src) {
+                    crate::stats::Counters::add(&self.counters.refused_capacity, 1);
                     tracing::info!(client = %src, %username,
                         "TURN permission refused: too many permissions or channels");
                     return match build_error(&m, 508, "Insufficient Capacity", Some(&key)) {

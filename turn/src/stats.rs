@@ -18,6 +18,9 @@ pub struct TurnStats {
     pub refused_peers: u64,
     /// Allocations refused by a quota.
     pub refused_quota: u64,
+    /// CreatePermission/ChannelBind requests refused (508) because their
+    /// allocation holds the most permissions or channels it may.
+    pub refused_capacity: u64,
     /// Relays closed because their signaling session was gone.
     pub closed_session_gone: u64,
     /// Payload bytes relayed to peers, and from peers back to clients.
@@ -94,6 +97,7 @@ pub(crate) struct Counters {
     pub(crate) refused_credentials: AtomicU64,
     pub(crate) refused_peers: AtomicU64,
     pub(crate) refused_quota: AtomicU64,
+    pub(crate) refused_capacity: AtomicU64,
     pub(crate) closed_session_gone: AtomicU64,
     pub(crate) bytes_to_peers: AtomicU64,
     pub(crate) bytes_from_peers: AtomicU64,
@@ -116,6 +120,7 @@ impl Counters {
             refused_credentials: get(&self.refused_credentials),
             refused_peers: get(&self.refused_peers),
             refused_quota: get(&self.refused_quota),
+            refused_capacity: get(&self.refused_capacity),
             closed_session_gone: get(&self.closed_session_gone),
             bytes_to_peers: get(&self.bytes_to_peers),
             bytes_from_peers: get(&self.bytes_from_peers),

@@ -489,6 +489,7 @@ async fn permissions_and_channels_are_capped_per_allocation() {
     )
     .await;
     assert_eq!(code_of(&r), Some(508), "channel 257: {r}");
+    assert_eq!(server.stats().refused_capacity, 3, "each 508 is counted");
     server.close().await;
 }
 
