@@ -35,6 +35,40 @@ struct Run {
     lost_line: String,
 }
 
+/// uclient's arguments for one client talking to itself (`-y`) through
+/// our server on 127.0.0.1:`port`: `mode` flags first (`-t` TCP, `-s` Send
+/// indications only), `msgs` 100-byte messages 5 ms apart, then `auth`
+/// (`-W secret -u name`: coturn computes the REST credential; or
+/// `-u user -w password`).
+fn uclient_args<'a>(
+    mode: &[&'a str],
+    msgs: &'a str,
+    port: &'a str,
+    auth: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = mode.to_vec();
+    a.extend([
+        "-y",
+        "-n",
+        msgs,
+        "-m",
+        "1",
+        "-l",
+        "100",
+        "-z",
+        "5",
+        "-e",
+        "127.0.0.1",
+        "-L",
+        "127.0.0.1",
+        "-p",
+        port,
+    ]);
+    a.extend_from_slice(auth);
+    a.push("127.0.0.1");
+    a
+}
+
 async fn run_uclient(args: &[&str]) -> Run {
     let out = tokio::time::timeout(
         Duration::from_secs(40),
@@ -96,53 +130,10 @@ async fn coturn_uclient_relays_through_our_server() {
     dir.session_started("uclient");
 
     // UDP, coturn computes "<expiry>:uclient" and its HMAC from -W.
-    let udp = [
-        "-y",
-        "-n",
-        "10",
-        "-m",
-        "1",
-        "-l",
-        "100",
-        "-z",
-        "5",
-        "-e",
-        "127.0.0.1",
-        "-L",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-W",
-        "interop-secret",
-        "-u",
-        "uclient",
-        "127.0.0.1",
-    ];
+    let udp = uclient_args(&[], "10", &port, &["-W", "interop-secret", "-u", "uclient"]);
     // TCP, with a credential from our credentials().
     let (user, pass) = credentials(b"interop-secret", "uclient", Duration::from_secs(600));
-    let tcp = [
-        "-t",
-        "-y",
-        "-n",
-        "10",
-        "-m",
-        "1",
-        "-l",
-        "100",
-        "-z",
-        "5",
-        "-e",
-        "127.0.0.1",
-        "-L",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-u",
-        &user,
-        "-w",
-        &pass,
-        "127.0.0.1",
-    ];
+    let tcp = uclient_args(&["-t"], "10", &port, &["-u", &user, "-w", &pass]);
     let (u, t) = tokio::join!(run_uclient(&udp), run_uclient(&tcp));
     eprintln!(
         "uclient UDP: {}/{} ({}); TCP: {}/{} ({})",
@@ -153,24 +144,12 @@ async fn coturn_uclient_relays_through_our_server() {
     let bad = tokio::time::timeout(
         Duration::from_secs(40),
         tokio::process::Command::new(&path)
-            .args([
-                "-y",
-                "-n",
+            .args(uclient_args(
+                &[],
                 "2",
-                "-m",
-                "1",
-                "-e",
-                "127.0.0.1",
-                "-L",
-                "127.0.0.1",
-                "-p",
                 &port,
-                "-W",
-                "wrong-secret",
-                "-u",
-                "uclient",
-                "127.0.0.1",
-            ])
+                &["-W", "wrong-secret", "-u", "uclient"],
+            ))
             .kill_on_drop(true)
             .output(),
     )
@@ -197,29 +176,12 @@ async fn coturn_uclient_send_and_data_indications_on_the_fast_path() {
     let (server, dir) = start(cfg).await;
     let port = server.addr(Transport::Udp).expect("udp").port().to_string();
     dir.session_started("uclient");
-    let run = run_uclient(&[
-        "-s",
-        "-y",
-        "-n",
+    let run = run_uclient(&uclient_args(
+        &["-s"],
         "20",
-        "-m",
-        "1",
-        "-l",
-        "100",
-        "-z",
-        "5",
-        "-e",
-        "127.0.0.1",
-        "-L",
-        "127.0.0.1",
-        "-p",
         &port,
-        "-W",
-        "interop-secret",
-        "-u",
-        "uclient",
-        "127.0.0.1",
-    ])
+        &["-W", "interop-secret", "-u", "uclient"],
+    ))
     .await;
     let s = server.stats();
     eprintln!("uclient -s: {}/{}; {s:?}", run.received, run.sent);

@@ -41,6 +41,12 @@ async fn exchange(sock: &UdpSocket, setters: Vec<Box<dyn Setter>>) -> Message {
     r
 }
 
+/// The error code of answer `r`, if it has one.
+fn error_code(r: &Message) -> Option<u16> {
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(r).ok().map(|()| code.code.0)
+}
+
 /// A UDP client of `server` holding session `name`'s credential and the
 /// nonce from an unsigned Allocate's 401: it builds signed requests.
 struct SignedClient {
@@ -77,6 +83,20 @@ impl SignedClient {
             nonce,
             mi,
         }
+    }
+
+    /// [`connect`](Self::connect) for a live session `name`, then a
+    /// signed Allocate that must succeed.
+    async fn allocated(server: &TurnServer, dir: &chat_turn::SessionDirectory, name: &str) -> Self {
+        dir.session_started(name);
+        let c = Self::connect(server, name).await;
+        let r = exchange(
+            &c.sock,
+            c.request(METHOD_ALLOCATE, TransactionId::new(), vec![]),
+        )
+        .await;
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
+        c
     }
 
     /// A request of `method` with `extra` attributes, signed.
@@ -134,9 +154,7 @@ async fn lifetime_is_capped_and_resigned() {
     )
     .await;
     assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE);
-    let mut code = ErrorCodeAttribute::default();
-    code.get_from(&r).expect("error code");
-    assert_eq!(code.code.0, 401);
+    assert_eq!(error_code(&r), Some(401));
     let mut nonce = Nonce::new(ATTR_NONCE, String::new());
     nonce.get_from(&r).expect("nonce");
     let mut realm = Realm::new(stun::attributes::ATTR_REALM, String::new());
@@ -205,9 +223,7 @@ async fn unauthenticated_flood_reuses_one_nonce() {
             ],
         )
         .await;
-        let mut code = ErrorCodeAttribute::default();
-        code.get_from(&r).expect("error code");
-        assert_eq!(code.code.0, 401);
+        assert_eq!(error_code(&r), Some(401));
         let mut nonce = Nonce::new(ATTR_NONCE, String::new());
         nonce.get_from(&r).expect("nonce");
         seen.insert(nonce.text);
@@ -232,9 +248,7 @@ async fn unauthenticated_flood_reuses_one_nonce() {
         ],
     )
     .await;
-    let mut code = ErrorCodeAttribute::default();
-    code.get_from(&r).expect("error code");
-    assert_eq!(code.code.0, 438);
+    assert_eq!(error_code(&r), Some(438));
     let mut nonce = Nonce::new(ATTR_NONCE, String::new());
     nonce.get_from(&r).expect("nonce");
     assert!(seen.contains(&nonce.text));
@@ -256,12 +270,9 @@ impl Setter for RawAttr {
 #[tokio::test]
 async fn a_peer_address_that_does_not_decode_exactly_is_refused() {
     let (server, dir) = start(loopback_config()).await;
-    dir.session_started("judy");
-    let client = SignedClient::connect(&server, "judy").await;
+    let client = SignedClient::allocated(&server, &dir, "judy").await;
     let sock = &client.sock;
     let signed = |method, extra| client.request(method, TransactionId::new(), extra);
-    let r = exchange(sock, signed(METHOD_ALLOCATE, vec![])).await;
-    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
 
     // IPv4 family, port, and one address byte: 10 ^ 0x21 (magic cookie).
     let short = RawAttr(
@@ -277,9 +288,7 @@ async fn a_peer_address_that_does_not_decode_exactly_is_refused() {
     )
     .await;
     assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE, "short peer address: {r}");
-    let mut code = ErrorCodeAttribute::default();
-    code.get_from(&r).expect("error code");
-    assert_eq!(code.code.0, 400);
+    assert_eq!(error_code(&r), Some(400));
     // An unknown family is refused the same way.
     let odd = RawAttr(
         stun::attributes::ATTR_XOR_PEER_ADDRESS,
@@ -338,9 +347,7 @@ async fn stun_types_with_the_top_bits_set_are_dropped() {
         ],
     )
     .await;
-    let mut code = ErrorCodeAttribute::default();
-    code.get_from(&r).expect("error code");
-    assert_eq!(code.code.0, 401);
+    assert_eq!(error_code(&r), Some(401));
     let mut nonce = Nonce::new(ATTR_NONCE, String::new());
     nonce.get_from(&r).expect("nonce");
 
@@ -419,19 +426,12 @@ async fn permissions_and_channels_are_capped_per_allocation() {
     use turn::proto::peeraddr::PeerAddress;
 
     let (server, dir) = start(loopback_config()).await;
-    dir.session_started("kim");
-    let client = SignedClient::connect(&server, "kim").await;
+    let client = SignedClient::allocated(&server, &dir, "kim").await;
     let (sock, mi) = (&client.sock, &client.mi);
     let signed = |method, extra| client.request(method, TransactionId::new(), extra);
-    let r = exchange(sock, signed(METHOD_ALLOCATE, vec![])).await;
-    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
     let peer = |i: u32, port: u16| PeerAddress {
         ip: std::net::Ipv4Addr::from(0x7f00_0000 + 0x100 + i).into(),
         port,
-    };
-    let code_of = |r: &Message| {
-        let mut code = ErrorCodeAttribute::default();
-        code.get_from(r).ok().map(|()| code.code.0)
     };
     for i in 0..256 {
         let r = exchange(
@@ -446,7 +446,7 @@ async fn permissions_and_channels_are_capped_per_allocation() {
         signed(METHOD_CREATE_PERMISSION, vec![Box::new(peer(256, 9))]),
     )
     .await;
-    assert_eq!(code_of(&r), Some(508), "permission 257: {r}");
+    assert_eq!(error_code(&r), Some(508), "permission 257: {r}");
     mi.check(&mut r.clone()).expect("signed answer");
     let r = exchange(
         sock,
@@ -463,7 +463,7 @@ async fn permissions_and_channels_are_capped_per_allocation() {
         ),
     )
     .await;
-    assert_eq!(code_of(&r), Some(508), "channel to a 257th peer: {r}");
+    assert_eq!(error_code(&r), Some(508), "channel to a 257th peer: {r}");
 
     // Channels: 256 to ports of permitted peers, then no more.
     for i in 0..256u16 {
@@ -488,7 +488,7 @@ async fn permissions_and_channels_are_capped_per_allocation() {
         ),
     )
     .await;
-    assert_eq!(code_of(&r), Some(508), "channel 257: {r}");
+    assert_eq!(error_code(&r), Some(508), "channel 257: {r}");
     assert_eq!(server.stats().refused_capacity, 3, "each 508 is counted");
     server.close().await;
 }
@@ -503,12 +503,9 @@ async fn a_refused_request_is_not_installed_by_a_later_success() {
     use turn::proto::peeraddr::PeerAddress;
 
     let (server, dir) = start(loopback_config()).await;
-    dir.session_started("lou");
-    let client = SignedClient::connect(&server, "lou").await;
+    let client = SignedClient::allocated(&server, &dir, "lou").await;
     let sock = &client.sock;
     let signed = |method, id, extra| client.request(method, id, extra);
-    let r = exchange(sock, signed(METHOD_ALLOCATE, TransactionId::new(), vec![])).await;
-    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
     let a = UdpSocket::bind("127.0.0.1:0").await.expect("peer a");
     let b = UdpSocket::bind("127.0.0.3:0").await.expect("peer b");
     let bind = |peer: &UdpSocket| -> Vec<Box<dyn Setter>> {
