@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto'
 import {
   startHost,
   launchBrowser,
-  newPage,
+  suitePages,
   join,
   expectRemoteVideos,
   expectRemoteAudio,
@@ -14,35 +14,22 @@ import {
   shot,
   sleep,
   axeViolations,
-  pageProblems,
 } from './support/harness.mjs'
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
 
 describe('WebRTC Chat client against the host', { timeout: 280_000 }, () => {
   let host, browser
-  const pages = []
-  const open = async (opts) => {
-    const p = await newPage(browser, opts)
-    pages.push(p)
-    return p
-  }
-  // Closes the page and fails on anything it reported as wrong (page
-  // errors, console errors, CSP violations) beyond the `expected` ones.
-  const closePage = async (p, expected = []) => {
-    const i = pages.indexOf(p)
-    if (i >= 0) pages.splice(i, 1)
-    await p.context().close().catch(() => {})
-    assert.deepEqual(pageProblems(p, expected), [], 'the page reported no errors')
-  }
+  // closePage fails on anything the page reported as wrong (page errors,
+  // console errors, CSP violations) beyond the `expected` ones.
+  const { open, close: closePage, closeAll } = suitePages(() => browser)
 
   before(async () => {
     host = await startHost({ roomMax: 10 })
     browser = await launchBrowser()
   })
   after(async () => {
-    // a failed test's pages: its failure is already reported
-    for (const p of [...pages]) await closePage(p).catch(() => {})
+    await closeAll()
     await browser?.close().catch(() => {})
     await host?.stop()
   })

@@ -6,7 +6,7 @@
 import { describe, it, before, after, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, expectRemoteAudio, shot, sleep, until } from './support/harness.mjs'
+import { startHost, launchBrowser, suitePages, pageProblems, join, expectRemoteVideos, expectRemoteAudio, shot, sleep, until } from './support/harness.mjs'
 
 /** The device ids the page's own tracks come from, and what each peer connection sends. */
 const localDevices = (page) =>
@@ -47,12 +47,7 @@ const tileCoverage = (page) =>
 
 describe('call controls', { timeout: 280_000 }, () => {
   let host, browser
-  const pages = []
-  const open = async (opts) => {
-    const p = await newPage(browser, opts)
-    pages.push(p)
-    return p
-  }
+  const { open, closeAll } = suitePages(() => browser)
 
   before(async () => {
     host = await startHost()
@@ -60,7 +55,7 @@ describe('call controls', { timeout: 280_000 }, () => {
   })
   // each test's calls end with it (fewer running calls on a busy machine)
   afterEach(async () => {
-    for (const p of pages.splice(0)) await p.context().close().catch(() => {})
+    await closeAll()
   })
   after(async () => {
     await browser?.close()

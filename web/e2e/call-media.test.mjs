@@ -7,19 +7,14 @@
 import { describe, it, before, after, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, shot, until, axeViolations } from './support/harness.mjs'
+import { startHost, launchBrowser, suitePages, pageProblems, join, expectRemoteVideos, shot, until, axeViolations } from './support/harness.mjs'
 
 describe('call media', { timeout: 280_000 }, () => {
   let host, browser
-  const pages = []
-  const open = async (opts) => {
-    const p = await newPage(browser, opts)
-    pages.push(p)
-    return p
-  }
+  const { open, closeAll } = suitePages(() => browser)
   // each test's calls end with it (fewer running calls on a busy machine)
   afterEach(async () => {
-    for (const p of pages.splice(0)) await p.context().close().catch(() => {})
+    await closeAll()
   })
 
   before(async () => {

@@ -12,7 +12,7 @@ import { join as pjoin } from 'node:path'
 import {
   startHost,
   launchBrowser,
-  newPage,
+  suitePages,
   join,
   expectRemoteVideos,
   expectRemoteAudio,
@@ -76,7 +76,7 @@ async function startRedis() {
 
 describe('two hosts, one call', { timeout: 280_000 }, () => {
   let redis, hostA, hostB, browser
-  const pages = []
+  const { open, closeAll } = suitePages(() => browser)
 
   before(async () => {
     redis = await startRedis()
@@ -86,7 +86,7 @@ describe('two hosts, one call', { timeout: 280_000 }, () => {
     browser = await launchBrowser()
   })
   after(async () => {
-    for (const p of pages) await p.context().close().catch(() => {})
+    await closeAll()
     await browser?.close().catch(() => {})
     await hostA?.stop()
     await hostB?.stop()
@@ -95,9 +95,8 @@ describe('two hosts, one call', { timeout: 280_000 }, () => {
 
   it('Alice on one host and Bob on the other see and hear each other', async () => {
     const room = `cluster-${randomUUID().slice(0, 8)}`
-    const alice = await newPage(browser)
-    const bob = await newPage(browser)
-    pages.push(alice, bob)
+    const alice = await open()
+    const bob = await open()
     await join(alice, hostA.base, room, 'Alice')
     await join(bob, hostB.base, room, 'Bob')
 

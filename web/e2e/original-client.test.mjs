@@ -5,7 +5,7 @@ import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { startHost, launchBrowser, newPage, pageProblems, join, expectRemoteVideos, shot, sleep } from './support/harness.mjs'
+import { startHost, launchBrowser, suitePages, pageProblems, join, expectRemoteVideos, shot, sleep } from './support/harness.mjs'
 
 const ORIGINAL_HTML = readFileSync(new URL('./support/original-client.html', import.meta.url), 'utf8')
 const ORIGINAL_BODY = ORIGINAL_HTML.match(/<body>([\s\S]*?)<script>/)[1]
@@ -53,19 +53,14 @@ const originalView = (page) =>
 
 describe('a mixed room with the original client', { timeout: 280_000 }, () => {
   let host, browser
-  const pages = []
-  const open = async (opts) => {
-    const p = await newPage(browser, opts)
-    pages.push(p)
-    return p
-  }
+  const { open, closeAll, all: pages } = suitePages(() => browser)
 
   before(async () => {
     host = await startHost()
     browser = await launchBrowser()
   })
   after(async () => {
-    for (const p of pages) await p.context().close().catch(() => {})
+    await closeAll()
     await browser?.close().catch(() => {})
     await host?.stop()
   })

@@ -4,18 +4,13 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { startHost, launchBrowser, newPage, pageProblems, expectRemoteVideos, remoteNames, shot, sleep, axeViolations } from './support/harness.mjs'
+import { startHost, launchBrowser, suitePages, pageProblems, expectRemoteVideos, remoteNames, shot, sleep, axeViolations } from './support/harness.mjs'
 
 const MOBILE = { viewport: { width: 390, height: 844 }, isMobile: true }
 
 describe('password rooms and moderation, from the client', { timeout: 280_000 }, () => {
   let host, browser
-  const pages = []
-  const open = async (opts) => {
-    const p = await newPage(browser, opts)
-    pages.push(p)
-    return p
-  }
+  const { open, closeAll, all: pages } = suitePages(() => browser)
   const room = `vault-${randomUUID().slice(0, 8)}`
   const PASSWORD = 'open sesame 42'
   let ana, ben
@@ -36,7 +31,7 @@ describe('password rooms and moderation, from the client', { timeout: 280_000 },
     { timeout: 900_000 },
   )
   after(async () => {
-    for (const p of pages) await p.context().close().catch(() => {})
+    await closeAll()
     await browser?.close().catch(() => {})
     await host?.stop()
   })

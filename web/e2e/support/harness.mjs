@@ -6,6 +6,7 @@ import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join as pjoin, resolve, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import assert from 'node:assert/strict'
 import { chromium } from 'playwright-core'
 
 export const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -179,6 +180,42 @@ export async function newPage(browser, { viewport = { width: 1280, height: 800 }
 }
 
 const problemsOf = new WeakMap()
+
+/**
+ * The pages a suite opens, each in its own browser context (`browser()` is
+ * read when a page opens: suites launch the browser in `before`).
+ * - `open(opts)`: a new page ({@link newPage}), remembered;
+ * - `close(page, expected)`: closes it and fails on anything it reported as
+ *   wrong ({@link pageProblems}) beyond the `expected` patterns;
+ * - `closeAll()`: closes every page still open without judging it (a failed
+ *   test's pages: its failure is already reported);
+ * - `all`: every page opened so far, open or closed (for a last "no page
+ *   reported an error" check).
+ */
+export function suitePages(browser) {
+  const all = []
+  const live = new Set()
+  const shut = async (p) => {
+    live.delete(p)
+    await p.context().close().catch(() => {})
+  }
+  return {
+    all,
+    open: async (opts) => {
+      const p = await newPage(browser(), opts)
+      all.push(p)
+      live.add(p)
+      return p
+    },
+    close: async (p, expected = []) => {
+      await shut(p)
+      assert.deepEqual(pageProblems(p, expected), [], 'the page reported no errors')
+    },
+    closeAll: async () => {
+      for (const p of [...live]) await shut(p)
+    },
+  }
+}
 
 /** What went wrong on the page so far (page errors, console errors, CSP violations), minus `expected` patterns. */
 export function pageProblems(page, expected = []) {
