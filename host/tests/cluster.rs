@@ -749,10 +749,16 @@ async fn next_notice(c: &mut Client) -> Value {
 }
 
 /// A TCP path to Redis that a test can cut (its connections reset, new ones
-/// refused) and mend: one host's network partition.
+/// refused) and mend: one host's network partition. It can also hold back
+/// what Redis pushes on the host's subscriptions (connections that sent
+/// `SUBSCRIBE`) while the host's commands still go through: messages to the
+/// host are delayed, and lost if the cable is cut meanwhile.
 struct Cable {
     port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Everything held back so far.
+    held: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -765,18 +771,21 @@ impl Cable {
         let cable = Cable {
             port,
             cut: Default::default(),
+            hold: Default::default(),
+            held: Default::default(),
             conns: Default::default(),
         };
         let (cut, conns) = (cable.cut.clone(), cable.conns.clone());
+        let (hold, held) = (cable.hold.clone(), cable.held.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if cut.load(Ordering::SeqCst) {
                     continue; // dropped: the connection is reset
                 }
+                let (hold, held) = (hold.clone(), held.clone());
                 let task = tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    if let Ok(out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        splice(inbound, out, hold, held).await;
                     }
                 });
                 conns.lock().unwrap().push(task.abort_handle());
@@ -799,6 +808,82 @@ impl Cable {
     fn mend(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Holds back (true) or lets through what Redis pushes on subscriptions.
+    fn hold_subscriptions(&self, hold: bool) {
+        self.hold.store(hold, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits (bounded) until what was held back contains `needle`.
+    async fn wait_held(&self, needle: &str) {
+        let deadline = Instant::now() + SLOW;
+        loop {
+            let held = String::from_utf8_lossy(&self.held.lock().unwrap()).to_string();
+            if held.contains(needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{needle} never held: {held}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Copies both ways between a host and Redis; see `Cable`.
+async fn splice(
+    host: tokio::net::TcpStream,
+    redis: tokio::net::TcpStream,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut host_rx, mut host_tx) = host.into_split();
+    let (mut redis_rx, mut redis_tx) = redis.into_split();
+    let subscriber = std::sync::Arc::new(AtomicBool::new(false));
+    let up = {
+        let subscriber = subscriber.clone();
+        async move {
+            let mut buf = vec![0u8; 16 << 10];
+            while let Ok(n) = host_rx.read(&mut buf).await
+                && n > 0
+            {
+                if String::from_utf8_lossy(&buf[..n])
+                    .to_ascii_uppercase()
+                    .contains("SUBSCRIBE")
+                {
+                    subscriber.store(true, Ordering::SeqCst);
+                }
+                if redis_tx.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = redis_tx.shutdown().await;
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 16 << 10];
+        let mut waiting = Vec::new();
+        loop {
+            let read = tokio::time::timeout(Duration::from_millis(20), redis_rx.read(&mut buf));
+            let n = match read.await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => n,
+                Err(_) => 0, // nothing new: maybe let the held bytes go
+            };
+            let holding = hold.load(Ordering::SeqCst) && subscriber.load(Ordering::SeqCst);
+            waiting.extend_from_slice(&buf[..n]);
+            if holding {
+                held.lock().unwrap().extend_from_slice(&buf[..n]);
+            } else if !waiting.is_empty() {
+                if host_tx.write_all(&waiting).await.is_err() {
+                    break;
+                }
+                waiting.clear();
+            }
+        }
+        let _ = host_tx.shutdown().await;
+    };
+    tokio::join!(up, down);
 }
 
 /// One host alone cut off from Redis (its connections reset, new ones
@@ -918,5 +1003,74 @@ async fn a_host_cut_off_alone_rejoins_without_duplicating_or_losing_members() {
     for c in [&mut carol, &mut dave] {
         assert_eq!(next_notice(c).await["username"], "gina");
     }
+    drop(redis);
+}
+
+/// The owner handles a member's `login` but its acknowledgement never
+/// reaches the member's host (held back on that host's subscription, then
+/// lost as the host's path to Redis is cut for a moment): the member is
+/// answered `error unavailable`, and the owner is made to take it out of
+/// the room again, so the others see it leave and nobody is left half-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_acknowledgement_is_lost_leaves_no_ghost() {
+    let redis = Redis::start();
+    let cable = Cable::to(&redis).await;
+    let url = cable.url();
+    let edge = Host::start(&["--redis-url", &url, "--turn-secret", "cluster-test-secret"]);
+    let owner = member_host(&redis, &[]);
+    wait_ready(&edge, true).await;
+    wait_ready(&owner, true).await;
+    let mut alice = owner.client().await;
+    alice.login("ghosts", "alice").await; // the owner's room
+    let mut gus = edge.client().await;
+
+    cable.hold_subscriptions(true);
+    gus.send(json!({"type":"login","data":{"roomrequest":"ghosts","username":"gus"}}))
+        .await;
+    // The owner let gus in …
+    let notice = recv_within(&mut alice, SLOW).await;
+    assert_eq!(notice["type"], "login", "{notice}");
+    assert_eq!(notice["username"], "gus");
+    let gus_id = notice["from"].as_str().unwrap().to_string();
+    // … and its acknowledgement reached Redis, held back before gus's host.
+    cable.wait_held(r#""k":"a""#).await;
+    cable.cut();
+    cable.hold_subscriptions(false);
+    cable.mend();
+    assert_error(&recv_within(&mut gus, SLOW).await, "unavailable");
+
+    // gus is in no room on either side: the others see him leave, and his
+    // host tells him he is in none. (Within the time a silent client is
+    // kept: a sign of life each first.)
+    signs_of_life(&mut [&mut alice, &mut gus]).await;
+    let logout = recv_within(&mut alice, Duration::from_secs(20)).await;
+    assert_eq!(logout["type"], "logout", "{logout}");
+    assert_eq!(logout["data"]["sessionId"], gus_id.as_str());
+    gus.send(json!({"type":"offer","data":{"sdp":"x"}})).await;
+    assert_error(&recv_within(&mut gus, SLOW).await, "notInRoom");
+
+    // Logging in again works, and everyone sees one room with each once.
+    let joined = gus.login("ghosts", "gus").await;
+    assert_eq!(
+        joined["members"],
+        json!([{"sessionId": alice.id, "username": "alice"}]),
+        "{joined}"
+    );
+    assert_eq!(gus.id, gus_id);
+    assert_eq!(recv_within(&mut alice, SLOW).await["from"], gus.id.as_str());
+    gus.send(json!({"type":"offer","to":alice.id,"data":{"sdp":"y"}}))
+        .await;
+    let offer = recv_within(&mut alice, SLOW).await;
+    assert_eq!(offer["type"], "offer", "{offer}");
+    assert_eq!(offer["from"], gus.id.as_str());
+    let mut hal = edge.client().await;
+    let joined = hal.login("ghosts", "hal").await;
+    let names: Vec<&str> = joined["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "gus"], "{joined}");
     drop(redis);
 }

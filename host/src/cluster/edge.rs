@@ -76,6 +76,10 @@ impl Cluster {
             unavailable(hub, sender);
             return;
         }
+        if !self.undo_first(id).await {
+            unavailable(hub, sender);
+            return;
+        }
         let (tx, rx) = oneshot::channel();
         let q = self.relay_seq.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().insert(id.clone(), Pending { q, tx });
@@ -101,11 +105,20 @@ impl Cluster {
         let ack = match acked {
             Some(Ok(ack)) => ack,
             _ => {
-                let mut pending = self.pending.lock();
-                if pending.get(&**id).is_some_and(|p| p.q == q) {
-                    pending.remove(&**id);
+                self.forget_pending(id, q);
+                if sent == Sent::Queued {
+                    // The owner may have handled it and only its answer be
+                    // lost: whatever it did to the session's membership is
+                    // undone, so that `unavailable` stays true.
+                    let undo = Undo {
+                        owner: owner.clone(),
+                        q,
+                        u: self.relay_seq.fetch_add(1, Ordering::Relaxed),
+                    };
+                    let msg = undo.msg(id);
+                    self.undos.lock().insert(id.clone(), undo);
+                    self.send(&owner, msg);
                 }
-                drop(pending);
                 unavailable(hub, sender);
                 return;
             }
@@ -137,6 +150,105 @@ impl Cluster {
                     routes.remove(&**id);
                 }
             }
+        }
+    }
+
+    fn forget_pending(&self, id: &str, q: u64) {
+        let mut pending = self.pending.lock();
+        if pending.get(id).is_some_and(|p| p.q == q) {
+            pending.remove(id);
+        }
+    }
+
+    /// A frame of `id` to undo on its owner (`Undo`) is asked for again,
+    /// and answered, before the session's next frame goes anywhere: the
+    /// undo never lands after a later frame. False when the owner did not
+    /// answer in time.
+    async fn undo_first(&self, id: &SessionId) -> bool {
+        let Some(undo) = self.undos.lock().get(&**id).cloned() else {
+            return true;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .insert(id.clone(), Pending { q: undo.u, tx });
+        self.send(&undo.owner, undo.msg(id));
+        let _ = tokio::time::timeout(ACK_WAIT, rx).await;
+        self.forget_pending(id, undo.u);
+        !self.undos.lock().contains_key(&**id)
+    }
+
+    /// An `Ack` from `owner` numbered `u`: when it answers this host's
+    /// `Undo` for `session`, the undo is done and the owner's word on where
+    /// the session is now is taken as its route, if it fits what this host
+    /// knows; if not, the owner is told to drop the session.
+    pub(super) fn undone(
+        &self,
+        hub: &Hub,
+        owner: &str,
+        session: &str,
+        u: u64,
+        (room, name): (&Option<String>, &Option<String>),
+    ) {
+        {
+            let mut undos = self.undos.lock();
+            if undos
+                .get(session)
+                .is_none_or(|x| x.u != u || *x.owner != *owner)
+            {
+                return;
+            }
+            undos.remove(session);
+        }
+        let Some(id) = hub.registry.session_key(session) else {
+            return;
+        };
+        let mut routes = self.routes.lock();
+        let routed_there = routes.get(session).map(|r| *r.owner == *owner);
+        match room {
+            None => {
+                if routed_there == Some(true) {
+                    routes.remove(session);
+                }
+            }
+            Some(room)
+                if routed_there == Some(true)
+                    || (routed_there.is_none() && hub.registry.room_of(session).is_none()) =>
+            {
+                let route = Route {
+                    room: Arc::from(room.as_str()),
+                    owner: Arc::from(owner),
+                    username: Arc::from(name.as_deref().unwrap_or_default()),
+                };
+                routes.insert(id, route);
+            }
+            Some(_) => {
+                drop(routes);
+                self.send(
+                    owner,
+                    Msg::Leave {
+                        s: session.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Asks again for every undo not answered yet (the ticker, while Redis
+    /// answers): an `Undo` published while an owner's subscription was down
+    /// is lost, as any message is.
+    pub(super) fn resend_undos(&self) {
+        if !self.reachable() {
+            return;
+        }
+        let undos: Vec<(SessionId, Undo)> = self
+            .undos
+            .lock()
+            .iter()
+            .map(|(s, u)| (s.clone(), u.clone()))
+            .collect();
+        for (s, u) in undos {
+            self.send(&u.owner, u.msg(&s));
         }
     }
 
@@ -191,6 +303,8 @@ impl Cluster {
         }
         self.routes.lock().remove(session);
         self.pending.lock().remove(session);
+        // (Its end is told to its owners below: nothing left to undo.)
+        self.undos.lock().remove(session);
         let hosts = self.touched.lock().remove(session).unwrap_or_default();
         for h in hosts {
             self.send(

@@ -108,6 +108,12 @@ enum Work {
         seen: Option<Vec<(String, String)>>,
     },
     Leave,
+    /// Undo frame `q` if it changed the session's room; answer `u` (see
+    /// `Msg::Undo`).
+    Undo {
+        q: u64,
+        u: u64,
+    },
     /// The session's socket ended (or its host died): it disconnects here.
     Gone,
     /// The session lives on in another host's copy of its room (handed
@@ -145,6 +151,26 @@ struct Ack {
 struct Pending {
     q: u64,
     tx: oneshot::Sender<Ack>,
+}
+
+/// A relayed frame answered `error unavailable` that its owner may have
+/// handled all the same (its `Ack` was lost): the owner is asked to undo
+/// its effect on membership (`Msg::Undo`, numbered `u`) until it answers.
+#[derive(Clone, Debug)]
+struct Undo {
+    owner: Arc<str>,
+    q: u64,
+    u: u64,
+}
+
+impl Undo {
+    fn msg(&self, session: &str) -> Msg {
+        Msg::Undo {
+            s: session.to_string(),
+            q: self.q,
+            u: self.u,
+        }
+    }
 }
 
 /// A message for another host's channel, with what it counts against
@@ -196,6 +222,9 @@ pub struct Cluster {
     /// Hosts each local session's frames were relayed to (told when it ends).
     touched: Mutex<HashMap<SessionId, HashSet<Arc<str>>>>,
     pending: Mutex<HashMap<SessionId, Pending>>,
+    /// Local sessions with a frame to undo on its owner (at most one each:
+    /// a session's next frame waits until its owner answered).
+    undos: Mutex<HashMap<SessionId, Undo>>,
     /// Numbers relayed frames (`Msg::Frame::q`).
     relay_seq: AtomicU64,
     proxies: Mutex<HashMap<SessionId, Proxy>>,
@@ -257,6 +286,7 @@ impl Cluster {
             routes: Mutex::default(),
             touched: Mutex::default(),
             pending: Mutex::default(),
+            undos: Mutex::default(),
             relay_seq: AtomicU64::new(1),
             proxies: Mutex::default(),
             claims: Mutex::default(),
@@ -445,7 +475,27 @@ impl Cluster {
                     let _ = p.inbox.send(Work::Leave);
                 }
             }
+            Msg::Undo { s, q, u } => {
+                let proxies = self.proxies.lock();
+                if let Some(p) = proxies.get(s.as_str()) {
+                    let _ = p.inbox.send(Work::Undo { q, u });
+                } else {
+                    drop(proxies);
+                    // Never a member here (or gone since): nothing to undo.
+                    let (room, name) = (None, None);
+                    self.send(
+                        &src,
+                        Msg::Ack {
+                            s,
+                            q: u,
+                            room,
+                            name,
+                        },
+                    );
+                }
+            }
             Msg::Ack { s, q, room, name } => {
+                self.undone(hub, &src, &s, q, (&room, &name));
                 self.settle(&s, q, Ack { room, name });
             }
             Msg::Owner { s, room, name } => {
@@ -488,6 +538,12 @@ impl Cluster {
     /// is in no room at all. A session that moved on since is not pulled
     /// back into a room it left.
     fn owner_fits(&self, hub: &Hub, id: &str, room: &str) -> bool {
+        if self.undos.lock().contains_key(id) {
+            // Its last relayed frame was answered `error unavailable` and is
+            // being undone: a room that took it meanwhile (a new owner
+            // restoring it from the record) drops it too.
+            return false;
+        }
         match self.routes.lock().get(id) {
             Some(r) => *r.room == *room,
             None => hub.registry.room_of(id).is_none(),

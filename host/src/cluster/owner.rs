@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// A session's room and user name there.
+type Membership = (RoomId, Arc<str>);
+
 impl Cluster {
     /// The inbox of the proxy for `session` of host `edge`, made on first
     /// use: looked up and inserted under one lock, so two messages about a
@@ -177,6 +180,9 @@ impl Cluster {
     ) {
         let mut host = String::new();
         let mut handed = false;
+        // The last frame handled, with the room (and name) the session had
+        // before it: what an `Undo` of that frame puts back.
+        let mut last: Option<(u64, Option<Membership>)> = None;
         while let Some(w) = work.recv().await {
             match w {
                 Work::Frame { host: h, q, text } => {
@@ -186,6 +192,11 @@ impl Cluster {
                         handle: &handle,
                         host: &host,
                     };
+                    let before = hub.registry.room_of(&id).map(|r| {
+                        let name = hub.registry.username_of(&id).unwrap_or_default();
+                        (r, name)
+                    });
+                    last = Some((q, before));
                     if self.owns_target(&hub, &text).await {
                         dispatch::handle_text(&hub, &sender, &text).await;
                     } else {
@@ -205,11 +216,30 @@ impl Cluster {
                     );
                 }
                 Work::Leave => {
+                    last = None;
                     if let Some(d) = hub.registry.leave(&id) {
                         dispatch::announce_departure(&hub, &d);
                     }
                 }
+                Work::Undo { q, u } => {
+                    if let Some((_, before)) = last.take_if(|(handled, _)| *handled == q) {
+                        self.undo(&hub, &id, before);
+                    }
+                    let room = hub.registry.room_of(&id).map(|r| r.to_string());
+                    let name = hub.registry.username_of(&id).map(|n| n.to_string());
+                    let s = id.to_string();
+                    self.send(
+                        &edge,
+                        Msg::Ack {
+                            s,
+                            q: u,
+                            room,
+                            name,
+                        },
+                    );
+                }
                 Work::Rejoin { room, name, seen } => {
+                    last = None;
                     tracing::debug!(session = %id, %room, now = ?hub.registry.room_of(&id), "cluster: putting a session back");
                     if hub.registry.room_of(&id).is_none()
                         && self.readmit(&hub, &id, &room, &name, seen)
@@ -273,6 +303,26 @@ impl Cluster {
                 // (An inbox in the map is open: it closes only once out.)
                 let _ = next.send(w);
             }
+        }
+    }
+
+    /// Undoes what a frame of `id` did to its membership (its edge answered
+    /// it `error unavailable`): out of the room it joined (the others there
+    /// get `logout`), back into the one it had, if that room still exists
+    /// here (the others there get `login`).
+    fn undo(&self, hub: &Hub, id: &str, before: Option<Membership>) {
+        let now = hub.registry.room_of(id);
+        if now == before.as_ref().map(|(r, _)| r.clone()) {
+            return;
+        }
+        tracing::info!(session = %id, room = ?now, "cluster: undoing a frame its edge answered `unavailable`");
+        if let Some(d) = hub.registry.leave(id) {
+            dispatch::announce_departure(hub, &d);
+        }
+        if let Some((room, name)) = before
+            && hub.registry.room_exists(&room)
+        {
+            self.readmit(hub, id, &room, &name, None);
         }
     }
 

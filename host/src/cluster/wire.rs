@@ -65,6 +65,15 @@ pub enum Msg {
     /// yours.
     #[serde(rename = "l")]
     Leave { s: String },
+    /// Edge → owner: frame `q` of session `s` was answered `error
+    /// unavailable` (its `Ack` never came): if it changed the session's
+    /// room, put the session back where it was before it. Sent again until
+    /// the owner answers with `Ack { q: u }` (its room now), so `u`
+    /// numbers this request, not the frame. An owner that never handled
+    /// `q` (or has no such session) changes nothing and answers all the
+    /// same.
+    #[serde(rename = "u")]
+    Undo { s: String, q: u64, u: u64 },
     /// A host that may have been declared dead (its heartbeat lapsed), or
     /// that finds another host holding the lease of a room it serves →
     /// the room's owner: put session `s` (whose socket is on host `edge`)
@@ -115,5 +124,17 @@ mod tests {
         };
         let text = serde_json::to_string(&rejoin).unwrap();
         assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), rejoin);
+        let undo = Envelope {
+            src: "h".into(),
+            e: 2,
+            msg: Msg::Undo {
+                s: "s".into(),
+                q: 7,
+                u: 9,
+            },
+        };
+        let text = serde_json::to_string(&undo).unwrap();
+        assert!(text.contains(r#""k":"u""#), "{text}");
+        assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), undo);
     }
 }
