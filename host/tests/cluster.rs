@@ -19,18 +19,30 @@ struct Redis {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With extra `redis-server` arguments.
+    fn start_with(args: &[&str]) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let dir = tempfile::tempdir().unwrap();
-        let child = spawn_redis(port, dir.path());
-        Redis { child, port, dir }
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = spawn_redis(port, dir.path(), &args);
+        Redis {
+            child,
+            port,
+            dir,
+            args,
+        }
     }
 
     fn url(&self) -> String {
@@ -45,7 +57,7 @@ impl Redis {
 
     /// Starts it again, empty, on the same port.
     fn restart(&mut self) {
-        self.child = spawn_redis(self.port, self.dir.path());
+        self.child = spawn_redis(self.port, self.dir.path(), &self.args);
     }
 }
 
@@ -55,12 +67,13 @@ impl Drop for Redis {
     }
 }
 
-fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
+fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
     let child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
@@ -76,9 +89,10 @@ fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
             let mut buf = [0u8; 7];
+            // (One with a password answers that it wants it.)
             if s.write_all(b"PING\r\n").is_ok()
                 && s.read_exact(&mut buf).is_ok()
-                && &buf == b"+PONG\r\n"
+                && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
             {
                 return child;
             }
@@ -1073,4 +1087,73 @@ async fn a_login_whose_acknowledgement_is_lost_leaves_no_ghost() {
         .collect();
     assert_eq!(names, ["alice", "gus"], "{joined}");
     drop(redis);
+}
+
+/// Redis stops accepting the hosts' password (changed, and their
+/// connections killed so that they must log in again), then accepts it
+/// again: each host is unready meanwhile, says so once with what to do,
+/// and becomes ready again by itself, frames crossing hosts as before.
+#[tokio::test]
+async fn hosts_refused_by_redis_recover_once_it_accepts_their_password_again() {
+    let redis = Redis::start_with(&["--requirepass", "first"]);
+    let url = format!("redis://:first@127.0.0.1:{}/0", redis.port);
+    let args = ["--redis-url", &url, "--turn-secret", "cluster-test-secret"];
+    let hosts = [Host::start(&args), Host::start(&args)];
+    for h in &hosts {
+        wait_ready(h, true).await;
+    }
+    let mut alice = hosts[0].client().await;
+    alice.login("vault", "alice").await;
+    let mut bob = hosts[1].client().await;
+    bob.login("vault", "bob").await;
+    assert_eq!(alice.recv().await["username"], "bob");
+
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut run = async |args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: redis::Value = cmd.query_async(&mut admin).await.unwrap();
+    };
+    // The password changes; the hosts' connections are killed (not this
+    // one): they must log in again, and are refused.
+    run(&["CONFIG", "SET", "requirepass", "second"]).await;
+    run(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+    run(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    for h in &hosts {
+        wait_ready(h, false).await;
+    }
+    let refused = "cluster: Redis refuses this host's credentials";
+    let accepted = "cluster: Redis accepts this host's credentials again";
+    for h in &hosts {
+        let line = h.wait_log(refused, SLOW);
+        assert!(line.contains("--redis-url"), "says what to do: {line}");
+    }
+    // Refused for a while: several attempts, each its own backoff.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signs_of_life(&mut [&mut alice, &mut bob]).await;
+
+    run(&["CONFIG", "SET", "requirepass", "first"]).await;
+    for h in &hosts {
+        wait_ready(h, true).await;
+    }
+    for h in &hosts {
+        // One line when it began, one when it ended: none per attempt.
+        let line = h.wait_log_any(&[refused, accepted], SLOW);
+        assert!(line.contains(accepted), "{line}");
+    }
+    signs_of_life(&mut [&mut alice, &mut bob]).await;
+    bob.send(json!({"type":"offer","to":alice.id,"data":{"sdp":"again"}}))
+        .await;
+    let offer = next_notice(&mut alice).await;
+    assert_eq!(offer["type"], "offer", "{offer}");
+    assert_eq!(offer["from"], bob.id.as_str());
+    let mut carol = hosts[1].client().await;
+    let joined = carol.login("vault", "carol").await;
+    assert_eq!(joined["members"].as_array().unwrap().len(), 2, "{joined}");
 }

@@ -589,9 +589,7 @@ impl Cluster {
     async fn subscriber(self: Arc<Self>, hub: Arc<Hub>) {
         let channel = store::host_channel(&self.id);
         loop {
-            let connected =
-                tokio::time::timeout(store::CALL_LIMIT, self.store.client.get_async_pubsub()).await;
-            if let Ok(Ok(mut pubsub)) = connected
+            if let Ok(mut pubsub) = self.store.pubsub().await
                 && let Ok(Ok(())) = tokio::time::timeout(
                     store::CALL_LIMIT,
                     pubsub.subscribe(&[channel.as_str(), store::TURN_CHANNEL]),
@@ -617,7 +615,7 @@ impl Cluster {
                 self.subscribed.store(false, Ordering::Relaxed);
                 tracing::debug!("cluster: subscription to {channel} ended");
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(self.store.retry_delay()).await;
         }
     }
 

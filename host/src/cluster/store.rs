@@ -1,10 +1,12 @@
 //! The cluster's Redis keys and the few commands run on them. Every call is
 //! bounded in time: an unreachable Redis is an error, never a hang.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, RedisError, Script};
 
 /// One Redis call never waits longer than this.
 pub const CALL_LIMIT: Duration = Duration::from_secs(2);
@@ -99,6 +101,9 @@ pub enum StoreError {
     Timeout,
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// (Logged once, with what to do, when it starts: `Store::refused`.)
+    #[error("Redis refuses this host's credentials ({0})")]
+    Auth(redis::RedisError),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -134,17 +139,15 @@ impl MemberRecord {
 #[derive(Clone)]
 pub struct Store {
     pub client: redis::Client,
-    con: ConnectionManager,
+    /// Replaced when Redis refuses the credentials: the crate's manager
+    /// reconnects after a dropped connection, but keeps returning a failed
+    /// authentication for good (see `Credentials`).
+    con: Arc<Mutex<ConnectionManager>>,
+    config: ConnectionManagerConfig,
+    credentials: Arc<Mutex<Credentials>>,
     claim: Script,
     release: Script,
     members: Script,
-}
-
-async fn bounded<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-    match tokio::time::timeout(CALL_LIMIT, f).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(StoreError::Timeout),
-    }
 }
 
 /// `url` with the password of its user part (`redis://user:PASSWORD@…`)
@@ -163,7 +166,107 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// Whether Redis refuses this host's credentials, and when its connection
+/// may be rebuilt next.
+#[derive(Default)]
+struct Credentials {
+    refused: bool,
+    backoff: Duration,
+    next_rebuild: Option<Instant>,
+}
+
+/// Rebuilding a connection Redis refused waits this long at first, twice as
+/// long each time after, up to `REBUILD_MAX`.
+const REBUILD_MIN: Duration = Duration::from_secs(1);
+const REBUILD_MAX: Duration = Duration::from_secs(8);
+
+/// Redis refused the credentials (at connection, or on a command of a
+/// connection that never authenticated).
+fn refused(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
 impl Store {
+    fn con(&self) -> ConnectionManager {
+        self.con.lock().clone()
+    }
+
+    /// Runs one call, bounded by `CALL_LIMIT`. Redis refusing the
+    /// credentials rebuilds the connection (with backoff) so that it
+    /// authenticates again once they are right; one line is logged when
+    /// that starts and one when it ends.
+    async fn bounded<T>(&self, f: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        let result = match tokio::time::timeout(CALL_LIMIT, f).await {
+            Ok(r) => r,
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        match result {
+            Ok(v) => {
+                self.accepted();
+                Ok(v)
+            }
+            Err(e) if refused(&e) => {
+                self.refused(&e);
+                Err(StoreError::Auth(e))
+            }
+            Err(e) => Err(StoreError::Redis(e)),
+        }
+    }
+
+    fn accepted(&self) {
+        let mut c = self.credentials.lock();
+        if std::mem::take(&mut *c).refused {
+            tracing::info!("cluster: Redis accepts this host's credentials again");
+        }
+    }
+
+    fn refused(&self, e: &RedisError) {
+        let now = Instant::now();
+        let mut c = self.credentials.lock();
+        if !c.refused {
+            c.refused = true;
+            tracing::warn!(
+                "cluster: Redis refuses this host's credentials ({e}): make the password (and user) in --redis-url match Redis's requirepass or ACL; this host reconnects by itself once they do"
+            );
+        }
+        if c.next_rebuild.is_some_and(|t| now < t) {
+            return;
+        }
+        c.backoff = (c.backoff * 2).clamp(REBUILD_MIN, REBUILD_MAX);
+        c.next_rebuild = Some(now + c.backoff);
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(con) => *self.con.lock() = con,
+            Err(e) => tracing::debug!("cluster: Redis connection not rebuilt: {e}"),
+        }
+    }
+
+    /// A new pub/sub connection (the subscriber makes one per attempt).
+    /// Only a refusal counts here: whether the credentials are accepted
+    /// again is judged by the commands' connection, which must be rebuilt.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        match tokio::time::timeout(CALL_LIMIT, self.client.get_async_pubsub()).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) if refused(&e) => {
+                self.refused(&e);
+                Err(StoreError::Auth(e))
+            }
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+        }
+    }
+
+    /// How long to wait before connecting again after a failure: longer
+    /// while Redis refuses the credentials.
+    pub fn retry_delay(&self) -> Duration {
+        let c = self.credentials.lock();
+        if c.refused {
+            c.backoff.max(REBUILD_MIN)
+        } else {
+            Duration::from_millis(250)
+        }
+    }
+
     /// Connects lazily: the host starts (and serves its own rooms) while
     /// Redis is down.
     pub fn open(url: &str) -> std::result::Result<Self, String> {
@@ -176,11 +279,13 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
+        let con = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|e| format!("--redis-url {shown:?}: {e}"))?;
         Ok(Self {
             client,
-            con,
+            con: Arc::new(Mutex::new(con)),
+            config,
+            credentials: Arc::default(),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             members: Script::new(MEMBERS),
@@ -191,7 +296,7 @@ impl Store {
     /// was still there (false: it lapsed, and the others may have declared
     /// the host dead meanwhile).
     pub async fn heartbeat(&self, host: &str, epoch: u64, ttl: Duration) -> Result<bool> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(alive_key(host))
@@ -205,7 +310,7 @@ impl Store {
             .arg("PX")
             .arg(EPOCH_TTL.as_millis() as u64)
             .ignore();
-        let (previous,): (Option<String>,) = bounded(pipe.query_async(&mut con)).await?;
+        let (previous,): (Option<String>,) = self.bounded(pipe.query_async(&mut con)).await?;
         Ok(previous.is_some())
     }
 
@@ -215,10 +320,10 @@ impl Store {
     /// later epoch (it finds its heartbeat lapsed), so what it sends then
     /// counts.
     pub async fn dead_epoch(&self, host: &str) -> Result<Option<u64>> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut pipe = redis::pipe();
         pipe.atomic().exists(alive_key(host)).get(epoch_key(host));
-        let (alive, epoch): (bool, Option<u64>) = bounded(pipe.query_async(&mut con)).await?;
+        let (alive, epoch): (bool, Option<u64>) = self.bounded(pipe.query_async(&mut con)).await?;
         Ok((!alive).then(|| epoch.unwrap_or(0)))
     }
 
@@ -229,10 +334,10 @@ impl Store {
 
     /// Ids of the hosts with a current heartbeat.
     pub async fn live_hosts(&self) -> Result<Vec<String>> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let pattern = format!("{PREFIX}:alive:*");
         let prefix = format!("{PREFIX}:alive:");
-        bounded(async move {
+        self.bounded(async move {
             let mut hosts = Vec::new();
             let mut cursor: u64 = 0;
             loop {
@@ -267,7 +372,7 @@ impl Store {
         ttl: Duration,
         replace: bool,
     ) -> Result<()> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut pipe = redis::pipe();
         pipe.atomic();
         if replace {
@@ -279,34 +384,35 @@ impl Store {
         }
         pipe.pexpire(sessions_key(host), ttl.as_millis() as i64)
             .ignore();
-        bounded(pipe.query_async::<()>(&mut con)).await
+        self.bounded(pipe.query_async::<()>(&mut con)).await
     }
 
     /// `host` is shutting down: its heartbeat and session record go, and
     /// every host hears it at once.
     pub async fn goodbye(&self, host: &str) -> Result<()> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut pipe = redis::pipe();
         pipe.del(alive_key(host)).ignore();
         pipe.del(sessions_key(host)).ignore();
         pipe.publish(TURN_CHANNEL, format!("!{host} -")).ignore();
-        bounded(pipe.query_async::<()>(&mut con)).await
+        self.bounded(pipe.query_async::<()>(&mut con)).await
     }
 
     /// The session ended on `host`.
     pub async fn retract(&self, host: &str, session: &str) -> Result<()> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut pipe = redis::pipe();
         pipe.srem(sessions_key(host), session).ignore();
         pipe.publish(TURN_CHANNEL, format!("-{host} {session}"))
             .ignore();
-        bounded(pipe.query_async::<()>(&mut con)).await
+        self.bounded(pipe.query_async::<()>(&mut con)).await
     }
 
     /// Keeps `host`'s session record from lapsing.
     pub async fn refresh_sessions(&self, host: &str, ttl: Duration) -> Result<()> {
-        let mut con = self.con.clone();
-        bounded(con.pexpire::<_, ()>(sessions_key(host), ttl.as_millis() as i64)).await
+        let mut con = self.con();
+        self.bounded(con.pexpire::<_, ()>(sessions_key(host), ttl.as_millis() as i64))
+            .await
     }
 
     /// The sessions each of `hosts` recorded.
@@ -314,12 +420,12 @@ impl Store {
         if hosts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut pipe = redis::pipe();
         for h in hosts {
             pipe.smembers(sessions_key(h));
         }
-        bounded(pipe.query_async(&mut con)).await
+        self.bounded(pipe.query_async(&mut con)).await
     }
 
     /// Which of `hosts` have a current heartbeat.
@@ -327,36 +433,38 @@ impl Store {
         if hosts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut pipe = redis::pipe();
         for h in hosts {
             pipe.exists(alive_key(h));
         }
-        bounded(pipe.query_async(&mut con)).await
+        self.bounded(pipe.query_async(&mut con)).await
     }
 
     /// Claims (or renews) the lease on `room`: the owner afterwards.
     pub async fn claim(&self, room: &str, me: &str, ttl: Duration, dead: &str) -> Result<String> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut inv = self.claim.key(owner_key(room));
         inv.key(alive_key(dead))
             .arg(me)
             .arg(ttl.as_millis() as u64)
             .arg(dead);
-        bounded(inv.invoke_async(&mut con)).await
+        self.bounded(inv.invoke_async(&mut con)).await
     }
 
     /// The host holding `room`'s lease, if any.
     pub async fn owner(&self, room: &str) -> Result<Option<String>> {
-        let mut con = self.con.clone();
-        bounded(con.get(owner_key(room))).await
+        let mut con = self.con();
+        self.bounded(con.get(owner_key(room))).await
     }
 
     pub async fn release(&self, room: &str, me: &str) -> Result<()> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut inv = self.release.key(owner_key(room));
         inv.key(members_key(room)).arg(me);
-        bounded(inv.invoke_async::<i64>(&mut con)).await.map(|_| ())
+        self.bounded(inv.invoke_async::<i64>(&mut con))
+            .await
+            .map(|_| ())
     }
 
     /// Runs the fenced `MEMBERS` script for `me`: true when it wrote.
@@ -367,7 +475,7 @@ impl Store {
         op: &str,
         args: &[&str],
     ) -> Result<bool> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut inv = self.members.key(owner_key(room));
         inv.key(members_key(room))
             .arg(me)
@@ -376,7 +484,7 @@ impl Store {
         for a in args {
             inv.arg(*a);
         }
-        bounded(inv.invoke_async::<i64>(&mut con))
+        self.bounded(inv.invoke_async::<i64>(&mut con))
             .await
             .map(|n| n == 1)
     }
@@ -420,8 +528,8 @@ impl Store {
 
     /// The member list of `room`, in join order.
     pub async fn members(&self, room: &str) -> Result<Vec<MemberRecord>> {
-        let mut con = self.con.clone();
-        let all: Vec<(String, String)> = bounded(con.hgetall(members_key(room))).await?;
+        let mut con = self.con();
+        let all: Vec<(String, String)> = self.bounded(con.hgetall(members_key(room))).await?;
         let mut out: Vec<MemberRecord> = all
             .into_iter()
             .filter_map(|(s, v)| MemberRecord::parse(s, &v))
@@ -432,12 +540,12 @@ impl Store {
 
     /// Publishes `(channel, payload)` pairs in order, in one round trip.
     pub async fn publish_all(&self, batch: &[(String, String)]) -> Result<()> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let mut pipe = redis::pipe();
         for (channel, payload) in batch {
             pipe.publish(channel, payload).ignore();
         }
-        bounded(pipe.query_async::<()>(&mut con)).await
+        self.bounded(pipe.query_async::<()>(&mut con)).await
     }
 }
 
