@@ -246,7 +246,7 @@ pub fn render_turn(out: &mut String, t: &chat_turn::TurnStats) {
     );
     let _ = writeln!(
         out,
-        "# HELP webrtc_chat_turn_fastpath_sends_total Datagrams the fast path handed the kernel for those packets (a run of frames to one client or peer leaves as one segmented datagram, GSO): packets / sends is the batching."
+        "# HELP webrtc_chat_turn_fastpath_sends_total Datagrams the fast path handed the kernel (a run of frames to one client or peer leaves as one segmented datagram, GSO; a relay-to-relay packet is counted in both directions above but sent once)."
     );
     let _ = writeln!(out, "# TYPE webrtc_chat_turn_fastpath_sends_total counter");
     let _ = writeln!(

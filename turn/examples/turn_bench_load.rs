@@ -15,9 +15,12 @@
 //! it can drive a server core into saturation.
 //!
 //! Per rate it prints one line: `load offered=.. sent=.. received=..
-//! secs=.. delivered_pps=.. loss_pct=.. server_cpu_pct=.. cpu_us_per_pkt=..`,
-//! where the server's CPU (all threads of PID, from schedstat) is over the
-//! step including a 300 ms drain. `sent` below `offered × secs` means the
+//! secs=.. delivered_pps=.. loss_pct=.. server_cpu_pct=.. cpu_us_per_pkt=..
+//! client_drops=..`: the server's CPU (all threads of PID, from schedstat)
+//! as a share of one core while sending, and per delivered packet over the
+//! step and a 300 ms drain; `client_drops`, datagrams the kernel dropped
+//! at the generator's own sockets (full receive buffers: loss that is the
+//! generator's, not the server's). `sent` below `offered × secs` means the
 //! generator itself could not keep up. Not a test: it measures.
 
 use std::io::{Error, ErrorKind};
@@ -200,6 +203,23 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// Datagrams the kernel dropped at the sockets bound to `ports` (the
+/// `drops` column of /proc/net/udp and udp6).
+fn drops(ports: &[u16]) -> u64 {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let port = u16::from_str_radix(cols.get(1)?.rsplit(':').next()?, 16).ok()?;
+            ports
+                .contains(&port)
+                .then(|| cols.last()?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 /// True when the kernel takes UDP_SEGMENT (GSO) on `sock`.
 fn gso_supported(sock: &UdpSocket) -> bool {
     let size: libc::c_int = 1500;
@@ -360,6 +380,11 @@ fn main() -> Result<()> {
     if !(1..=64).contains(&burst) || len == 0 || len > 1400 {
         return Err("BURST must be 1..=64 and LEN 1..=1400".into());
     }
+    if (4 + len) * burst > 65_000 {
+        return Err(
+            "BURST x (LEN + 4) must stay under 65,000 bytes (one segmented datagram)".into(),
+        );
+    }
 
     let mut clients = Vec::new();
     for _ in 0..2 * pairs {
@@ -378,6 +403,10 @@ fn main() -> Result<()> {
         f[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     }
     let gso = gso_supported(&clients[0].sock);
+    let ports: Vec<u16> = clients
+        .iter()
+        .map(|c| c.sock.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?;
     let senders: Vec<UdpSocket> = clients
         .iter()
         .map(|c| c.sock.try_clone())
@@ -402,6 +431,7 @@ fn main() -> Result<()> {
     );
     for rate in rates {
         let r0 = received.load(Ordering::Relaxed);
+        let d0 = drops(&ports);
         let c0 = cpu_ns(pid);
         let start = Instant::now();
         let (mut sent, mut next) = (0u64, 0usize);
@@ -424,24 +454,26 @@ fn main() -> Result<()> {
             }
         }
         let wall = start.elapsed().as_secs_f64();
+        // A thread that ended takes its schedstat with it: never below 0.
+        let sending = cpu_ns(pid).saturating_sub(c0);
         std::thread::sleep(Duration::from_millis(300));
-        let cpu = cpu_ns(pid) - c0;
+        let cpu = cpu_ns(pid).saturating_sub(c0);
         let got = received.load(Ordering::Relaxed) - r0;
-        let all = start.elapsed().as_secs_f64();
+        let loss = if sent == 0 {
+            0.0
+        } else {
+            sent.saturating_sub(got) as f64 * 100.0 / sent as f64
+        };
+        let per_pkt = if got == 0 {
+            0.0
+        } else {
+            cpu as f64 / 1e3 / got as f64
+        };
         println!(
-            "load offered={rate} sent={sent} received={got} secs={wall:.2} delivered_pps={:.0} loss_pct={:.2} server_cpu_pct={:.1} cpu_us_per_pkt={:.2}",
+            "load offered={rate} sent={sent} received={got} secs={wall:.2} delivered_pps={:.0} loss_pct={loss:.2} server_cpu_pct={:.1} cpu_us_per_pkt={per_pkt:.2} client_drops={}",
             got as f64 / wall,
-            if sent == 0 {
-                0.0
-            } else {
-                (sent.saturating_sub(got)) as f64 * 100.0 / sent as f64
-            },
-            cpu as f64 / 1e7 / all,
-            if got == 0 {
-                0.0
-            } else {
-                cpu as f64 / 1e3 / got as f64
-            },
+            sending as f64 / 1e7 / wall,
+            drops(&ports).saturating_sub(d0),
         );
     }
     stop.store(true, Ordering::Relaxed);

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -397,7 +397,7 @@ impl FastTable {
         len: usize,
         src: SocketAddr,
         now: u64,
-        gather: Gather<'_>,
+        gather: Option<Gather<'_>>,
     ) -> bool {
         let pkt = &buf[off..off + len];
         let (peer, data_off, data_len, clients) = if (0x40..0x80).contains(&pkt[0]) {
@@ -438,7 +438,7 @@ impl FastTable {
         if relay.kill.is_cancelled() {
             return false;
         }
-        path.to_peer(relay, buf, data_off, data_len, peer, now, Some(gather));
+        path.to_peer(relay, buf, data_off, data_len, peer, now, gather);
         true
     }
 }
@@ -573,6 +573,15 @@ impl Batch {
         None
     }
 
+    /// True when message `i` holds one datagram. Several (GRO, which these
+    /// sockets turn off, best effort) sit back to back, so a frame built in
+    /// place before one would overwrite the end of the one before: such a
+    /// datagram's frame must leave at once, not wait in the outbox.
+    pub(crate) fn single(&self, i: usize) -> bool {
+        let m = &self.meta[i];
+        m.stride == 0 || m.stride >= m.len
+    }
+
     pub(crate) fn buf(&mut self, i: usize) -> &mut [u8] {
         &mut self.bufs[i]
     }
@@ -595,6 +604,9 @@ impl Batch {
         if self.out.is_empty() {
             return;
         }
+        // A closed allocation relays nothing more, not even what its
+        // batch produced before it closed.
+        self.out.retain(|o| !o.relay.kill.is_cancelled());
         let (sent, sends) = send_all(&self.bufs, &self.out, &GSO);
         Counters::add(&counters.fast_sends, sends);
         for (_, o) in self
@@ -654,21 +666,36 @@ impl Batch {
     }
 }
 
-/// Generic segmentation offload (UDP_SEGMENT, Linux 4.18+): the largest
-/// frame sent as a segment of a bigger datagram, 0 when off. Probed with
-/// the first batch socket; turned off for good when a device cannot do it
-/// (EIO), and lowered below a frame the path refused (EINVAL: a segment
-/// must fit the path MTU, which GSO does not fragment).
+/// Generic segmentation offload (UDP_SEGMENT, Linux 4.18+): whether runs
+/// of frames may leave as one segmented datagram. Probed with the first
+/// batch socket. A destination a segmented datagram could not reach while
+/// its frames one by one could (a path MTU below the frames: GSO does not
+/// fragment; a route through IPsec, a device without checksum offload:
+/// EIO) gets its frames one by one for [`GSO_REFUSED_FOR`]: one
+/// destination's path (which a client can shape for its own peers) never
+/// costs the others their segmentation.
 pub(crate) struct Gso {
-    max_len: AtomicUsize,
+    on: std::sync::atomic::AtomicBool,
     probed: std::sync::Once,
+    /// Destination IP -> until when its frames go one by one. Read only
+    /// while `any_refused` (never, on a healthy path).
+    refused: Mutex<HashMap<IpAddr, Instant>>,
+    any_refused: std::sync::atomic::AtomicBool,
 }
 
+/// How long a destination that refused a segmented datagram gets its
+/// frames one by one (Linux keeps a learnt path MTU for 10 minutes).
+const GSO_REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+/// Destinations remembered as refusing segmentation, at most.
+const GSO_REFUSED_MAX: usize = 1024;
+
 impl Gso {
-    const fn new() -> Self {
+    fn new() -> Self {
         Self {
-            max_len: AtomicUsize::new(0),
+            on: std::sync::atomic::AtomicBool::new(false),
             probed: std::sync::Once::new(),
+            refused: Mutex::default(),
+            any_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -676,38 +703,68 @@ impl Gso {
     fn probe(&self, state: &quinn_udp::UdpSocketState) {
         self.probed.call_once(|| {
             if state.max_gso_segments() > 1 {
-                self.max_len.store(BUF_LEN, Ordering::Relaxed);
+                self.on.store(true, Ordering::Relaxed);
             }
         });
     }
 
-    fn max_len(&self) -> usize {
-        self.max_len.load(Ordering::Relaxed)
+    fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
     }
 
-    /// A datagram of `len`-byte segments was refused with `err`.
-    fn refused(&self, len: usize, err: &std::io::Error) {
-        let (now, was) = match err.raw_os_error() {
-            Some(libc::EIO) => (0, self.max_len.swap(0, Ordering::Relaxed)),
-            _ => (
-                len.saturating_sub(1),
-                self.max_len
-                    .fetch_min(len.saturating_sub(1), Ordering::Relaxed),
-            ),
-        };
-        if now < was {
-            tracing::info!(segment = len, error = %err,
-                "TURN: the kernel refused a segmented send; frames of {len} bytes and more now go one by one");
+    /// The destinations that get no segmented datagrams now (`None`: all
+    /// may), for one batch.
+    fn refusing(&self) -> Option<std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>>> {
+        if !self.any_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut g = lock(&self.refused);
+        let now = Instant::now();
+        g.retain(|_, until| *until > now);
+        if g.is_empty() {
+            self.any_refused.store(false, Ordering::Relaxed);
+            return None;
+        }
+        Some(g)
+    }
+
+    /// A segmented datagram to `to` was refused with `err`, while its
+    /// frames one by one went out.
+    fn refused(&self, to: IpAddr, err: &std::io::Error) {
+        let mut g = lock(&self.refused);
+        if g.len() >= GSO_REFUSED_MAX && !g.contains_key(&to) {
+            let now = Instant::now();
+            g.retain(|_, until| *until > now);
+            if g.len() >= GSO_REFUSED_MAX
+                && let Some(k) = g.keys().next().copied()
+            {
+                g.remove(&k);
+            }
+        }
+        let first = g.is_empty();
+        g.insert(to, Instant::now() + GSO_REFUSED_FOR);
+        self.any_refused.store(true, Ordering::Relaxed);
+        if first {
+            tracing::info!(peer = %to, error = %err,
+                "TURN: the path refused a segmented send; frames to it go one by one for 10 minutes");
+        } else {
+            tracing::debug!(peer = %to, error = %err,
+                "TURN: the path refused a segmented send; frames to it go one by one for 10 minutes");
         }
     }
 }
 
 /// The process's [`Gso`] state.
-static GSO: Gso = Gso::new();
+static GSO: std::sync::LazyLock<Gso> = std::sync::LazyLock::new(Gso::new);
 
 /// Segments (frames) in one datagram handed to the kernel: the kernel's
-/// UDP_MAX_SEGMENTS is 64 (128 since Linux 6.9).
+/// UDP_MAX_SEGMENTS is 64 (128 since Linux 6.9); a batch holds at most
+/// [`LISTENER_BATCH`] frames anyway.
 const MAX_SEGMENTS: usize = 64;
+/// The largest frame sent as a segment: a 1500-byte MTU less the IPv6 and
+/// UDP headers (GSO does not fragment; a larger frame goes alone and the
+/// kernel fragments it as before).
+const MAX_SEGMENT_LEN: usize = 1500 - 40 - 8;
 /// Bytes of frames in one segmented datagram (an IP datagram holds 65,535
 /// bytes with its headers).
 const MAX_SEGMENTED: usize = 65_000;
@@ -749,7 +806,8 @@ fn send_all(bufs: &[Box<[u8]>], out: &[Out], gso: &Gso) -> (u64, u64) {
         },
     });
     // Datagrams: (first position in `order`, frames, segment size).
-    let max_len = gso.max_len();
+    let on = gso.is_on();
+    let refusing = if on { gso.refusing() } else { None };
     let mut grams: [(usize, usize, usize); LISTENER_BATCH] = [(0, 0, 0); LISTENER_BATCH];
     let mut count = 0;
     for pos in 0..n {
@@ -758,13 +816,17 @@ fn send_all(bufs: &[Box<[u8]>], out: &[Out], gso: &Gso) -> (u64, u64) {
             let (first, frames, size) = &mut grams[count - 1];
             let head = &out[usize::from(order[*first])];
             let last = &out[usize::from(order[*first + *frames - 1])];
-            if head.to == o.to
+            if on
+                && head.to == o.to
                 && head.socket().as_raw_fd() == o.socket().as_raw_fd()
                 && last.len == *size
-                && o.len <= *size
-                && *size <= max_len
+                && (1..=*size).contains(&o.len)
+                && *size <= MAX_SEGMENT_LEN
                 && *frames < MAX_SEGMENTS
                 && (*frames + 1) * *size <= MAX_SEGMENTED
+                && refusing
+                    .as_ref()
+                    .is_none_or(|r| !r.contains_key(&o.to.ip()))
             {
                 *frames += 1;
                 continue;
@@ -773,6 +835,7 @@ fn send_all(bufs: &[Box<[u8]>], out: &[Out], gso: &Gso) -> (u64, u64) {
         grams[count] = (pos, 1, o.len);
         count += 1;
     }
+    drop(refusing);
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let addrs: [socket2::SockAddr; LISTENER_BATCH] = std::array::from_fn(|d| {
         socket2::SockAddr::from(if d < count {
@@ -792,18 +855,19 @@ fn send_all(bufs: &[Box<[u8]>], out: &[Out], gso: &Gso) -> (u64, u64) {
         let h = &mut hdrs[d].msg_hdr;
         h.msg_name = addrs[d].as_ptr() as *mut libc::c_void;
         h.msg_namelen = addrs[d].len();
-        h.msg_iov = &mut iovs[first];
-        h.msg_iovlen = frames;
+        // SAFETY: first + frames <= n <= LISTENER_BATCH: inside `iovs`.
+        h.msg_iov = unsafe { iovs.as_mut_ptr().add(first) };
+        h.msg_iovlen = frames as _;
         if frames > 1 {
             h.msg_control = control[d].as_mut_ptr().cast();
-            h.msg_controllen = space;
+            h.msg_controllen = space as _;
             // SAFETY: msg_control points at `space` zeroed, aligned bytes
             // that live until this function returns; the first header fits.
             unsafe {
                 let c = libc::CMSG_FIRSTHDR(h);
                 (*c).cmsg_level = libc::SOL_UDP;
                 (*c).cmsg_type = libc::UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
                 std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size as u16);
             }
         }
@@ -846,10 +910,11 @@ fn send_all(bufs: &[Box<[u8]>], out: &[Out], gso: &Gso) -> (u64, u64) {
                 std::io::ErrorKind::WouldBlock => break,
                 _ => {}
             }
-            let (first, frames, size) = grams[d];
+            let (first, frames, _) = grams[d];
             if frames > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
-                // The path cannot take this one segmented: frame by frame.
-                gso.refused(size, &err);
+                // Maybe the path cannot take it segmented: frame by frame,
+                // and if that goes, its frames go so for a while.
+                let before = sent;
                 for &f in &order[first..first + frames] {
                     let mut one = iov(&out[usize::from(f)]);
                     let mut h = hdrs[d].msg_hdr;
@@ -863,6 +928,9 @@ fn send_all(bufs: &[Box<[u8]>], out: &[Out], gso: &Gso) -> (u64, u64) {
                         sent |= 1u64 << f;
                         sends += 1;
                     }
+                }
+                if sent != before {
+                    gso.refused(out[usize::from(order[first])].to.ip(), &err);
                 }
             }
             // Refused (or sent one by one): on with the next.
@@ -1064,6 +1132,10 @@ impl FastPath<'_> {
         now: u64,
         gather: Option<Gather<'_>>,
     ) {
+        // Port 0 is nobody (the kernel refuses it): dropped.
+        if peer.port() == 0 {
+            return;
+        }
         // A peer on the address relays are advertised on: another live
         // allocation gets it in the process; any other port there is judged
         // by the policy again (a relay that was live when the permission was
@@ -1430,7 +1502,7 @@ mod tests {
         gso.probe(&batch.state);
         let (sent, sends) = send_all(&batch.bufs, &batch.out, &gso);
         assert_eq!(sent, 0b11_1111, "all sent");
-        if gso.max_len() > 0 {
+        if gso.is_on() {
             assert_eq!(sends, 3, "a: two datagrams, b: one");
         } else {
             assert_eq!(sends, 6, "no GSO on this kernel: one datagram per frame");
@@ -1442,13 +1514,27 @@ mod tests {
         assert_eq!(datagrams(&b, 2).await, [(1, 500), (4, 500)]);
     }
 
-    /// A segmented datagram the kernel refuses (here: a socket without
-    /// UDP checksums, which GSO cannot serve; in the field, a segment over
-    /// the path MTU) is sent again one frame at a time, and frames that
-    /// long are no longer segmented.
+    /// Empty frames (legal ChannelData) are never folded into a segmented
+    /// datagram: each leaves as its own (empty) datagram.
+    #[tokio::test]
+    async fn empty_frames_are_not_segmented() {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
+        let at = a.local_addr().expect("a");
+        let batch = outbox(&udp, &[(at, 0), (at, 0), (at, 40), (at, 0)]);
+        let (sent, sends) = send_all(&batch.bufs, &batch.out, &GSO);
+        assert_eq!((sent, sends), (0b1111, 4));
+        let got: Vec<usize> = datagrams(&a, 4).await.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(got, [0, 0, 40, 0]);
+    }
+
+    /// A segmented datagram the path refuses (here: a socket without UDP
+    /// checksums, which GSO cannot serve; in the field, a segment over the
+    /// path MTU) is sent again one frame at a time, and that destination's
+    /// frames then go one by one; other destinations keep segmentation.
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn a_refused_segmented_datagram_goes_frame_by_frame() {
+    async fn a_refused_segmented_datagram_goes_frame_by_frame_for_that_destination_only() {
         use std::os::fd::AsRawFd;
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
         let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
@@ -1456,7 +1542,7 @@ mod tests {
         let batch = outbox(&udp, &[(at, 400); 5]);
         let gso = Gso::new();
         gso.probe(&batch.state);
-        if gso.max_len() == 0 {
+        if !gso.is_on() {
             return; // nothing to refuse: covered by the test above
         }
         let one: libc::c_int = 1;
@@ -1473,19 +1559,60 @@ mod tests {
         assert_eq!(r, 0, "SO_NO_CHECK");
         let (sent, sends) = send_all(&batch.bufs, &batch.out, &gso);
         assert_eq!((sent, sends), (0b1_1111, 5), "sent one by one");
-        assert_eq!(
-            gso.max_len(),
-            399,
-            "400-byte frames are no longer segmented"
+        assert!(
+            gso.refusing().is_some_and(|r| r.contains_key(&at.ip())),
+            "that destination is remembered"
         );
         assert_eq!(
             datagrams(&a, 5).await,
             [(0, 400), (1, 400), (2, 400), (3, 400), (4, 400)]
         );
-        // The next batch of such frames goes one by one at once.
+        // The next batch to it goes one by one at once (no refused try).
         let (sent, sends) = send_all(&batch.bufs, &batch.out, &gso);
         assert_eq!((sent, sends), (0b1_1111, 5));
         assert_eq!(datagrams(&a, 5).await.len(), 5);
+        // Another destination (another IP, a healthy socket) is segmented.
+        let other = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let b = UdpSocket::bind("127.0.0.2:0").await.expect("b");
+        let batch = outbox(&other, &[(b.local_addr().expect("b"), 400); 5]);
+        let (sent, sends) = send_all(&batch.bufs, &batch.out, &gso);
+        assert_eq!((sent, sends), (0b1_1111, 1), "one segmented datagram");
+        assert_eq!(datagrams(&b, 5).await.len(), 5);
+    }
+
+    /// A run the kernel refuses for itself, not for segmentation (port 0:
+    /// nobody), is not taken as the path refusing GSO: nothing is
+    /// remembered, so nobody can switch segmentation off for others.
+    #[tokio::test]
+    async fn a_run_to_port_zero_does_not_turn_segmentation_off() {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let to: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let batch = outbox(&udp, &[(to, 1), (to, 1), (to, 1)]);
+        let gso = Gso::new();
+        gso.probe(&batch.state);
+        let (sent, _) = send_all(&batch.bufs, &batch.out, &gso);
+        assert_eq!(sent, 0, "nothing reaches port 0");
+        assert!(gso.refusing().is_none(), "no destination remembered");
+    }
+
+    /// Frames of an allocation that closed before its batch was flushed
+    /// are not sent and not counted.
+    #[tokio::test]
+    async fn a_closed_allocation_s_frames_are_not_flushed() {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
+        let at = a.local_addr().expect("a");
+        let mut batch = outbox(&udp, &[(at, 10), (at, 10)]);
+        batch.out[0].relay.kill.cancel();
+        let counters = Counters::default();
+        batch.flush(&counters);
+        assert_eq!(counters.fast_packets_from_peers.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.fast_sends.load(Ordering::Relaxed), 0);
+        let mut buf = [0u8; 64];
+        let got =
+            tokio::time::timeout(std::time::Duration::from_millis(200), a.recv_from(&mut buf))
+                .await;
+        assert!(got.is_err(), "nothing sent");
     }
 
     #[test]

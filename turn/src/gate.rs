@@ -480,11 +480,12 @@ impl Gate {
         loop {
             let now = crate::fast::now_secs();
             while let Some((i, off, n, src)) = batch.next() {
+                let single = batch.single(i);
                 let (b, out) = batch.parts(i);
                 if not_turn(b[off]) {
                     continue;
                 }
-                let gather = Gather { out, slot: i };
+                let gather = single.then_some(Gather { out, slot: i });
                 if fast.client_packet(&path, b, off, n, src, now, gather) {
                     continue;
                 }

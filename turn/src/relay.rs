@@ -524,10 +524,11 @@ impl Conn for FilteredRelayConn {
                         "dropped a packet from a forbidden peer");
                     continue;
                 }
+                let single = batch.single(i);
                 let (b, out) = batch.parts(i);
-                let gather = crate::fast::Gather { out, slot: i };
+                let gather = single.then_some(crate::fast::Gather { out, slot: i });
                 if path
-                    .to_client(&self.fast, b, off, n, from, now, Some(gather))
+                    .to_client(&self.fast, b, off, n, from, now, gather)
                     .is_some()
                 {
                     // Relayed (its frame waits in the outbox), or dropped

@@ -78,7 +78,7 @@ async fn run_uclient(args: &[&str]) -> Run {
             .output(),
     )
     .await
-    .expect("turnutils_uclient finished in time")
+    .unwrap_or_else(|_| panic!("turnutils_uclient {args:?} did not finish within 40 s"))
     .expect("turnutils_uclient runs");
     let text = format!(
         "{}{}",
