@@ -61,6 +61,17 @@ pub(crate) fn not_turn(first: u8) -> bool {
 
 /// Decodes an XOR-PEER-ADDRESS value (RFC 5389 §15.2): exactly 8 bytes for
 /// IPv4, 20 for IPv6, anything else is `None`.
+/// The XOR-RELAYED-ADDRESS of the crate's Allocate success answer `buf`.
+fn relayed_address(buf: &[u8]) -> Option<SocketAddr> {
+    let mut m = Message {
+        raw: buf.to_vec(),
+        ..Default::default()
+    };
+    m.decode().ok()?;
+    let v = m.get(stun::attributes::ATTR_XOR_RELAYED_ADDRESS).ok()?;
+    decode_xor_address(&v, &m.transaction_id.0)
+}
+
 pub(crate) fn decode_xor_address(v: &[u8], transaction: &[u8; 12]) -> Option<SocketAddr> {
     if v.len() < 4 {
         return None;
@@ -568,6 +579,14 @@ impl Conn for Gate {
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         self.learn_nonce(buf);
+        // An allocation is made when the crate says so: with EVEN-PORT it
+        // opens (and drops) relay sockets just to find a free even port.
+        if stun_header(buf) == Some((METHOD_ALLOCATE, CLASS_SUCCESS)) {
+            crate::stats::Counters::add(&self.counters.allocations_made, 1);
+            if let Some(relay) = relayed_address(buf) {
+                self.registry.granted(relay);
+            }
+        }
         if let Some(fast) = &self.fast
             && let Some((METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND, class)) = stun_header(buf)
         {

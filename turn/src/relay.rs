@@ -97,6 +97,9 @@ struct Entry {
     /// The fast-path table of its UDP listener, which lists it until it
     /// closes.
     table: Option<Arc<FastTable>>,
+    /// The crate answered the Allocate with this relay: an allocation,
+    /// not a relay socket opened only to find a free port (EVEN-PORT).
+    granted: bool,
 }
 
 /// Where packets for one live relayed address go inside the process.
@@ -285,6 +288,7 @@ impl Registry {
                 relay: None,
                 bytes: Arc::clone(&bytes),
                 table: None,
+                granted: false,
             },
         );
         *g.per_ip.entry(ip).or_insert(0) += 1;
@@ -296,6 +300,15 @@ impl Registry {
             bytes,
             released: AtomicBool::new(false),
         })
+    }
+
+    /// The crate granted an Allocate with relayed address `relay`.
+    pub(crate) fn granted(&self, relay: SocketAddr) {
+        let relay = SocketAddr::new(canonical(relay.ip()), relay.port());
+        let mut g = lock(&self.inner);
+        if let Some(e) = g.entries.values_mut().find(|e| e.relay == Some(relay)) {
+            e.granted = true;
+        }
     }
 
     fn release(&self, id: u64) {
@@ -316,11 +329,14 @@ impl Registry {
             let ip = crate::peer::client_network(e.client.ip());
             dec(&mut g.per_ip, &ip);
             dec(&mut g.per_session, &e.session);
-            let total =
-                g.session_bytes.remove(&e.session).unwrap_or(0) + e.bytes.load(Ordering::Relaxed);
+            let pending = g.session_bytes.remove(&e.session);
+            let total = pending.unwrap_or(0) + e.bytes.load(Ordering::Relaxed);
             if g.per_session.contains_key(&e.session) {
                 g.session_bytes.insert(e.session, total);
-            } else {
+            } else if e.granted || pending.is_some() {
+                // A session that never had an allocation granted (only
+                // EVEN-PORT's throwaway sockets, or failed ones) is not one
+                // that relayed.
                 g.ended.observe(total);
             }
         }
@@ -774,8 +790,7 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
         ));
         self.registry
             .add_fast(lease.id, Arc::clone(&fast), self.fast.clone());
-        crate::stats::Counters::add(&self.counters.allocations_made, 1);
-        tracing::debug!(client = %ctx.client, %relay_addr, "TURN allocation made");
+        tracing::debug!(client = %ctx.client, %relay_addr, "TURN relay socket opened");
         let conn = FilteredRelayConn {
             fast,
             policy: Arc::clone(&self.policy),

@@ -545,3 +545,46 @@ async fn a_refused_request_is_not_installed_by_a_later_success() {
     assert!(at_b.is_err(), "nothing reaches B");
     server.close().await;
 }
+
+/// An Allocate with EVEN-PORT is one allocation: turn 0.17 opens (and
+/// drops) relay sockets just to find a free even port, which must not
+/// count as allocations made.
+#[tokio::test]
+async fn an_even_port_allocation_counts_once() {
+    use turn::proto::evenport::EvenPort;
+    use turn::proto::relayaddr::RelayedAddress;
+
+    let (server, dir) = start(loopback_config()).await;
+    dir.session_started("nina");
+    let client = SignedClient::connect(&server, "nina").await;
+    let r = exchange(
+        &client.sock,
+        client.request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![Box::new(EvenPort::default())],
+        ),
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
+    let mut relayed = RelayedAddress::default();
+    relayed.get_from(&r).expect("relayed address");
+    assert_eq!(relayed.port % 2, 0, "an even port");
+    let s = server.stats();
+    assert_eq!((s.allocations, s.allocations_made), (1, 1), "{s:?}");
+    // Deleted (Refresh 0): the session's one allocation ends, one
+    // observation in the relayed-bytes histogram.
+    let r = exchange(
+        &client.sock,
+        client.request(
+            METHOD_REFRESH,
+            TransactionId::new(),
+            vec![Box::new(Lifetime(Duration::from_secs(0)))],
+        ),
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "refresh 0: {r}");
+    wait_until("deleted", || server.allocation_count() == 0).await;
+    assert_eq!(server.stats().session_bytes.count, 1, "one session ended");
+    server.close().await;
+}
