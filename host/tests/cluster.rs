@@ -1157,3 +1157,69 @@ async fn hosts_refused_by_redis_recover_once_it_accepts_their_password_again() {
     let joined = carol.login("vault", "carol").await;
     assert_eq!(joined["members"].as_array().unwrap().len(), 2, "{joined}");
 }
+
+/// While a host is cut off from Redis for a moment, one of its members in a
+/// room another host owns closes its socket and another joins a room of its
+/// own host: what it tells the owner then is lost, and told again once it
+/// is back, so the owner's room keeps no ghost of either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ends_and_moves_told_while_cut_off_reach_the_owner_once_back() {
+    let redis = Redis::start();
+    let cable = Cable::to(&redis).await;
+    let url = cable.url();
+    let edge = Host::start(&["--redis-url", &url, "--turn-secret", "cluster-test-secret"]);
+    let owner = member_host(&redis, &[]);
+    wait_ready(&edge, true).await;
+    wait_ready(&owner, true).await;
+    let mut alice = owner.client().await;
+    alice.login("far", "alice").await; // the owner's room
+    let mut dave = edge.client().await;
+    dave.login("near", "dave").await; // the edge's room
+    let mut gus = edge.client().await;
+    gus.login("far", "gus").await;
+    let mut hal = edge.client().await;
+    hal.login("far", "hal").await;
+    assert_eq!(alice.recv().await["username"], "gus");
+    assert_eq!(alice.recv().await["username"], "hal");
+    assert_eq!(gus.recv().await["username"], "hal");
+    // (A frame each, relayed only once the owner acknowledged their login.)
+    for c in [&mut gus, &mut hal] {
+        c.send(json!({"type":"candidate","to":alice.id,"data":{"candidate":"c"}}))
+            .await;
+        assert_eq!(alice.recv().await["from"], c.id.as_str());
+    }
+
+    let dropped = "webrtc_chat_cluster_relay_dropped_total";
+    let before = edge.metric(dropped).await;
+    signs_of_life(&mut [&mut alice, &mut dave, &mut hal]).await;
+    cable.cut();
+    drop(gus);
+    let joined = hal.login("near", "hal").await;
+    assert_eq!(joined["members"].as_array().unwrap().len(), 1, "{joined}");
+    assert_eq!(dave.recv().await["username"], "hal");
+    // Both words to the owner (gus's end, hal's move) were lost.
+    let deadline = Instant::now() + SLOW;
+    while edge.metric(dropped).await < before + 2 {
+        assert!(Instant::now() < deadline, "nothing dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cable.mend();
+
+    signs_of_life(&mut [&mut alice, &mut dave, &mut hal]).await;
+    let mut gone = Vec::new();
+    for _ in 0..2 {
+        let logout = recv_within(&mut alice, Duration::from_secs(20)).await;
+        assert_eq!(logout["type"], "logout", "{logout}");
+        gone.push(logout["data"]["username"].as_str().unwrap().to_string());
+    }
+    gone.sort();
+    assert_eq!(gone, ["gus", "hal"]);
+    let mut ivy = edge.client().await;
+    let joined = ivy.login("far", "ivy").await;
+    assert_eq!(
+        joined["members"],
+        json!([{"sessionId": alice.id, "username": "alice"}]),
+        "{joined}"
+    );
+    drop(redis);
+}

@@ -76,7 +76,7 @@ impl Cluster {
             unavailable(hub, sender);
             return;
         }
-        if !self.undo_first(id).await {
+        if !self.errand_first(id, &owner).await {
             unavailable(hub, sender);
             return;
         }
@@ -110,14 +110,7 @@ impl Cluster {
                     // The owner may have handled it and only its answer be
                     // lost: whatever it did to the session's membership is
                     // undone, so that `unavailable` stays true.
-                    let undo = Undo {
-                        owner: owner.clone(),
-                        q,
-                        u: self.relay_seq.fetch_add(1, Ordering::Relaxed),
-                    };
-                    let msg = undo.msg(id);
-                    self.undos.lock().insert(id.clone(), undo);
-                    self.send(&owner, msg);
+                    self.owe(id, &owner, Errand::Undo(q));
                 }
                 unavailable(hub, sender);
                 return;
@@ -141,7 +134,7 @@ impl Cluster {
                 if let Some(p) = previous
                     && p.owner != owner
                 {
-                    self.send(&p.owner, Msg::Leave { s: id.to_string() });
+                    self.owe(id, &p.owner, Errand::Leave);
                 }
             }
             None => {
@@ -160,51 +153,68 @@ impl Cluster {
         }
     }
 
-    /// A frame of `id` to undo on its owner (`Undo`) is asked for again,
-    /// and answered, before the session's next frame goes anywhere: the
-    /// undo never lands after a later frame. False when the owner did not
-    /// answer in time.
-    async fn undo_first(&self, id: &SessionId) -> bool {
-        let Some(undo) = self.undos.lock().get(&**id).cloned() else {
+    /// Gives `host` an errand about local session `id` (replacing the one
+    /// it had), sent now and again until `host` answers.
+    pub(super) fn owe(&self, id: &SessionId, host: &Arc<str>, errand: Errand) {
+        let owed = Owed {
+            errand,
+            u: self.relay_seq.fetch_add(1, Ordering::Relaxed),
+            since: Instant::now(),
+        };
+        let msg = owed.msg(id);
+        self.owed.lock().insert((id.clone(), host.clone()), owed);
+        self.send(host, msg);
+    }
+
+    /// An errand for `owner` about `id` (an undo, a leave) is sent again,
+    /// and answered, before the session's next frame goes there: it never
+    /// lands after a later frame. False when the owner did not answer in
+    /// time.
+    async fn errand_first(&self, id: &SessionId, owner: &Arc<str>) -> bool {
+        let key = (id.clone(), owner.clone());
+        let Some(owed) = self.owed.lock().get(&key).cloned() else {
             return true;
         };
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
-            .insert(id.clone(), Pending { q: undo.u, tx });
-        self.send(&undo.owner, undo.msg(id));
+            .insert(id.clone(), Pending { q: owed.u, tx });
+        self.send(owner, owed.msg(id));
         let _ = tokio::time::timeout(ACK_WAIT, rx).await;
-        self.forget_pending(id, undo.u);
-        !self.undos.lock().contains_key(&**id)
+        self.forget_pending(id, owed.u);
+        !self.owed.lock().contains_key(&key)
     }
 
-    /// An `Ack` from `owner` numbered `u`: when it answers this host's
-    /// `Undo` for `session`, the undo is done and the owner's word on where
-    /// the session is now is taken as its route, if it fits what this host
-    /// knows; if not, the owner is told to drop the session.
-    pub(super) fn undone(
+    /// An `Ack` from `host` numbered `u`: when it answers an errand about
+    /// `session`, the errand is done. For an undo, the owner's word on
+    /// where the session is now is taken as its route if it fits what this
+    /// host knows; if not, the owner is told to take it out.
+    pub(super) fn errand_done(
         &self,
         hub: &Hub,
-        owner: &str,
+        host: &str,
         session: &str,
         u: u64,
         (room, name): (&Option<String>, &Option<String>),
     ) {
-        {
-            let mut undos = self.undos.lock();
-            if undos
-                .get(session)
-                .is_none_or(|x| x.u != u || *x.owner != *owner)
-            {
-                return;
+        let host: Arc<str> = Arc::from(host);
+        // (A session that ended is owed its `Gone` all the same.)
+        let key: (SessionId, Arc<str>) = (Arc::from(session), host.clone());
+        let errand = {
+            let mut owed = self.owed.lock();
+            match owed.get(&key) {
+                Some(o) if o.u == u => owed.remove(&key).map(|o| o.errand),
+                _ => None,
             }
-            undos.remove(session);
+        };
+        if !matches!(errand, Some(Errand::Undo(_))) {
+            return;
         }
         let Some(id) = hub.registry.session_key(session) else {
             return;
         };
         let mut routes = self.routes.lock();
-        let routed_there = routes.get(session).map(|r| *r.owner == *owner);
+        let routed_there = routes.get(session).map(|r| r.owner == host);
         match room {
             None => {
                 if routed_there == Some(true) {
@@ -217,38 +227,33 @@ impl Cluster {
             {
                 let route = Route {
                     room: Arc::from(room.as_str()),
-                    owner: Arc::from(owner),
+                    owner: host,
                     username: Arc::from(name.as_deref().unwrap_or_default()),
                 };
                 routes.insert(id, route);
             }
             Some(_) => {
                 drop(routes);
-                self.send(
-                    owner,
-                    Msg::Leave {
-                        s: session.to_string(),
-                    },
-                );
+                self.owe(&id, &host, Errand::Leave);
             }
         }
     }
 
-    /// Asks again for every undo not answered yet (the ticker, while Redis
-    /// answers): an `Undo` published while an owner's subscription was down
-    /// is lost, as any message is.
-    pub(super) fn resend_undos(&self) {
+    /// Sends again every errand not answered yet (the ticker, while Redis
+    /// answers): one published while Redis or the other host's
+    /// subscription was down is lost, as any message is. One unanswered
+    /// for `ERRAND_LIMIT` is given up (a host that never answers them).
+    pub(super) fn resend_errands(&self) {
         if !self.reachable() {
             return;
         }
-        let undos: Vec<(SessionId, Undo)> = self
-            .undos
-            .lock()
-            .iter()
-            .map(|(s, u)| (s.clone(), u.clone()))
-            .collect();
-        for (s, u) in undos {
-            self.send(&u.owner, u.msg(&s));
+        let owed: Vec<((SessionId, Arc<str>), Owed)> = {
+            let mut owed = self.owed.lock();
+            owed.retain(|_, o| o.since.elapsed() < ERRAND_LIMIT);
+            owed.iter().map(|(k, o)| (k.clone(), o.clone())).collect()
+        };
+        for ((s, host), o) in owed {
+            self.send(&host, o.msg(&s));
         }
     }
 
@@ -276,13 +281,10 @@ impl Cluster {
         if self.routes.lock().get(session).is_none() {
             return;
         }
-        if let Some(old) = self.routes.lock().remove(session) {
-            self.send(
-                &old.owner,
-                Msg::Leave {
-                    s: session.to_string(),
-                },
-            );
+        if let Some(old) = self.routes.lock().remove(session)
+            && let Some(id) = hub.registry.session_key(session)
+        {
+            self.owe(&id, &old.owner, Errand::Leave);
         }
     }
 
@@ -303,16 +305,13 @@ impl Cluster {
         }
         self.routes.lock().remove(session);
         self.pending.lock().remove(session);
-        // (Its end is told to its owners below: nothing left to undo.)
-        self.undos.lock().remove(session);
+        // Its end, told to every host that knew it, replaces what else they
+        // were owed.
+        self.owed.lock().retain(|(s, _), _| **s != *session);
         let hosts = self.touched.lock().remove(session).unwrap_or_default();
+        let id: SessionId = Arc::from(session);
         for h in hosts {
-            self.send(
-                &h,
-                Msg::Gone {
-                    s: session.to_string(),
-                },
-            );
+            self.owe(&id, &h, Errand::Gone);
         }
     }
 }

@@ -78,7 +78,7 @@ impl Cluster {
                     let _ = self.reconcile_turn(&hub).await;
                 }
             }
-            self.resend_undos();
+            self.resend_errands();
             // Only after every live host had time to heartbeat (after an
             // outage too) is a missing heartbeat a death.
             if self.healthy_since.lock().elapsed() >= ALIVE_TTL + TICK {
@@ -267,7 +267,7 @@ impl Cluster {
         let mut peers: HashSet<Arc<str>> = HashSet::new();
         peers.extend(self.routes.lock().values().map(|r| r.owner.clone()));
         peers.extend(self.proxies.lock().values().map(|p| p.edge.clone()));
-        peers.extend(self.undos.lock().values().map(|u| u.owner.clone()));
+        peers.extend(self.owed.lock().keys().map(|(_, h)| h.clone()));
         peers.remove(&self.id);
         let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
         let Ok(alive) = self.store.alive(&peers).await else {
@@ -352,8 +352,8 @@ impl Cluster {
         self.touched.lock().values_mut().for_each(|h| {
             h.remove(&dead);
         });
-        // Its proxies went with it: nothing left to undo there.
-        self.undos.lock().retain(|_, u| u.owner != dead);
+        // Its proxies went with it: nothing left to do there.
+        self.owed.lock().retain(|(_, h), _| *h != dead);
     }
 
     /// Claims `room` from the dead host; the winner rebuilds it from the

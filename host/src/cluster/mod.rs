@@ -57,6 +57,8 @@ pub const ALIVE_TTL: Duration = Duration::from_secs(6);
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How long an edge waits for the owner to handle a relayed frame.
 const ACK_WAIT: Duration = Duration::from_secs(5);
+/// An errand another host has not answered for this long is given up.
+const ERRAND_LIMIT: Duration = Duration::from_secs(600);
 /// A claimed lease whose room never came to be is released after this.
 const CLAIM_GRACE: Duration = Duration::from_secs(10);
 
@@ -153,22 +155,34 @@ struct Pending {
     tx: oneshot::Sender<Ack>,
 }
 
-/// A relayed frame answered `error unavailable` that its owner may have
-/// handled all the same (its `Ack` was lost): the owner is asked to undo
-/// its effect on membership (`Msg::Undo`, numbered `u`) until it answers.
-#[derive(Clone, Debug)]
-struct Undo {
-    owner: Arc<str>,
-    q: u64,
-    u: u64,
+/// What another host must do about a local session for the two to agree
+/// on its membership. Pub/sub keeps nothing, so each is sent again until
+/// that host answers (`Ack { q: u }`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Errand {
+    /// Undo frame `q`, answered `error unavailable` when its `Ack` did not
+    /// come (see `Msg::Undo`).
+    Undo(u64),
+    /// Take the session out of its room there: it joined one elsewhere.
+    Leave,
+    /// End the session there: its socket ended.
+    Gone,
 }
 
-impl Undo {
+#[derive(Clone, Debug)]
+struct Owed {
+    errand: Errand,
+    u: u64,
+    since: Instant,
+}
+
+impl Owed {
     fn msg(&self, session: &str) -> Msg {
-        Msg::Undo {
-            s: session.to_string(),
-            q: self.q,
-            u: self.u,
+        let (s, u) = (session.to_string(), self.u);
+        match self.errand {
+            Errand::Undo(q) => Msg::Undo { s, q, u },
+            Errand::Leave => Msg::Leave { s, u: Some(u) },
+            Errand::Gone => Msg::Gone { s, u: Some(u) },
         }
     }
 }
@@ -222,9 +236,9 @@ pub struct Cluster {
     /// Hosts each local session's frames were relayed to (told when it ends).
     touched: Mutex<HashMap<SessionId, HashSet<Arc<str>>>>,
     pending: Mutex<HashMap<SessionId, Pending>>,
-    /// Local sessions with a frame to undo on its owner (at most one each:
-    /// a session's next frame waits until its owner answered).
-    undos: Mutex<HashMap<SessionId, Undo>>,
+    /// Errands for other hosts about local sessions, not answered yet. A
+    /// session's next frame to that host waits until it is.
+    owed: Mutex<HashMap<(SessionId, Arc<str>), Owed>>,
     /// Numbers relayed frames (`Msg::Frame::q`).
     relay_seq: AtomicU64,
     proxies: Mutex<HashMap<SessionId, Proxy>>,
@@ -286,7 +300,7 @@ impl Cluster {
             routes: Mutex::default(),
             touched: Mutex::default(),
             pending: Mutex::default(),
-            undos: Mutex::default(),
+            owed: Mutex::default(),
             relay_seq: AtomicU64::new(1),
             proxies: Mutex::default(),
             claims: Mutex::default(),
@@ -465,15 +479,18 @@ impl Cluster {
                     self.to_proxy(hub, &s, &edge, epoch, Work::Rejoin { room, name, seen });
                 }
             }
-            Msg::Gone { s } => {
+            Msg::Gone { s, u } => {
                 if let Some(p) = self.proxies.lock().get(s.as_str()) {
                     let _ = p.inbox.send(Work::Gone);
                 }
+                // Queued for the proxy, ahead of anything later: done.
+                self.answer(&src, s, u);
             }
-            Msg::Leave { s } => {
+            Msg::Leave { s, u } => {
                 if let Some(p) = self.proxies.lock().get(s.as_str()) {
                     let _ = p.inbox.send(Work::Leave);
                 }
+                self.answer(&src, s, u);
             }
             Msg::Undo { s, q, u } => {
                 let proxies = self.proxies.lock();
@@ -495,7 +512,7 @@ impl Cluster {
                 }
             }
             Msg::Ack { s, q, room, name } => {
-                self.undone(hub, &src, &s, q, (&room, &name));
+                self.errand_done(hub, &src, &s, q, (&room, &name));
                 self.settle(&s, q, Ack { room, name });
             }
             Msg::Owner { s, room, name } => {
@@ -516,7 +533,11 @@ impl Cluster {
                     // crossed its move): the owner drops it.
                     _ => {
                         tracing::debug!(session = %s, %room, from = %owner, "cluster: a stale Owner message: the sender drops the session");
-                        self.send(&owner, Msg::Gone { s });
+                        if let Some(id) = hub.registry.session_key(&s) {
+                            self.owe(&id, &owner, Errand::Gone);
+                        } else {
+                            self.send(&owner, Msg::Gone { s, u: None });
+                        }
                     }
                 }
             }
@@ -535,18 +556,37 @@ impl Cluster {
 
     /// Whether another host may take `id` as a member of `room`
     /// (`Msg::Owner`): its route names that room (the owner changed), or it
-    /// is in no room at all. A session that moved on since is not pulled
-    /// back into a room it left.
+    /// is in no room at all and not being undone out of one. A session that
+    /// moved on since is not pulled back into a room it left, nor one whose
+    /// `login` it was told failed (`error unavailable`) into the room it
+    /// asked for (a new owner restoring it from the record).
     fn owner_fits(&self, hub: &Hub, id: &str, room: &str) -> bool {
-        if self.undos.lock().contains_key(id) {
-            // Its last relayed frame was answered `error unavailable` and is
-            // being undone: a room that took it meanwhile (a new owner
-            // restoring it from the record) drops it too.
-            return false;
-        }
         match self.routes.lock().get(id) {
             Some(r) => *r.room == *room,
-            None => hub.registry.room_of(id).is_none(),
+            None => {
+                hub.registry.room_of(id).is_none()
+                    && !self
+                        .owed
+                        .lock()
+                        .iter()
+                        .any(|((s, _), o)| **s == *id && matches!(o.errand, Errand::Undo(_)))
+            }
+        }
+    }
+
+    /// Answers an errand numbered `u` (none: the sender wants no answer).
+    fn answer(&self, host: &str, s: String, u: Option<u64>) {
+        if let Some(u) = u {
+            let (room, name) = (None, None);
+            self.send(
+                host,
+                Msg::Ack {
+                    s,
+                    q: u,
+                    room,
+                    name,
+                },
+            );
         }
     }
 
@@ -859,7 +899,16 @@ mod tests {
             handle,
             SocketAddr::from(([127, 0, 0, 1], 1)),
         );
-        let gone = || (store::host_channel("x"), Msg::Gone { s: "a1".into() });
+        // (The sender is owed an answer: `u` numbers the errand.)
+        let gone = |sent: Vec<(String, Msg)>| {
+            let [(channel, Msg::Gone { s, u: Some(_) })] = &sent[..] else {
+                panic!("not one Gone: {sent:?}");
+            };
+            assert_eq!(
+                (channel.as_str(), s.as_str()),
+                (&*store::host_channel("x"), "a1")
+            );
+        };
 
         // a1 moved from R to T (owned by c): x put it back into R from a
         // stale record. Its route stays; x is told to drop it.
@@ -867,14 +916,14 @@ mod tests {
         owner_msg(&c, &hub, "R");
         let r = c.routes.lock().get("a1").cloned().unwrap();
         assert_eq!((&*r.room, &*r.owner), ("T", "c"), "route replaced");
-        assert_eq!(sent(&mut out), vec![gone()]);
+        gone(sent(&mut out));
 
         // a1 is in a room of this host now: the same.
         c.routes.lock().clear();
         assert!(hub.registry.restore("a1", "L", "alice"));
         owner_msg(&c, &hub, "R");
         assert!(c.routes.lock().get("a1").is_none(), "routed away from L");
-        assert_eq!(sent(&mut out), vec![gone()]);
+        gone(sent(&mut out));
         hub.registry.leave("a1");
 
         // R changed owner (d died, x took it over): a1 follows it.

@@ -58,13 +58,22 @@ pub enum Msg {
         code: u16,
         reason: String,
     },
-    /// Edge → owner: the session's socket ended.
+    /// Edge → owner: the session's socket ended. With `u`, the owner
+    /// answers `Ack { q: u }` (the edge sends it again until then).
     #[serde(rename = "g")]
-    Gone { s: String },
+    Gone {
+        s: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        u: Option<u64>,
+    },
     /// Edge → owner: the session joined a room elsewhere; take it out of
-    /// yours.
+    /// yours. `u` as for `Gone`.
     #[serde(rename = "l")]
-    Leave { s: String },
+    Leave {
+        s: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        u: Option<u64>,
+    },
     /// Edge → owner: frame `q` of session `s` was answered `error
     /// unavailable` (its `Ack` never came): if it changed the session's
     /// room, put the session back where it was before it. Sent again until
@@ -136,5 +145,14 @@ mod tests {
         let text = serde_json::to_string(&undo).unwrap();
         assert!(text.contains(r#""k":"u""#), "{text}");
         assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), undo);
+        // A `Gone` without a number (as hosts before it sent) still reads.
+        let gone: Envelope = serde_json::from_str(r#"{"src":"h","e":1,"k":"g","s":"x"}"#).unwrap();
+        assert_eq!(
+            gone.msg,
+            Msg::Gone {
+                s: "x".into(),
+                u: None
+            }
+        );
     }
 }
