@@ -10,18 +10,10 @@ use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-async fn pair(host: &Host, room: &str) -> (Client, Client) {
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login(room, "a").await;
-    b.login(room, "b").await;
-    a.recv().await;
-    (a, b)
-}
-
 #[tokio::test]
 async fn a_flood_is_rate_limited_then_closed() {
     let host = Host::start(&["--rate-limit", "5", "--rate-burst", "5"]);
-    let (mut a, mut b) = pair(&host, "r").await;
+    let (mut a, mut b) = host.pair("r").await;
     let mut flooder = host.client().await;
     flooder.login("r", "f").await;
     a.recv().await;
@@ -193,7 +185,7 @@ async fn foreign_origins_are_refused_by_default() {
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_without_stalling_its_room() {
     let host = Host::start(&["--send-queue", "16", "--rate-limit", "0"]);
-    let (mut a, mut b) = pair(&host, "r").await;
+    let (mut a, mut b) = host.pair("r").await;
     let mut slow = host.client().await;
     slow.login("r", "slow").await;
     a.recv().await;
@@ -253,7 +245,7 @@ async fn a_dead_socket_is_reaped_within_30_seconds() {
 #[tokio::test]
 async fn shutdown_tells_clients_and_exits() {
     let mut host = Host::start(&[]);
-    let (mut a, mut b) = pair(&host, "r").await;
+    let (mut a, mut b) = host.pair("r").await;
     let status = host
         .terminate(Duration::from_secs(10))
         .expect("exits within 10 s");
@@ -268,7 +260,7 @@ async fn draining_is_not_ready_and_delivers_queued_frames_before_1001() {
     // hold, so most of them are still in the host when the drain begins.
     let mut host = Host::start(&["--rate-limit", "0", "--send-queue-bytes", "67108864"]);
     let metrics = host.metrics_addr();
-    let (mut a, mut b) = pair(&host, "r").await;
+    let (mut a, mut b) = host.pair("r").await;
     let mut c = host.client().await;
     c.login("r", "c").await;
     a.recv().await;
@@ -325,7 +317,7 @@ async fn draining_is_not_ready_and_delivers_queued_frames_before_1001() {
 async fn metrics_reflect_a_scripted_session() {
     let host = Host::start(&[]);
     let addr = host.metrics_addr();
-    let (mut a, mut b) = pair(&host, "m").await;
+    let (mut a, mut b) = host.pair("m").await;
     a.send(json!({"type":"offer","data":"sdp"})).await;
     b.recv().await;
     b.send(json!({"type":"answer","to":a.id,"data":"sdp"}))
@@ -404,7 +396,7 @@ async fn logout_of(b: &mut Client, id: &str, within: Duration) -> Duration {
 async fn a_receiver_that_never_reads_is_bounded_in_bytes() {
     // Default bounds (1024 frames, 1 MiB) apart from the rate limit.
     let host = Host::start(&["--rate-limit", "0"]);
-    let (mut a, mut b) = pair(&host, "r").await;
+    let (mut a, mut b) = host.pair("r").await;
     let mut slow = host.client().await;
     slow.login("r", "slow").await;
     a.recv().await;
@@ -442,7 +434,7 @@ async fn a_receiver_that_never_reads_is_bounded_in_bytes() {
 async fn a_socket_that_accepts_nothing_is_closed_after_15_seconds() {
     // Bounds so wide that only the stalled socket can end the session.
     let host = Host::start(&["--rate-limit", "0", "--send-queue-bytes", "268435456"]);
-    let (mut a, mut b) = pair(&host, "r").await;
+    let (mut a, mut b) = host.pair("r").await;
     let mut slow = host.client().await;
     slow.login("r", "slow").await;
     a.recv().await;
@@ -553,7 +545,7 @@ async fn silent_connections_are_closed_within_15_seconds() {
 async fn sessions_registered_during_shutdown_are_closed_too() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = Host::start(&["--rate-limit", "0", "--send-queue-bytes", "268435456"]);
-    let (mut a, mut b) = pair(&host, "r").await;
+    let (mut a, mut b) = host.pair("r").await;
     let mut slow = host.client().await;
     slow.login("r", "slow").await;
     a.recv().await;

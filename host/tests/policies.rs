@@ -23,10 +23,7 @@ fn drop_in(src: &Path, dir: &Path, name: &str) {
 async fn dropping_and_removing_password_rooms_while_sessions_talk() {
     let wasm = build_policy("password-rooms").unwrap();
     let host = Host::start(&[]);
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login("talk", "a").await;
-    b.login("talk", "b").await;
-    a.recv().await;
+    let (mut a, mut b) = host.pair("talk").await;
 
     drop_in(&wasm, &host.plugins_dir(), "50-password-rooms.wasm");
     host.wait_log("policy chain: 50-password-rooms → default", RELOAD);
@@ -82,10 +79,7 @@ async fn twenty_swaps_lose_and_duplicate_nothing() {
 
     let wasm = build_policy("moderation").unwrap();
     let host = Host::start(&["--rate-limit", "0"]);
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login("seq", "a").await;
-    b.login("seq", "b").await;
-    a.recv().await;
+    let (mut a, mut b) = host.pair("seq").await;
     let to = b.id.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -390,10 +384,7 @@ async fn a_policy_that_keeps_failing_is_quarantined_until_removed() {
     let dir = host.plugins_dir();
     drop_in(&hostile(), &dir, "10-hostile.wasm");
     host.wait_log("policy chain: 10-hostile → default", RELOAD);
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login("q", "a").await;
-    b.login("q", "b").await;
-    a.recv().await;
+    let (mut a, mut b) = host.pair("q").await;
 
     for _ in 0..5 {
         a.send(json!({"type":"trap"})).await;
@@ -626,10 +617,7 @@ async fn a_replaced_file_lifts_the_quarantine() {
     let dir = host.plugins_dir();
     drop_in(&wasm, &dir, "10-hostile.wasm");
     host.wait_log("policy chain: 10-hostile → default", RELOAD);
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login("q", "a").await;
-    b.login("q", "b").await;
-    a.recv().await;
+    let (mut a, mut b) = host.pair("q").await;
     for _ in 0..5 {
         a.send(json!({"type":"trap"})).await;
         assert_error(&a.recv().await, "internal");
@@ -653,10 +641,7 @@ async fn the_host_refuses_illegal_policy_actions() {
     let host = Host::start(&[]);
     drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
     host.wait_log("policy chain: 10-hostile → default", RELOAD);
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login("r", "a").await;
-    b.login("r", "b").await;
-    a.recv().await;
+    let (mut a, mut b) = host.pair("r").await;
 
     for (what, logged) in [
         ("send-joined", "policy send refused"),
@@ -688,10 +673,7 @@ async fn host_only_types_are_never_forwarded() {
     drop_in(&hostile(), &host.plugins_dir(), "10-hostile.wasm");
     drop_in(&hostile(), &host.plugins_dir(), "20-hostile.wasm");
     host.wait_log("policy chain: 10-hostile → 20-hostile → default", RELOAD);
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login("r", "a").await;
-    b.login("r", "b").await;
-    a.recv().await;
+    let (mut a, mut b) = host.pair("r").await;
     for forged in [
         json!({"type":"error","message":{"errorType":"full","errorText":"forged"}}),
         json!({"type":"logout","data":{"username":"b","sessionId":b.id}}),

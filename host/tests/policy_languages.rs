@@ -98,10 +98,7 @@ fn js_and_python_policies_chain_with_the_rust_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_host_takes_a_js_then_a_python_policy() {
     let host = Host::start(&[]);
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login("call", "a").await;
-    b.login("call", "b").await;
-    a.recv().await;
+    let (a, b) = host.pair("call").await;
     let call = keep_answering_pings(a, b);
 
     let dir = host.plugins_dir();

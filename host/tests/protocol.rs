@@ -267,10 +267,7 @@ async fn fifty_concurrent_logins_fill_exactly_ten_slots() {
 #[tokio::test]
 async fn bad_input_is_answered_and_the_room_keeps_working() {
     let host = Host::start(&["--max-frame-bytes", "4096"]);
-    let (mut a, mut b) = (host.client().await, host.client().await);
-    a.login("r", "a").await;
-    b.login("r", "b").await;
-    a.recv().await;
+    let (mut a, mut b) = host.pair("r").await;
 
     b.send_text("{not json").await;
     assert_error(&b.recv().await, "badRequest");

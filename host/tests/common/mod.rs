@@ -235,6 +235,16 @@ impl Host {
         Client::connect(&self.url("/ws")).await
     }
 
+    /// Two clients, "a" and "b", logged into `room` (a first), with a's
+    /// notice of b's login read: ready to exchange frames.
+    pub async fn pair(&self, room: &str) -> (Client, Client) {
+        let (mut a, mut b) = (self.client().await, self.client().await);
+        a.login(room, "a").await;
+        b.login(room, "b").await;
+        a.recv().await;
+        (a, b)
+    }
+
     /// Waits for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str, within: Duration) -> String {
         self.wait_log_any(&[needle], within)
