@@ -720,6 +720,60 @@ mod tests {
     }
 
     #[test]
+    fn an_undo_reverts_only_the_last_frame_handled_and_only_once() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        single_thread().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let mut out = cluster.out_rx.lock().take().unwrap();
+            // Rooms R and T exist here, each with a local member.
+            for (member, room) in [("r", "R"), ("t", "T")] {
+                let (handle, _rx) = SessionHandle::new(&hub.limits.send);
+                let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+                hub.registry.register(Arc::from(member), handle, addr);
+                assert!(hub.registry.restore(member, room, member));
+            }
+            let inbox = cluster.proxy(&hub, "s", "edge", 0);
+            inbox.send(rejoin("R")).unwrap();
+            let login = r#"{"type":"login","data":{"roomrequest":"T","username":"s"}}"#;
+            let work = |q| Work::Frame {
+                host: "localhost".into(),
+                q,
+                text: login.into(),
+            };
+            inbox.send(work(5)).unwrap();
+            // The answer to request `u`: the room the session is in then.
+            let mut answer = async |u: u64| {
+                tokio::time::timeout(Duration::from_secs(30), async {
+                    while let Some(m) = out.recv().await {
+                        let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+                        if let Msg::Ack { q, room, .. } = envelope.msg
+                            && q == u
+                        {
+                            return room;
+                        }
+                    }
+                    panic!("the queue to other hosts closed");
+                })
+                .await
+                .expect("answered")
+            };
+            assert_eq!(answer(5).await.as_deref(), Some("T"));
+            // An undo of another frame (one never handled here) changes nothing.
+            inbox.send(Work::Undo { q: 4, u: 100 }).unwrap();
+            assert_eq!(answer(100).await.as_deref(), Some("T"));
+            // The undo of frame 5 puts s back where it was …
+            inbox.send(Work::Undo { q: 5, u: 101 }).unwrap();
+            assert_eq!(answer(101).await.as_deref(), Some("R"));
+            assert_eq!(hub.registry.members("T").len(), 1, "still in T");
+            assert_eq!(hub.registry.members("R").len(), 2);
+            // … once: asked again, it changes nothing.
+            inbox.send(Work::Undo { q: 5, u: 102 }).unwrap();
+            assert_eq!(answer(102).await.as_deref(), Some("R"));
+        });
+    }
+
+    #[test]
     fn a_frame_reaching_an_ending_proxy_is_handled_not_lost() {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
