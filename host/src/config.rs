@@ -250,14 +250,17 @@ impl Config {
 
     /// Where precompiled components are kept, if anywhere.
     pub fn policy_cache_dir(&self) -> Option<PathBuf> {
-        if let Some(dir) = &self.cache_dir {
-            return Some(dir.clone());
-        }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(base.join("webrtc-chat"))
+        self.cache_dir.clone().or_else(default_cache_dir)
     }
+}
+
+/// `$XDG_CACHE_HOME/webrtc-chat`, else `~/.cache/webrtc-chat`: where
+/// precompiled policy components are kept unless `--cache-dir` says.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("webrtc-chat"))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

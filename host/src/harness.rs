@@ -63,7 +63,11 @@ impl PolicyHarness {
                 deadline: Duration::from_millis(100),
                 memory_bytes: 32 << 20,
             },
-            cache_dir: None,
+            // The host's cache (same checks, same place, same
+            // WEBRTC_CHAT_CACHE_DIR): a test suite compiles each policy once.
+            cache_dir: std::env::var_os("WEBRTC_CHAT_CACHE_DIR")
+                .map(PathBuf::from)
+                .or_else(crate::config::default_cache_dir),
         })?;
         let default = runtime.block_on(engine.load_default())?;
         let mut drop_ins = Vec::new();
