@@ -156,6 +156,16 @@ impl Cluster {
     /// Gives `host` an errand about local session `id` (replacing the one
     /// it had), sent now and again until `host` answers.
     pub(super) fn owe(&self, id: &SessionId, host: &Arc<str>, errand: Errand) {
+        if self.old_hosts.lock().contains(host) {
+            // A host from before errands: told once, as it always was.
+            let s = id.to_string();
+            match errand {
+                Errand::Undo(_) => {}
+                Errand::Leave => _ = self.send(host, Msg::Leave { s, u: None }),
+                Errand::Gone => _ = self.send(host, Msg::Gone { s, u: None }),
+            }
+            return;
+        }
         let owed = Owed {
             errand,
             u: self.relay_seq.fetch_add(1, Ordering::Relaxed),
@@ -175,6 +185,11 @@ impl Cluster {
         let Some(owed) = self.owed.lock().get(&key).cloned() else {
             return true;
         };
+        if self.old_hosts.lock().contains(owner) {
+            // Found to be from before errands since: it will not answer.
+            self.owed.lock().remove(&key);
+            return true;
+        }
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
@@ -248,8 +263,9 @@ impl Cluster {
             return;
         }
         let owed: Vec<((SessionId, Arc<str>), Owed)> = {
+            let old = self.old_hosts.lock();
             let mut owed = self.owed.lock();
-            owed.retain(|_, o| o.since.elapsed() < ERRAND_LIMIT);
+            owed.retain(|(_, h), o| o.since.elapsed() < ERRAND_LIMIT && !old.contains(h));
             owed.iter().map(|(k, o)| (k.clone(), o.clone())).collect()
         };
         for ((s, host), o) in owed {
@@ -361,6 +377,35 @@ mod tests {
             let asked = tokio::time::timeout(Duration::from_millis(100), listener.accept());
             assert!(asked.await.is_err(), "Redis was asked");
         });
+    }
+
+    #[tokio::test]
+    async fn a_host_from_before_errands_is_told_once_and_not_waited_for() {
+        let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+        let mut out = cluster.out_rx.lock().take().unwrap();
+        let (old, new): (Arc<str>, Arc<str>) = (Arc::from("old"), Arc::from("new"));
+        cluster.old_hosts.lock().insert(old.clone());
+        let s: SessionId = Arc::from("s1");
+        cluster.owe(&s, &old, Errand::Undo(3));
+        cluster.owe(&s, &old, Errand::Leave);
+        cluster.owe(&s, &new, Errand::Leave);
+        let mut sent = Vec::new();
+        while let Ok(m) = out.try_recv() {
+            let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+            assert_eq!(envelope.v, wire::REVISION);
+            sent.push((m.channel, envelope.msg));
+        }
+        let [
+            (to_old, Msg::Leave { u: None, .. }),
+            (to_new, Msg::Leave { u: Some(_), .. }),
+        ] = &sent[..]
+        else {
+            panic!("{sent:?}");
+        };
+        assert_eq!(to_old, &store::host_channel("old"));
+        assert_eq!(to_new, &store::host_channel("new"));
+        let owed: Vec<_> = cluster.owed.lock().keys().cloned().collect();
+        assert_eq!(owed, vec![(s, new)], "only the new host is waited for");
     }
 
     #[tokio::test]

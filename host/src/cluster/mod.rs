@@ -239,6 +239,9 @@ pub struct Cluster {
     /// Errands for other hosts about local sessions, not answered yet. A
     /// session's next frame to that host waits until it is.
     owed: Mutex<HashMap<(SessionId, Arc<str>), Owed>>,
+    /// Hosts heard speaking an older `wire::REVISION`: they are owed no
+    /// errand they cannot read or answer.
+    old_hosts: Mutex<HashSet<Arc<str>>>,
     /// Numbers relayed frames (`Msg::Frame::q`).
     relay_seq: AtomicU64,
     proxies: Mutex<HashMap<SessionId, Proxy>>,
@@ -301,6 +304,7 @@ impl Cluster {
             touched: Mutex::default(),
             pending: Mutex::default(),
             owed: Mutex::default(),
+            old_hosts: Mutex::default(),
             relay_seq: AtomicU64::new(1),
             proxies: Mutex::default(),
             claims: Mutex::default(),
@@ -368,6 +372,7 @@ impl Cluster {
         let envelope = Envelope {
             src: self.id.to_string(),
             e: self.epoch.load(Ordering::SeqCst),
+            v: wire::REVISION,
             msg,
         };
         let Ok(payload) = serde_json::to_string(&envelope) else {
@@ -433,7 +438,7 @@ impl Cluster {
     }
 
     fn on_message(self: &Arc<Self>, hub: &Arc<Hub>, payload: &[u8]) {
-        let Ok(Envelope { src, e, msg }) = serde_json::from_slice::<Envelope>(payload) else {
+        let Ok(Envelope { src, e, v, msg }) = serde_json::from_slice::<Envelope>(payload) else {
             tracing::warn!("cluster: unreadable message on this host's channel, dropped");
             return;
         };
@@ -448,6 +453,11 @@ impl Cluster {
             }
         }
         self.stats.relayed_in.fetch_add(1, Ordering::Relaxed);
+        if v < wire::REVISION {
+            self.old_hosts.lock().insert(Arc::from(src.as_str()));
+        } else if self.old_hosts.lock().remove(src.as_str()) {
+            tracing::debug!(host = %src, "cluster: a host answers errands now");
+        }
         match msg {
             Msg::Frame { s, q, h, t } => {
                 let work = Work::Frame {
@@ -863,6 +873,7 @@ mod tests {
         let envelope = Envelope {
             src: "x".into(),
             e: 1,
+            v: wire::REVISION,
             msg: Msg::Owner {
                 s: "a1".into(),
                 room: room.into(),

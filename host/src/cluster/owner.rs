@@ -600,6 +600,7 @@ mod tests {
             let envelope = Envelope {
                 src: "x".into(),
                 e: 1,
+                v: wire::REVISION,
                 msg: Msg::Rejoin {
                     s: "ghost".into(),
                     edge: "edge".into(),

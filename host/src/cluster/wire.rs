@@ -4,6 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What this version of the messages adds, carried as `Envelope::v`: 1
+/// answers errands (`Msg::Undo`, and `Leave` / `Gone` numbered `u`). A host
+/// from before sends none (0): it is sent what it reads, and no answer is
+/// waited for (a rolling upgrade mixes the two).
+pub const REVISION: u32 = 1;
+
 /// One message between hosts, as published.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Envelope {
@@ -14,6 +20,9 @@ pub struct Envelope {
     /// sent at N or before is stale and dropped.
     #[serde(default)]
     pub e: u64,
+    /// The sender's `REVISION` (0: from before revisions).
+    #[serde(default)]
+    pub v: u32,
     #[serde(flatten)]
     pub msg: Msg,
 }
@@ -108,6 +117,7 @@ mod tests {
         let m = Envelope {
             src: "h".into(),
             e: 3,
+            v: REVISION,
             msg: Msg::Frame {
                 s: "s".into(),
                 q: 7,
@@ -123,6 +133,7 @@ mod tests {
         let rejoin = Envelope {
             src: "h".into(),
             e: 1,
+            v: REVISION,
             msg: Msg::Rejoin {
                 s: "s".into(),
                 edge: "h".into(),
@@ -136,6 +147,7 @@ mod tests {
         let undo = Envelope {
             src: "h".into(),
             e: 2,
+            v: REVISION,
             msg: Msg::Undo {
                 s: "s".into(),
                 q: 7,
@@ -147,6 +159,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), undo);
         // A `Gone` without a number (as hosts before it sent) still reads.
         let gone: Envelope = serde_json::from_str(r#"{"src":"h","e":1,"k":"g","s":"x"}"#).unwrap();
+        assert_eq!(gone.v, 0);
         assert_eq!(
             gone.msg,
             Msg::Gone {
