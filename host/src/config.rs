@@ -62,7 +62,7 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(512..=1024 * 1024 * 1024))]
     pub send_queue_bytes: u32,
 
-    /// MiB queued for all receivers together; past it, receivers that are behind are disconnected.
+    /// MiB queued for all receivers together; past it, the receivers with the largest backlogs are disconnected.
     #[arg(long, env = "WEBRTC_CHAT_SEND_QUEUE_TOTAL_MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=1024 * 1024))]
     pub send_queue_total_mib: u32,

@@ -586,3 +586,90 @@ async fn sessions_registered_during_shutdown_are_closed_too() {
     assert_eq!(code, Some(1001));
     pinger.abort();
 }
+
+/// Receivers that never read, fed by their own room's sender, spend the
+/// shared send-queue budget: they are closed (the largest backlogs first),
+/// while a pair trading candidate bursts meanwhile, a few frames behind at
+/// times, is not.
+#[tokio::test]
+async fn a_spent_total_budget_closes_the_largest_backlogs_not_laggards() {
+    use futures_util::StreamExt;
+    const SINKS: usize = 6;
+    let host = Host::start(&[
+        "--rate-limit",
+        "0",
+        "--send-queue-total-mib",
+        "2",
+        "--max-conns-per-ip",
+        "20",
+    ]);
+    let (mut a, mut b) = host.pair("calls").await;
+    let mut feeder = host.client().await;
+    feeder.login("sinks", "feeder").await;
+    let mut sinks = Vec::new();
+    for i in 0..SINKS {
+        let mut s = host.client().await;
+        s.login("sinks", &format!("sink{i}")).await;
+        assert_eq!(feeder.recv().await["type"], "login");
+        sinks.push(never_reading(s).await);
+    }
+    // The feeder fans offers out to every sink until all are gone: big ones
+    // to fill their queues, small ones to fill the budget to the brim.
+    let (mut feed, mut heard) = feeder.ws.split();
+    let pump = tokio::spawn(async move {
+        let big = json!({"type":"offer","data":"x".repeat(60_000)}).to_string();
+        let small = json!({"type":"offer","data":"x".repeat(100)}).to_string();
+        for _ in 0..2000 {
+            for offer in std::iter::once(&big).chain([&small; 30]) {
+                if feed.send(Message::text(offer.clone())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let sinks_gone = tokio::spawn(async move {
+        let mut gone = 0;
+        while gone < SINKS {
+            match heard.next().await {
+                Some(Ok(Message::Text(t))) if t.contains(r#""type":"logout""#) => gone += 1,
+                Some(Ok(_)) => {}
+                other => panic!("the feeder's socket ended: {other:?}"),
+            }
+        }
+    });
+    // Meanwhile the pair trades bursts of candidates, as a call starting does.
+    // Killed receivers' bytes used to stay counted for seconds: keep
+    // trading a while after the sinks are gone.
+    let mut round = 0;
+    let mut trading_until = None;
+    while trading_until.is_none_or(|t| std::time::Instant::now() < t) {
+        if trading_until.is_none() && sinks_gone.is_finished() {
+            trading_until = Some(std::time::Instant::now() + Duration::from_secs(3));
+        }
+        for i in 0..30 {
+            a.send(json!({"type":"candidate","to":b.id,"data":{"round":round,"i":i,"pad":"c".repeat(1000)}}))
+                .await;
+        }
+        for i in 0..30 {
+            let f = b.recv().await;
+            assert_eq!(
+                (f["data"]["round"].as_u64(), f["data"]["i"].as_u64()),
+                (Some(round), Some(i)),
+                "{f}"
+            );
+        }
+        round += 1;
+    }
+    tokio::time::timeout(common::WAIT, sinks_gone)
+        .await
+        .expect("every sink is closed")
+        .unwrap();
+    host.wait_log("the largest send queue", common::WAIT);
+    pump.abort();
+    b.send(json!({"type":"candidate","to":a.id,"data":"still here"}))
+        .await;
+    assert_eq!(a.recv().await["data"], "still here");
+    for (_, pinger) in sinks {
+        pinger.abort();
+    }
+}

@@ -1,10 +1,14 @@
 //! A session's outbound queue: bounded in frames and in bytes, with a byte
 //! budget shared by every session, so receivers that do not read cannot
-//! pin the host's memory. A receiver past either bound is disconnected.
+//! pin the host's memory. A receiver past its own bounds is disconnected;
+//! when the shared budget is spent, the receivers with the largest backlogs
+//! (the ones spending it) are, never one merely a frame behind.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +24,9 @@ pub struct SendBudget {
     /// Bytes all sessions together may have waiting.
     pub total_bytes: usize,
     queued: AtomicUsize,
+    /// Every open queue, so the largest can be found when the total is spent.
+    queues: Mutex<HashMap<u64, Weak<Queued>>>,
+    next_id: AtomicU64,
 }
 
 impl SendBudget {
@@ -29,6 +36,8 @@ impl SendBudget {
             session_bytes,
             total_bytes,
             queued: AtomicUsize::new(0),
+            queues: Mutex::default(),
+            next_id: AtomicU64::new(0),
         })
     }
 
@@ -36,33 +45,93 @@ impl SendBudget {
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
+
+    /// Cuts off the largest backlogs until the total is within the budget
+    /// again. Linear in the open queues, but each call frees at least the
+    /// largest backlog, so a flood pays for its own searches.
+    fn shed(&self) {
+        let queues = self.queues.lock();
+        while self.queued_bytes() > self.total_bytes {
+            let largest = queues
+                .values()
+                .filter_map(Weak::upgrade)
+                .max_by_key(|q| q.backlog.lock().bytes);
+            match largest {
+                Some(q) if q.backlog.lock().bytes > 0 => {
+                    tracing::info!(
+                        bytes = q.backlog.lock().bytes,
+                        "closed: the largest send queue while all queues together held more than {} bytes",
+                        self.total_bytes
+                    );
+                    q.cut_off();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// What one session has waiting.
+#[derive(Debug, Default)]
+struct Backlog {
+    bytes: usize,
+    /// Cut off: its bytes were given back at once, whatever its writer
+    /// still holds; nothing more is queued or counted.
+    cut_off: bool,
 }
 
 /// One session's share of the budget.
 #[derive(Debug)]
 struct Queued {
-    bytes: AtomicUsize,
+    id: u64,
+    backlog: Mutex<Backlog>,
     budget: Arc<SendBudget>,
+    kill: CancellationToken,
 }
 
 impl Queued {
-    /// Charges `n` bytes; false (and nothing charged) when a bound is hit.
+    /// Charges `n` bytes; false (and nothing charged) when this session is
+    /// past its own bound, or is cut off to bring the total back within the
+    /// budget.
     fn charge(&self, n: usize) -> bool {
-        let before = self.bytes.fetch_add(n, Ordering::Relaxed);
-        let total = self.budget.queued.fetch_add(n, Ordering::Relaxed) + n;
-        // A session with nothing waiting is keeping up: it always gets its
-        // next frame, so a full budget only ever cuts off laggards.
-        let over = before + n > self.budget.session_bytes
-            || (before > 0 && total > self.budget.total_bytes);
-        if over {
-            self.release(n);
+        let total = {
+            let mut b = self.backlog.lock();
+            if b.cut_off {
+                return false;
+            }
+            if b.bytes + n > self.budget.session_bytes {
+                drop(b);
+                self.cut_off();
+                return false;
+            }
+            b.bytes += n;
+            self.budget.queued.fetch_add(n, Ordering::Relaxed) + n
+        };
+        if total > self.budget.total_bytes {
+            self.budget.shed();
         }
-        !over
+        !self.backlog.lock().cut_off
     }
 
     fn release(&self, n: usize) {
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
-        self.budget.queued.fetch_sub(n, Ordering::Relaxed);
+        let mut b = self.backlog.lock();
+        if !b.cut_off {
+            b.bytes -= n;
+            self.budget.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends the session: its backlog is given back now (its writer may be
+    /// stuck on a socket that accepts nothing), and its tasks are told.
+    fn cut_off(&self) {
+        let mut b = self.backlog.lock();
+        if !b.cut_off {
+            b.cut_off = true;
+            self.budget.queued.fetch_sub(b.bytes, Ordering::Relaxed);
+            b.bytes = 0;
+        }
+        drop(b);
+        self.kill.cancel();
     }
 }
 
@@ -86,14 +155,21 @@ impl SessionHandle {
     /// A new session's queue, within `budget`.
     pub fn new(budget: &Arc<SendBudget>) -> (SessionHandle, OutboundQueue) {
         let (tx, rx) = mpsc::channel(budget.frames);
+        let kill = CancellationToken::new();
         let queued = Arc::new(Queued {
-            bytes: AtomicUsize::new(0),
+            id: budget.next_id.fetch_add(1, Ordering::Relaxed),
+            backlog: Mutex::default(),
             budget: budget.clone(),
+            kill: kill.clone(),
         });
+        budget
+            .queues
+            .lock()
+            .insert(queued.id, Arc::downgrade(&queued));
         let handle = SessionHandle {
             tx,
             queued: queued.clone(),
-            kill: CancellationToken::new(),
+            kill,
         };
         (handle, OutboundQueue { rx, queued })
     }
@@ -104,18 +180,17 @@ impl SessionHandle {
     pub fn deliver(&self, frame: Outbound) {
         let n = cost(&frame);
         if !self.queued.charge(n) {
-            self.kill.cancel();
             return;
         }
         if self.tx.try_send(frame).is_err() {
             self.queued.release(n);
-            self.kill.cancel();
+            self.queued.cut_off();
         }
     }
 
     /// Bytes waiting in this session's queue.
     pub fn queued_bytes(&self) -> usize {
-        self.queued.bytes.load(Ordering::Relaxed)
+        self.queued.backlog.lock().bytes
     }
 }
 
@@ -144,6 +219,7 @@ impl Drop for OutboundQueue {
     fn drop(&mut self) {
         self.rx.close();
         while self.try_recv().is_some() {}
+        self.queued.budget.queues.lock().remove(&self.queued.id);
     }
 }
 
@@ -165,21 +241,27 @@ mod tests {
         assert!(!h.kill.is_cancelled());
         h.deliver(frame(600));
         assert!(h.kill.is_cancelled(), "1200 bytes > 1000");
-        assert_eq!(budget.queued_bytes(), 600);
+        // Given back at once, though its writer has not read them.
+        assert_eq!(budget.queued_bytes(), 0);
         assert!(q.try_recv().is_some());
         assert_eq!((h.queued_bytes(), budget.queued_bytes()), (0, 0));
     }
 
     #[test]
-    fn the_total_cuts_off_laggards_only() {
+    fn the_total_cuts_off_the_largest_backlogs_only() {
         let budget = SendBudget::new(100, 1000, 1500);
-        let (slow, _q1) = SessionHandle::new(&budget);
-        let (other, _q2) = SessionHandle::new(&budget);
-        slow.deliver(frame(900));
-        other.deliver(frame(900)); // over the total, but `other` was empty
-        assert!(!other.kill.is_cancelled());
-        slow.deliver(frame(10));
-        assert!(slow.kill.is_cancelled(), "behind, and the total is spent");
+        let (hog, _q1) = SessionHandle::new(&budget);
+        let (behind, _q2) = SessionHandle::new(&budget);
+        let (other, _q3) = SessionHandle::new(&budget);
+        hog.deliver(frame(900));
+        behind.deliver(frame(100));
+        behind.deliver(frame(100)); // a frame behind: normal in a burst
+        other.deliver(frame(600)); // 1700 > 1500: the hog goes, at once
+        assert!(hog.kill.is_cancelled());
+        assert!(!behind.kill.is_cancelled() && !other.kill.is_cancelled());
+        assert_eq!(budget.queued_bytes(), 800, "the hog's bytes are given back");
+        hog.deliver(frame(10));
+        assert_eq!(budget.queued_bytes(), 800, "nothing more is queued for it");
     }
 
     #[test]

@@ -237,12 +237,20 @@ fn is_too_big(e: axum::Error) -> bool {
     )
 }
 
-/// One write to the socket, bounded by `WRITE_STALL`; false ends the writer.
+/// One write to the socket, bounded by `WRITE_STALL` and given up when the
+/// session is killed (its queue is then dropped at once, not after the
+/// stall); false ends the writer.
 async fn written<E>(
     session: &str,
+    kill: &CancellationToken,
     write: impl std::future::Future<Output = Result<(), E>>,
 ) -> bool {
-    match tokio::time::timeout(WRITE_STALL, write).await {
+    let write = tokio::select! {
+        biased;
+        _ = kill.cancelled() => return false,
+        w = tokio::time::timeout(WRITE_STALL, write) => w,
+    };
+    match write {
         Ok(r) => r.is_ok(),
         Err(_) => {
             tracing::info!(session = %session, "closed: its socket accepted nothing for {WRITE_STALL:?} while frames waited");
@@ -275,12 +283,18 @@ async fn write_loop(
         loop {
             match next {
                 Some(Outbound::Frame(text)) => {
-                    if !written(&session, sink.feed(Message::Text(text))).await {
+                    if !written(&session, &kill, sink.feed(Message::Text(text))).await {
                         break 'outer;
                     }
                 }
                 Some(Outbound::Ping) => {
-                    if !written(&session, sink.feed(Message::Ping(Default::default()))).await {
+                    if !written(
+                        &session,
+                        &kill,
+                        sink.feed(Message::Ping(Default::default())),
+                    )
+                    .await
+                    {
                         break 'outer;
                     }
                 }
@@ -314,7 +328,7 @@ async fn write_loop(
                 None => break,
             }
         }
-        if !written(&session, sink.flush()).await {
+        if !written(&session, &kill, sink.flush()).await {
             break;
         }
     }
