@@ -43,6 +43,9 @@ fn js_unique_names_refuses_a_second_ana_in_the_same_room() {
     let mut other = h.connect();
     let refused = other.login("r", "  ana ");
     assert_error(&refused, "nameTaken");
+    // Nor in the same room written with spaces around it.
+    let mut spaced = h.connect();
+    assert_error(&spaced.login(" r ", "ana"), "nameTaken");
     // Another room, or another name, is fine.
     assert_eq!(other.login("elsewhere", "ana")["type"], "joined");
     let mut bob = h.connect();
@@ -73,6 +76,11 @@ fn python_room_sizes_holds_rooms_to_their_number() {
     assert_error(&c.login("big#50", "c"), "full");
     // Other rooms are the default's: room-max.
     assert_eq!(c.login("plain", "c")["type"], "joined");
+    // The room the host joins is the one the policy judged: spaces around
+    // a name do not make "pair#2" another room for the policy.
+    let mut d = h.connect();
+    assert_error(&d.login("pair#2 ", "d"), "full");
+    assert_error(&d.login(" pair#2", "d"), "full");
 }
 
 #[test]

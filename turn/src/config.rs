@@ -111,6 +111,9 @@ pub struct TurnConfig {
     pub credential_ttl: Duration,
     /// Most simultaneous TCP/TLS client connections per listener.
     pub max_tcp_connections: usize,
+    /// A TCP/TLS connection that holds no allocation this long after it
+    /// opened is closed (30 s): its slot is for relaying.
+    pub tcp_allocate_within: Duration,
     /// Bytes per second one allocation may relay, both directions together
     /// (None = no cap). Packets over it are dropped, with one second's
     /// worth (at least 16 KiB) of burst.
@@ -171,6 +174,7 @@ impl Default for TurnConfig {
             credential_grace: Duration::from_secs(30),
             credential_ttl: Duration::from_secs(12 * 3600),
             max_tcp_connections: 1024,
+            tcp_allocate_within: crate::stream::ALLOCATE_WITHIN,
             max_bandwidth_per_allocation: None,
             udp_sockets: 0,
         }

@@ -368,6 +368,14 @@ impl Registry {
 
     /// Closes the relays of the allocations a client holds on a listener
     /// (its TCP connection ended).
+    /// True when `client` of listener `listener` holds an allocation.
+    pub(crate) fn has_client(&self, listener: usize, client: SocketAddr) -> bool {
+        lock(&self.inner)
+            .entries
+            .values()
+            .any(|e| e.listener == listener && e.client == client)
+    }
+
     pub(crate) fn close_client(&self, listener: usize, client: SocketAddr) {
         let g = lock(&self.inner);
         for e in g.entries.values() {

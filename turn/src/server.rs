@@ -240,12 +240,15 @@ impl TurnServer {
         let idle_timeout = cfg.effective_max_lifetime() + Duration::from_secs(30);
         let stream_cfg = |tls: Option<tokio_rustls::TlsAcceptor>, listener: usize| {
             let registry = Arc::clone(&registry);
+            let holds = Arc::clone(&registry);
             StreamListenerConfig {
                 tls,
                 max_connections: cfg.max_tcp_connections,
                 // One allocation per connection, plus a few for STUN only.
                 max_connections_per_ip: cfg.max_allocations_per_ip.saturating_add(4),
                 idle_timeout,
+                allocate_within: cfg.tcp_allocate_within,
+                has_allocation: Arc::new(move |peer| holds.has_client(listener, peer)),
                 on_close: Arc::new(move |peer| registry.close_client(listener, peer)),
                 shutdown: shutdown.clone(),
             }

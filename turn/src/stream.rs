@@ -101,6 +101,15 @@ pub(crate) struct StreamMux {
 
 /// Called when a client's connection ends.
 pub(crate) type OnClose = Arc<dyn Fn(SocketAddr) + Send + Sync>;
+/// Whether a client's connection holds an allocation.
+pub(crate) type HasAllocation = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
+/// A connection that holds no allocation this long after it opened is
+/// closed: a connection slot (of `max_connections`, and of its address's
+/// share) is for relaying, not for sitting on. Plenty for a client to
+/// allocate (a challenge, then a signed Allocate); a STUN-only client
+/// (Binding requests) reconnects when it needs to.
+pub(crate) const ALLOCATE_WITHIN: Duration = Duration::from_secs(30);
 
 /// What the accept loop needs.
 pub(crate) struct StreamListenerConfig {
@@ -111,6 +120,9 @@ pub(crate) struct StreamListenerConfig {
     /// A connection silent for this long is closed (no allocation can be
     /// alive on it without a Refresh in that time).
     pub(crate) idle_timeout: Duration,
+    /// See [`ALLOCATE_WITHIN`].
+    pub(crate) allocate_within: Duration,
+    pub(crate) has_allocation: HasAllocation,
     pub(crate) on_close: OnClose,
     pub(crate) shutdown: CancellationToken,
 }
@@ -232,10 +244,21 @@ async fn serve_connection<S>(
         })
     };
     let mut timeout = HANDSHAKE_TIMEOUT;
+    let must_allocate = tokio::time::sleep(cfg.allocate_within);
+    tokio::pin!(must_allocate);
+    let mut allocated = false;
     loop {
         let frame = tokio::select! {
             _ = mux.shutdown.cancelled() => break,
             _ = done.cancelled() => break,
+            () = &mut must_allocate, if !allocated => {
+                if !(cfg.has_allocation)(peer) {
+                    tracing::debug!(%peer, "TURN stream holds no allocation: closing");
+                    break;
+                }
+                allocated = true;
+                continue;
+            }
             r = tokio::time::timeout(timeout, read_frame(&mut rd)) => match r {
                 Err(_) => {
                     tracing::debug!(%peer, "TURN stream idle: closing");

@@ -423,3 +423,54 @@ async fn bandwidth_cap_drops_the_excess() {
     );
     server.close().await;
 }
+
+/// A TCP connection that holds no allocation `tcp_allocate_within` after
+/// it opened is closed (its slot is for relaying: slots held by
+/// Binding-only connections would lock TURN/TCP users out); one that
+/// allocated keeps relaying past that.
+#[tokio::test]
+async fn a_tcp_connection_without_an_allocation_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = loopback_config();
+    cfg.tcp_allocate_within = Duration::from_secs(1);
+    let (server, dir) = start(cfg).await;
+    let tcp = server.addr(Transport::Tcp).expect("tcp");
+
+    // Binding requests only: answered, then closed.
+    let mut idle = tokio::net::TcpStream::connect(tcp).await.expect("connect");
+    let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    binding.extend([7u8; 12]);
+    idle.write_all(&binding).await.expect("binding");
+    let mut head = [0u8; 20];
+    within("binding answer", idle.read_exact(&mut head))
+        .await
+        .expect("answer");
+    assert_eq!(head[..2], [0x01, 0x01], "a Binding success");
+    let mut rest = vec![0u8; usize::from(u16::from_be_bytes([head[2], head[3]]))];
+    idle.read_exact(&mut rest).await.expect("attributes");
+
+    // Meanwhile a client that allocates keeps its connection.
+    dir.session_started("gil");
+    let (user, pass) = credentials(SECRET, "gil", Duration::from_secs(600));
+    let conn = Arc::new(
+        chat_turn::stream::StreamClientConn::connect_tcp(tcp)
+            .await
+            .expect("tcp connect"),
+    );
+    let client = client_on(conn.clone(), tcp, &user, &pass).await;
+    let relay = within("allocate over TCP", client.allocate())
+        .await
+        .expect("allocate over TCP");
+
+    let mut buf = [0u8; 64];
+    let n = within("closed", idle.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the idle connection is closed: {n:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    relay_round_trip(&relay, &peer, 2).await;
+    assert_eq!(server.allocation_count(), 1);
+    server.close().await;
+}

@@ -73,44 +73,69 @@ async fn handle_here(hub: &Hub, sender: &Sender<'_>, text: &str) {
         }
     };
     hub.metrics.frame_in(&inbound.kind);
-    // Checked before any policy sees them: a policy must not keep state
-    // under a name the host would refuse (e.g. a 60 KB room id).
-    if inbound.kind == "login"
-        && let Err(why) = check_login_names(inbound.data)
-    {
-        return sender.error(hub, "badRequest", &why);
-    }
+    // Checked and made canonical before any policy sees them: a policy
+    // must not keep state under a name the host would refuse (e.g. a
+    // 60 KB room id), and every policy must read the same login.
+    let login = if inbound.kind == "login" {
+        match canonical_login(inbound.data) {
+            Ok(data) => data,
+            Err(why) => return sender.error(hub, "badRequest", &why),
+        }
+    } else {
+        None
+    };
     let rooms = &hub.registry;
     hub.kv
         .tracking(
             |r| rooms.room_exists(r),
-            decide_and_apply(hub, sender, &inbound),
+            decide_and_apply(hub, sender, &inbound, login),
         )
         .await;
 }
 
-/// The room id and user name of a `login`, where they are strings.
-fn check_login_names(data: Option<&RawValue>) -> Result<(), String> {
-    let Some(data) = data.and_then(|d| serde_json::from_str::<serde_json::Value>(d.get()).ok())
-    else {
-        return Ok(());
+/// The `data` of a `login` as every policy gets it: strict JSON (no lone
+/// surrogate, no number out of range: a lenient parser in one policy and
+/// a strict one in another must not read two different logins, e.g. a
+/// password check that gives up while the default joins), with duplicate
+/// members collapsed (the last one, as JSON.parse and json.loads keep)
+/// and the room id and user name trimmed and checked as the host joins
+/// them (`"call#2 "` is room `call#2` for a policy too). `None` when the
+/// login has no `data` (the default answers that).
+fn canonical_login(data: Option<&RawValue>) -> Result<Option<String>, String> {
+    let Some(data) = data else {
+        return Ok(None);
     };
-    if let Some(room) = data["roomrequest"].as_str() {
-        names::check("room id", room, MAX_ROOM_CHARS)?;
+    let mut value: serde_json::Value = serde_json::from_str(data.get())
+        .map_err(|e| format!("The login's data is not valid JSON ({e})."))?;
+    if let Some(obj) = value.as_object_mut() {
+        for (key, what, max) in [
+            ("roomrequest", "room id", MAX_ROOM_CHARS),
+            ("username", "user name", MAX_NAME_CHARS),
+        ] {
+            if let Some(serde_json::Value::String(raw)) = obj.get_mut(key) {
+                let name = names::check(what, raw, max)?;
+                if name.len() != raw.len() {
+                    *raw = name.to_owned();
+                }
+            }
+        }
     }
-    if let Some(name) = data["username"].as_str() {
-        names::check("user name", name, MAX_NAME_CHARS)?;
-    }
-    Ok(())
+    Ok(Some(value.to_string()))
 }
 
-/// Asks the chain about one parsed frame and applies its decision.
-async fn decide_and_apply(hub: &Hub, sender: &Sender<'_>, inbound: &Inbound<'_>) {
+/// Asks the chain about one parsed frame (with the canonical data of a
+/// login) and applies its decision.
+async fn decide_and_apply(
+    hub: &Hub,
+    sender: &Sender<'_>,
+    inbound: &Inbound<'_>,
+    login: Option<String>,
+) {
     let envelope = Envelope {
         kind: inbound.kind.to_string(),
         from: sender.id.to_string(),
         to: inbound.to.as_deref().map(str::to_owned),
-        data: inbound.data.map(|d| d.get().to_owned()),
+        data: login.or_else(|| inbound.data.map(|d| d.get().to_owned())),
     };
     let chain = hub.chain.load_full();
     match chain.on_message(envelope).await {

@@ -75,3 +75,25 @@ fn hello_lists_the_password_capability() {
     s.send(json!({"type":"hello","data":"not an object"}));
     assert_eq!(s.recv()["data"]["capabilities"], json!(["password"]));
 }
+
+/// A login whose data only a lenient parser reads (a lone surrogate, a
+/// number out of range) does not get past the password: the host refuses
+/// it before any policy, so password-rooms (strict) and the default
+/// (lenient) never read two different logins.
+#[test]
+fn a_login_only_a_lenient_parser_reads_is_refused() {
+    let h = harness();
+    let mut owner = h.connect();
+    let joined =
+        owner.login_with(json!({"roomrequest":"vault","username":"o","password":"s3cret"}));
+    assert_eq!(joined["type"], "joined");
+    for junk in [r#""x":"\ud800""#, r#""x":1e999"#] {
+        let mut eve = h.connect();
+        eve.send_text(&format!(
+            r#"{{"type":"login","data":{{"roomrequest":"vault","username":"eve",{junk}}}}}"#
+        ));
+        let e = eve.recv();
+        assert_eq!(e["message"]["errorType"], "badRequest", "{junk}: {e}");
+        assert!(owner.drain().is_empty(), "{junk}: nobody joined");
+    }
+}
