@@ -764,17 +764,21 @@ async fn next_notice(c: &mut Client) -> Value {
 
 /// A TCP path to Redis that a test can cut (its connections reset, new ones
 /// refused) and mend: one host's network partition. It can also hold back
-/// what Redis pushes on the host's subscriptions (connections that sent
-/// `SUBSCRIBE`) while the host's commands still go through: messages to the
-/// host are delayed, and lost if the cable is cut meanwhile.
+/// what Redis pushes on the host's subscriptions (connections that sent a
+/// `SUBSCRIBE` command) while the host's commands still go through: messages
+/// to the host are delayed, and lost if the cable is cut meanwhile.
 struct Cable {
     port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: Flag,
+    hold: Flag,
     /// Everything held back so far.
     held: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// The live connections: each one's "severed" flag and task. (Checked
+    /// and filled under this lock, so no connection slips past a cut.)
+    conns: std::sync::Arc<std::sync::Mutex<Vec<(Flag, tokio::task::AbortHandle)>>>,
 }
+
+type Flag = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 impl Cable {
     async fn to(redis: &Redis) -> Cable {
@@ -793,16 +797,18 @@ impl Cable {
         let (hold, held) = (cable.hold.clone(), cable.held.clone());
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                let mut conns = conns.lock().unwrap();
                 if cut.load(Ordering::SeqCst) {
                     continue; // dropped: the connection is reset
                 }
-                let (hold, held) = (hold.clone(), held.clone());
+                let severed = Flag::default();
+                let (hold, held, flag) = (hold.clone(), held.clone(), severed.clone());
                 let task = tokio::spawn(async move {
                     if let Ok(out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
-                        splice(inbound, out, hold, held).await;
+                        splice(inbound, out, hold, held, flag).await;
                     }
                 });
-                conns.lock().unwrap().push(task.abort_handle());
+                conns.push((severed, task.abort_handle()));
             }
         });
         cable
@@ -812,10 +818,16 @@ impl Cable {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Resets every connection: what it had not passed on yet is lost, even
+    /// if its task is running right now on another worker (an abort only
+    /// takes effect at its next await).
     fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
+        use std::sync::atomic::Ordering;
+        let mut conns = self.conns.lock().unwrap();
+        self.cut.store(true, Ordering::SeqCst);
+        for (severed, task) in conns.drain(..) {
+            severed.store(true, Ordering::SeqCst);
+            task.abort();
         }
     }
 
@@ -842,12 +854,13 @@ impl Cable {
     }
 }
 
-/// Copies both ways between a host and Redis; see `Cable`.
+/// Copies both ways between a host and Redis until `severed`; see `Cable`.
 async fn splice(
     host: tokio::net::TcpStream,
     redis: tokio::net::TcpStream,
-    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hold: Flag,
     held: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    severed: Flag,
 ) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -855,19 +868,22 @@ async fn splice(
     let (mut redis_rx, mut redis_tx) = redis.into_split();
     let subscriber = std::sync::Arc::new(AtomicBool::new(false));
     let up = {
-        let subscriber = subscriber.clone();
+        let (subscriber, severed) = (subscriber.clone(), severed.clone());
         async move {
             let mut buf = vec![0u8; 16 << 10];
+            // The end of what came before, for a command split across reads.
+            let mut recent = Vec::new();
             while let Ok(n) = host_rx.read(&mut buf).await
                 && n > 0
             {
-                if String::from_utf8_lossy(&buf[..n])
-                    .to_ascii_uppercase()
-                    .contains("SUBSCRIBE")
-                {
-                    subscriber.store(true, Ordering::SeqCst);
+                if !subscriber.load(Ordering::SeqCst) {
+                    recent.extend_from_slice(&buf[..n]);
+                    if sends_subscribe(&recent) {
+                        subscriber.store(true, Ordering::SeqCst);
+                    }
+                    recent.drain(..recent.len().saturating_sub(32));
                 }
-                if redis_tx.write_all(&buf[..n]).await.is_err() {
+                if severed.load(Ordering::SeqCst) || redis_tx.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
             }
@@ -886,6 +902,11 @@ async fn splice(
             };
             let holding = hold.load(Ordering::SeqCst) && subscriber.load(Ordering::SeqCst);
             waiting.extend_from_slice(&buf[..n]);
+            // Read after `hold`: a cut comes before the hold is lifted, so a
+            // lifted hold seen here means a cut is seen too.
+            if severed.load(Ordering::SeqCst) {
+                break; // what waits is lost with the connection
+            }
             if holding {
                 held.lock().unwrap().extend_from_slice(&buf[..n]);
             } else if !waiting.is_empty() {
@@ -898,6 +919,34 @@ async fn splice(
         let _ = host_tx.shutdown().await;
     };
     tokio::join!(up, down);
+}
+
+/// Whether `bytes` hold a command named SUBSCRIBE: a RESP array whose first
+/// element is that word (`*<n>\r\n$9\r\nSUBSCRIBE\r\n`), not merely the word,
+/// which a PUBLISH payload may contain (JSON has no raw line breaks).
+fn sends_subscribe(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes).to_ascii_uppercase();
+    text.match_indices("\r\n$9\r\nSUBSCRIBE\r\n")
+        .any(|(at, _)| {
+            let head = text[..at].trim_end_matches(|c: char| c.is_ascii_digit());
+            head.len() < at && head.ends_with('*')
+        })
+}
+
+#[test]
+fn the_cable_tells_a_subscribe_command_from_the_word_in_a_payload() {
+    assert!(sends_subscribe(
+        b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n"
+    ));
+    assert!(sends_subscribe(b"*2\r\n$9\r\nsubscribe\r\n$1\r\na\r\n"));
+    // A payload with the word, even written as the command (escaped, as
+    // JSON does), and the word as an argument.
+    let publish = b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nroom\r\n\
+        $35\r\n{\"sdp\":\"*2\\r\\n$9\\r\\nSUBSCRIBE\\r\\n\"}\r\n";
+    assert!(!sends_subscribe(publish));
+    assert!(!sends_subscribe(
+        b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nroom\r\n$9\r\nSUBSCRIBE\r\n"
+    ));
 }
 
 /// One host alone cut off from Redis (its connections reset, new ones
