@@ -108,6 +108,15 @@ const NONCE_ACCEPT: Duration = Duration::from_secs(3000);
 const NONCE_PASS_EVERY: Duration = Duration::from_secs(1);
 /// Crate-issued nonces remembered.
 const NONCE_KEEP: usize = 8;
+/// Challenges (401/438) answered per client network (IPv4 address, IPv6
+/// /64) per second, at most: an unauthenticated request is spoofable over
+/// UDP and its answer is about five times its size, so without a cap the
+/// server would reflect a flood at any address. A client needs one per
+/// allocation (and retransmits what goes unanswered).
+const CHALLENGES_PER_NETWORK: u32 = 20;
+/// Networks counted per second, at most: past it (a flood spoofing many
+/// sources), challenges to further networks wait for the next second.
+const CHALLENGE_NETWORKS: usize = 16_384;
 
 /// Nonces issued by the `turn` crate, reused by the gate.
 ///
@@ -126,6 +135,10 @@ pub(crate) struct NonceCache {
 struct NonceInner {
     issued: std::collections::VecDeque<(String, Instant)>,
     last_pass: Option<Instant>,
+    /// This second's challenges per client network (see
+    /// [`CHALLENGES_PER_NETWORK`]).
+    window: Option<Instant>,
+    challenged: std::collections::HashMap<IpAddr, u32>,
 }
 
 impl NonceCache {
@@ -142,6 +155,25 @@ impl NonceCache {
             .issued
             .iter()
             .any(|(n, t)| n == nonce && t.elapsed() < NONCE_ACCEPT)
+    }
+
+    /// True when a challenge may be answered to `src` this second (see
+    /// [`CHALLENGES_PER_NETWORK`]).
+    fn may_challenge(&self, src: IpAddr) -> bool {
+        let mut g = lock(&self.inner);
+        if g.window
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            g.window = Some(Instant::now());
+            g.challenged.clear();
+        }
+        let net = crate::peer::client_network(src);
+        if !g.challenged.contains_key(&net) && g.challenged.len() >= CHALLENGE_NETWORKS {
+            return false;
+        }
+        let n = g.challenged.entry(net).or_insert(0);
+        *n += 1;
+        *n <= CHALLENGES_PER_NETWORK
     }
 
     /// True (at most once per [`NONCE_PASS_EVERY`]) when a challenge may go
@@ -263,11 +295,11 @@ impl Gate {
             *lock(&self.ctx) = None;
         }
         if !m.contains(ATTR_MESSAGE_INTEGRITY) {
-            return self.challenge(&m, 401, "Unauthorized");
+            return self.challenge(&m, 401, "Unauthorized", src);
         }
         let nonce_ok = text_attr(&m, ATTR_NONCE).is_some_and(|n| self.nonces.is_known(&n));
         if !nonce_ok {
-            return self.challenge(&m, 438, "Stale Nonce");
+            return self.challenge(&m, 438, "Stale Nonce", src);
         }
         let Some((username, key)) = self.verified_key(&m) else {
             return Verdict::Pass;
@@ -365,7 +397,10 @@ impl Gate {
 
     /// Answers 401/438 with a crate-issued nonce, or lets the request reach
     /// the crate so that it issues one (see [`NonceCache`]).
-    fn challenge(&self, m: &Message, code: u16, reason: &str) -> Verdict {
+    fn challenge(&self, m: &Message, code: u16, reason: &str, src: SocketAddr) -> Verdict {
+        if !self.nonces.may_challenge(src.ip()) {
+            return Verdict::Answer(Vec::new()); // dropped: not a reflector
+        }
         if let Some(nonce) = self.nonces.current() {
             let extra: Vec<Box<dyn Setter>> = vec![
                 Box::new(TextAttribute::new(ATTR_NONCE, nonce)),

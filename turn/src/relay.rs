@@ -442,6 +442,11 @@ pub(crate) struct Bandwidth {
     tat: AtomicU64,
 }
 
+/// What a relayed packet costs the bandwidth bucket besides its payload:
+/// its IPv4 and UDP headers and a ChannelData header. Empty packets are not
+/// free: a packet rate is capped too.
+pub(crate) const PACKET_OVERHEAD: usize = 36;
+
 /// Fixed-point scale of [`Bandwidth::cost`].
 const COST_SCALE: u64 = 1 << 10;
 
@@ -462,9 +467,10 @@ impl Bandwidth {
         }
     }
 
-    /// Takes `n` bytes from the bucket; false when it has too few.
+    /// Takes a packet of `n` payload bytes (plus [`PACKET_OVERHEAD`]) from
+    /// the bucket; false when it has too few.
     pub(crate) fn take(&self, n: usize) -> bool {
-        self.take_at(n, std::time::Instant::now())
+        self.take_at(n + PACKET_OVERHEAD, std::time::Instant::now())
     }
 
     /// [`take`](Self::take) at a given time (a moment before the last one
@@ -1006,6 +1012,17 @@ mod tests {
         assert!(b.take_at(100, at(120)));
         assert!(!b.take_at(100, at(120)));
         assert!(b.take_at(100, at(220)));
+    }
+
+    /// Empty packets cost their headers: a 16 KiB burst passes about 455.
+    #[test]
+    fn empty_packets_are_not_free() {
+        let b = Bandwidth::new(1000);
+        let passed = (0..10_000).filter(|_| b.take(0)).count();
+        assert!(
+            (400..=470).contains(&passed),
+            "{passed} empty packets passed"
+        );
     }
 
     #[test]

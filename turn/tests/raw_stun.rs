@@ -210,8 +210,46 @@ async fn unauthenticated_flood_reuses_one_nonce() {
     sock.connect(server.addr(Transport::Udp).expect("udp"))
         .await
         .expect("connect");
+    // A flood from one address: at most 20 challenges a second are
+    // answered (a spoofed source must not make us a reflector), all with
+    // one nonce.
+    let mut first = Message::new();
+    first
+        .build(&[
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ])
+        .expect("build");
+    for _ in 0..100 {
+        sock.send(&first.raw).await.expect("send");
+    }
     let mut seen = std::collections::HashSet::new();
-    for _ in 0..200 {
+    let mut answers = 0;
+    let mut buf = vec![0u8; 1500];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await
+    {
+        let mut r = Message {
+            raw: buf[..n].to_vec(),
+            ..Default::default()
+        };
+        r.decode().expect("decode answer");
+        assert_eq!(error_code(&r), Some(401));
+        let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+        nonce.get_from(&r).expect("nonce");
+        seen.insert(nonce.text);
+        answers += 1;
+    }
+    assert!(
+        (1..=40).contains(&answers),
+        "{answers} of 100 challenges answered"
+    );
+    // The next second answers again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
         let r = exchange(
             &sock,
             vec![
