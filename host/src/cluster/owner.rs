@@ -6,6 +6,17 @@ use super::*;
 /// A session's room and user name there.
 type Membership = (RoomId, Arc<str>);
 
+/// What the last frame handled for a session did to its membership: what
+/// an `Undo` of that frame reverts, and when.
+struct Handled {
+    q: u64,
+    /// The room (and name) before the frame, and how many members that
+    /// room had then (the session among them).
+    before: Option<(Membership, usize)>,
+    /// The room after it.
+    after: Option<RoomId>,
+}
+
 impl Cluster {
     /// The inbox of the proxy for `session` of host `edge`, made on first
     /// use: looked up and inserted under one lock, so two messages about a
@@ -180,9 +191,8 @@ impl Cluster {
     ) {
         let mut host = String::new();
         let mut handed = false;
-        // The last frame handled, with the room (and name) the session had
-        // before it: what an `Undo` of that frame puts back.
-        let mut last: Option<(u64, Option<Membership>)> = None;
+        // The last frame handled: what an `Undo` of that frame reverts.
+        let mut last: Option<Handled> = None;
         while let Some(w) = work.recv().await {
             match w {
                 Work::Frame { host: h, q, text } => {
@@ -194,16 +204,18 @@ impl Cluster {
                     };
                     let before = hub.registry.room_of(&id).map(|r| {
                         let name = hub.registry.username_of(&id).unwrap_or_default();
-                        (r, name)
+                        let count = hub.registry.members(&r).len();
+                        ((r, name), count)
                     });
-                    last = Some((q, before));
                     if self.owns_target(&hub, &text).await {
                         dispatch::handle_text(&hub, &sender, &text).await;
                     } else {
                         // The room changed hands since the edge looked.
                         unavailable(&hub, &sender);
                     }
-                    let room = hub.registry.room_of(&id).map(|r| r.to_string());
+                    let after = hub.registry.room_of(&id);
+                    let room = after.as_ref().map(|r| r.to_string());
+                    last = Some(Handled { q, before, after });
                     let name = hub.registry.username_of(&id).map(|n| n.to_string());
                     self.send(
                         &edge,
@@ -222,8 +234,8 @@ impl Cluster {
                     }
                 }
                 Work::Undo { q, u } => {
-                    if let Some((_, before)) = last.take_if(|(handled, _)| *handled == q) {
-                        self.undo(&hub, &id, before);
+                    if let Some(handled) = last.take_if(|h| h.q == q) {
+                        self.undo(&hub, &id, handled);
                     }
                     let room = hub.registry.room_of(&id).map(|r| r.to_string());
                     let name = hub.registry.username_of(&id).map(|n| n.to_string());
@@ -307,23 +319,44 @@ impl Cluster {
     }
 
     /// Undoes what a frame of `id` did to its membership (its edge answered
-    /// it `error unavailable`): out of the room it joined (the others there
-    /// get `logout`), back into the one it had, if that room still exists
-    /// here (the others there get `login`).
-    fn undo(&self, hub: &Hub, id: &str, before: Option<Membership>) {
+    /// it `error unavailable`), if it changed the room and nothing moved the
+    /// session since (a policy taking it out, say): out of the room it
+    /// joined (the others there get `logout`), back into the one it had if
+    /// that room still exists here and has room for it (the others there
+    /// get `login`).
+    fn undo(&self, hub: &Hub, id: &str, handled: Handled) {
+        let before_room = handled.before.as_ref().map(|((r, _), _)| r.clone());
         let now = hub.registry.room_of(id);
-        if now == before.as_ref().map(|(r, _)| r.clone()) {
+        if before_room == handled.after || now != handled.after {
             return;
         }
         tracing::info!(session = %id, room = ?now, "cluster: undoing a frame its edge answered `unavailable`");
         if let Some(d) = hub.registry.leave(id) {
             dispatch::announce_departure(hub, &d);
         }
-        if let Some((room, name)) = before
-            && hub.registry.room_exists(&room)
+        if let Some(((room, name), count)) = handled.before
+            && self.has_seat(hub, &room, &name, count)
         {
             self.readmit(hub, id, &room, &name, None);
         }
+    }
+
+    /// Whether a member taken back into `room` as `name` keeps what the
+    /// room's policies granted when it held `count` members (the member
+    /// among them): the room still exists, holds fewer than that (the
+    /// capacity a policy gave is not known here, so a room that filled up
+    /// again since counts as full), and no one there has the name, as
+    /// unique-names compares them (ignoring case and surrounding spaces).
+    /// Otherwise the member stays in no room (its next frame gets
+    /// `notInRoom`).
+    fn has_seat(&self, hub: &Hub, room: &str, name: &str, count: usize) -> bool {
+        let members = hub.registry.members(room);
+        let same = |n: &str| n.trim().to_lowercase() == name.trim().to_lowercase();
+        !members.is_empty()
+            && members.len() < count
+            && !members
+                .iter()
+                .any(|m| hub.registry.username_of(m).is_some_and(|n| same(&n)))
     }
 
     /// Puts `id` (in no room here) silently into `room` as `name`, then
@@ -771,6 +804,114 @@ mod tests {
             // … once: asked again, it changes nothing.
             inbox.send(Work::Undo { q: 5, u: 102 }).unwrap();
             assert_eq!(answer(102).await.as_deref(), Some("R"));
+        });
+    }
+
+    /// A proxy "s" in R (with local members), its inbox and the answers
+    /// to the edge (the room of each `Ack` by its number).
+    fn undo_setup(
+        hub: &Arc<Hub>,
+        cluster: &Arc<Cluster>,
+        locals: &[(&str, &str)],
+    ) -> mpsc::UnboundedSender<Work> {
+        for (member, room) in locals {
+            let (handle, _rx) = SessionHandle::new(&hub.limits.send);
+            let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+            hub.registry.register(Arc::from(*member), handle, addr);
+            assert!(hub.registry.restore(member, room, member));
+        }
+        let inbox = cluster.proxy(hub, "s", "edge", 0);
+        inbox.send(rejoin("R")).unwrap();
+        inbox
+    }
+
+    fn login_frame(q: u64, room: &str, name: &str) -> Work {
+        Work::Frame {
+            host: "localhost".into(),
+            q,
+            text: format!(
+                r#"{{"type":"login","data":{{"roomrequest":"{room}","username":"{name}"}}}}"#
+            ),
+        }
+    }
+
+    /// The room the `Ack` numbered `u` reports.
+    async fn answer(out: &mut mpsc::UnboundedReceiver<Outgoing>, u: u64) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(m) = out.recv().await {
+                let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+                if let Msg::Ack { q, room, .. } = envelope.msg
+                    && q == u
+                {
+                    return room;
+                }
+            }
+            panic!("the queue to other hosts closed");
+        })
+        .await
+        .expect("answered")
+    }
+
+    #[test]
+    fn an_undo_leaves_a_session_moved_since_by_someone_else() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        single_thread().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let mut out = cluster.out_rx.lock().take().unwrap();
+            let inbox = undo_setup(&hub, &cluster, &[("r", "R"), ("t", "T")]);
+            inbox.send(login_frame(5, "T", "s")).unwrap();
+            assert_eq!(answer(&mut out, 5).await.as_deref(), Some("T"));
+            // A policy takes s out of T (a kick by another member) …
+            let d = hub.registry.leave("s").expect("was in T");
+            dispatch::announce_departure(&hub, &d);
+            // … so undoing its move to T must not put it back in R.
+            inbox.send(Work::Undo { q: 5, u: 100 }).unwrap();
+            assert_eq!(answer(&mut out, 100).await, None);
+            assert_eq!(hub.registry.members("R").len(), 1, "put back in R");
+        });
+    }
+
+    #[test]
+    fn an_undo_puts_no_one_back_into_a_room_that_filled_up() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        single_thread().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let mut out = cluster.out_rx.lock().take().unwrap();
+            let inbox = undo_setup(&hub, &cluster, &[("r", "R"), ("t", "T")]);
+            inbox.send(login_frame(5, "T", "s")).unwrap();
+            assert_eq!(answer(&mut out, 5).await.as_deref(), Some("T"));
+            // Someone took s's place in R meanwhile.
+            let (handle, _rx) = SessionHandle::new(&hub.limits.send);
+            let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+            hub.registry.register(Arc::from("x"), handle, addr);
+            assert!(hub.registry.restore("x", "R", "x"));
+            inbox.send(Work::Undo { q: 5, u: 100 }).unwrap();
+            assert_eq!(answer(&mut out, 100).await, None, "back in a fuller R");
+            assert_eq!(hub.registry.members("R").len(), 2);
+            assert_eq!(hub.registry.members("T").len(), 1, "still in T");
+        });
+    }
+
+    #[test]
+    fn an_undo_puts_no_one_back_into_a_room_where_its_name_is_taken() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        single_thread().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let mut out = cluster.out_rx.lock().take().unwrap();
+            let locals = [("r", "R"), ("q", "R"), ("t", "T")];
+            let inbox = undo_setup(&hub, &cluster, &locals);
+            inbox.send(login_frame(5, "T", "s")).unwrap();
+            assert_eq!(answer(&mut out, 5).await.as_deref(), Some("T"));
+            // q leaves R, and an " N " joins: R is smaller than s (named
+            // "n" there) left it, but its name is taken.
+            hub.registry.leave("q");
+            assert!(hub.registry.restore("q", "R", " N "));
+            inbox.send(Work::Undo { q: 5, u: 100 }).unwrap();
+            assert_eq!(answer(&mut out, 100).await, None, "two named s in R");
+            assert_eq!(hub.registry.members("R").len(), 2);
         });
     }
 
