@@ -154,8 +154,13 @@ impl Cluster {
     }
 
     /// Gives `host` an errand about local session `id` (replacing the one
-    /// it had), sent now and again until `host` answers.
+    /// it had), sent now and again until `host` answers. None for a host
+    /// buried here: its proxies went with it (and a relay that timed out
+    /// after the burial would otherwise leave an errand nothing clears).
     pub(super) fn owe(&self, id: &SessionId, host: &Arc<str>, errand: Errand) {
+        if self.dead.lock().contains_key(host) {
+            return;
+        }
         if self.old_hosts.lock().contains(host) {
             // A host from before errands: told once, as it always was.
             let s = id.to_string();
@@ -406,6 +411,35 @@ mod tests {
         assert_eq!(to_new, &store::host_channel("new"));
         let owed: Vec<_> = cluster.owed.lock().keys().cloned().collect();
         assert_eq!(owed, vec![(s, new)], "only the new host is waited for");
+    }
+
+    #[test]
+    fn a_host_buried_here_is_given_no_errand_and_keeps_none() {
+        let harness = crate::harness::PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let dead: Arc<str> = Arc::from("dead");
+            let s: SessionId = Arc::from("s1");
+            cluster.host_died(&hub, dead.clone(), 1).await;
+            // A relay to it that timed out after the burial.
+            cluster.owe(&s, &dead, Errand::Undo(3));
+            assert!(cluster.owed.lock().is_empty(), "an errand for a dead host");
+            // One made before the burial was known (a race): found dead again,
+            // it goes.
+            let owed = Owed {
+                errand: Errand::Undo(4),
+                u: 9,
+                since: Instant::now(),
+            };
+            cluster.owed.lock().insert((s, dead.clone()), owed);
+            cluster.host_died(&hub, dead, 1).await;
+            assert!(cluster.owed.lock().is_empty(), "kept after a burial");
+        });
     }
 
     #[tokio::test]

@@ -307,7 +307,9 @@ impl Cluster {
             {
                 drop(known);
                 // Already buried; a session of it put back since (by a
-                // message that crossed the burial) still ends.
+                // message that crossed the burial) still ends, and an
+                // errand made for it meanwhile is dropped.
+                self.owed.lock().retain(|(_, h), _| *h != dead);
                 for p in self
                     .proxies
                     .lock()
