@@ -305,7 +305,9 @@ impl Cluster {
             left.push(w);
         }
         // Only a frame or a Rejoin needs a session here; a lone Leave,
-        // Gone or Handed has nothing left to end.
+        // Gone or Handed has nothing left to end, and an Undo is answered
+        // with the session as it is now (in no room here), so that the
+        // edge's errand is done and its next frame does not wait for it.
         if left
             .iter()
             .any(|w| matches!(w, Work::Frame { .. } | Work::Rejoin { .. }))
@@ -314,6 +316,27 @@ impl Cluster {
             for w in left {
                 // (An inbox in the map is open: it closes only once out.)
                 let _ = next.send(w);
+            }
+            return;
+        }
+        drop(proxies);
+        for w in left {
+            if let Work::Undo { u, .. } = w {
+                let room = hub.registry.room_of(&id).map(|r| r.to_string());
+                let name = room
+                    .as_ref()
+                    .and_then(|_| hub.registry.username_of(&id))
+                    .map(|n| n.to_string());
+                let s = id.to_string();
+                self.send(
+                    &edge,
+                    Msg::Ack {
+                        s,
+                        q: u,
+                        room,
+                        name,
+                    },
+                );
             }
         }
     }
@@ -912,6 +935,31 @@ mod tests {
             inbox.send(Work::Undo { q: 5, u: 100 }).unwrap();
             assert_eq!(answer(&mut out, 100).await, None, "two named s in R");
             assert_eq!(hub.registry.members("R").len(), 2);
+        });
+    }
+
+    #[test]
+    fn an_undo_reaching_an_ending_proxy_is_answered() {
+        let harness = PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        // One thread: both are in the inbox before the worker reads either.
+        single_thread().block_on(async {
+            let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            let mut out = cluster.out_rx.lock().take().unwrap();
+            let inbox = cluster.proxy(&hub, "s", "edge", 0);
+            inbox.send(Work::Gone).unwrap();
+            inbox.send(Work::Undo { q: 5, u: 100 }).unwrap();
+            ends(&cluster, "s").await;
+            let mut answered = false;
+            while let Ok(m) = out.try_recv() {
+                let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+                if let Msg::Ack { q: 100, room, .. } = envelope.msg {
+                    assert_eq!(room, None, "in a room of an ended proxy");
+                    answered = true;
+                }
+            }
+            assert!(answered, "the undo was dropped unanswered");
+            assert!(!cluster.is_proxy("s"), "a proxy made for an undo");
         });
     }
 
