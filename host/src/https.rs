@@ -258,7 +258,10 @@ fn upgrade(
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     let host_header = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if !state.origins.allows(origin, host_header) {
-        tracing::info!(%peer, origin, "signaling refused: origin not allowed");
+        static LOG: chat_turn::stats::LogBudget = chat_turn::stats::LogBudget::new();
+        if let Some(suppressed) = LOG.take() {
+            tracing::info!(%peer, origin, suppressed, "signaling refused: origin not allowed");
+        }
         return refuse(
             &state,
             StatusCode::FORBIDDEN,

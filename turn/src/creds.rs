@@ -233,7 +233,11 @@ impl turn::auth::AuthHandler for Authenticator {
     ) -> Result<Vec<u8>, turn::Error> {
         self.key_for(username, realm).map_err(|why| {
             crate::stats::Counters::add(&self.counters.refused_credentials, 1);
-            tracing::info!(%src_addr, username, reason = %why, "TURN credential refused");
+            static LOG: crate::stats::LogBudget = crate::stats::LogBudget::new();
+            if let Some(suppressed) = LOG.take() {
+                tracing::info!(%src_addr, username, reason = %why, suppressed,
+                    "TURN credential refused");
+            }
             turn::Error::Other(format!("credential refused: {why}"))
         })
     }

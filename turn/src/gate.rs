@@ -332,8 +332,11 @@ impl Gate {
                     };
                     if let Err(why) = crate::relay::check_peer(&self.policy, &self.registry, peer) {
                         crate::stats::Counters::add(&self.counters.refused_peers, 1);
-                        tracing::info!(client = %src, %username, %peer, reason = %why,
-                            "TURN permission refused: forbidden peer");
+                        static LOG: crate::stats::LogBudget = crate::stats::LogBudget::new();
+                        if let Some(suppressed) = LOG.take() {
+                            tracing::info!(client = %src, %username, %peer, reason = %why, suppressed,
+                                "TURN permission refused: forbidden peer");
+                        }
                         return match build_error(&m, 403, "Forbidden peer address", Some(&key)) {
                             Some(b) => Verdict::Answer(b),
                             None => Verdict::Answer(Vec::new()),
@@ -342,8 +345,11 @@ impl Gate {
                 }
                 if !self.has_room(&m, method, src) {
                     crate::stats::Counters::add(&self.counters.refused_capacity, 1);
-                    tracing::info!(client = %src, %username,
-                        "TURN permission refused: too many permissions or channels");
+                    static LOG: crate::stats::LogBudget = crate::stats::LogBudget::new();
+                    if let Some(suppressed) = LOG.take() {
+                        tracing::info!(client = %src, %username, suppressed,
+                            "TURN permission refused: too many permissions or channels");
+                    }
                     return match build_error(&m, 508, "Insufficient Capacity", Some(&key)) {
                         Some(b) => Verdict::Answer(b),
                         None => Verdict::Answer(Vec::new()),

@@ -761,8 +761,11 @@ impl turn::relay::RelayAddressGenerator for FilteredRelayGenerator {
             Ok(l) => l,
             Err(why) => {
                 crate::stats::Counters::add(&self.counters.refused_quota, 1);
-                tracing::warn!(client = %ctx.client, username = %ctx.username, quota = %why,
-                    "TURN allocation refused: quota reached");
+                static LOG: crate::stats::LogBudget = crate::stats::LogBudget::new();
+                if let Some(suppressed) = LOG.take() {
+                    tracing::warn!(client = %ctx.client, username = %ctx.username, quota = %why,
+                        suppressed, "TURN allocation refused: quota reached");
+                }
                 // For the gate, which turns the crate's 508 into 486.
                 if let Some(c) = lock(&self.ctx).as_mut() {
                     c.quota_refused = true;

@@ -153,3 +153,72 @@ mod tests {
         assert_eq!(c[7], (None, 5));
     }
 }
+
+/// Lines one log site may write: `per_sec` a second, `burst` at once.
+/// Refusals a client can provoke at will (bad credentials, even spoofed
+/// over UDP; connections over a limit; forbidden peers; a policy's own
+/// `log`) must not flood the host's log, or trip journald's rate limit,
+/// which would then drop the lines that matter. What is dropped is counted
+/// and reported with the next line written. `const`, for a `static` per
+/// site. (Public for the host's own sites.)
+pub struct LogBudget {
+    per_sec: f64,
+    burst: f64,
+    /// Tokens, when last refilled, lines dropped since the last written.
+    state: std::sync::Mutex<Option<(f64, std::time::Instant, u64)>>,
+}
+
+impl LogBudget {
+    /// The budget of this crate's sites: 10 lines a second, 20 at once.
+    pub const fn new() -> Self {
+        Self::with_rate(10.0, 20.0)
+    }
+
+    pub const fn with_rate(per_sec: f64, burst: f64) -> Self {
+        Self {
+            per_sec,
+            burst,
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Some(lines dropped before this one)` when a line may be written now.
+    pub fn take(&self) -> Option<u64> {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let s = g.get_or_insert((self.burst, now, 0));
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.per_sec).min(self.burst);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            Some(std::mem::take(&mut s.2))
+        } else {
+            s.2 += 1;
+            None
+        }
+    }
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod log_budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate_and_the_dropped_are_counted() {
+        let b = LogBudget::new();
+        let written = (0..1000).filter(|_| b.take().is_some()).count();
+        assert!(
+            (20..=22).contains(&written),
+            "{written} lines written at once"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let dropped = b.take().expect("refilled");
+        assert!(dropped >= 978, "{dropped} dropped lines reported");
+    }
+}

@@ -167,9 +167,12 @@ async fn accept_loop(
                 }
             },
         };
+        static LOG: crate::stats::LogBudget = crate::stats::LogBudget::new();
         if live.load(Ordering::Acquire) >= cfg.max_connections {
-            tracing::warn!(%peer, limit = cfg.max_connections,
-                "TURN {kind} connection refused: too many connections");
+            if let Some(suppressed) = LOG.take() {
+                tracing::warn!(%peer, limit = cfg.max_connections, suppressed,
+                    "TURN {kind} connection refused: too many connections");
+            }
             continue;
         }
         let ip = crate::peer::client_network(peer.ip());
@@ -177,8 +180,10 @@ async fn accept_loop(
             let mut m = lock(&per_ip);
             let n = m.entry(ip).or_insert(0);
             if *n >= cfg.max_connections_per_ip {
-                tracing::warn!(%peer, limit = cfg.max_connections_per_ip,
-                    "TURN {kind} connection refused: too many connections from this address");
+                if let Some(suppressed) = LOG.take() {
+                    tracing::warn!(%peer, limit = cfg.max_connections_per_ip, suppressed,
+                        "TURN {kind} connection refused: too many connections from this address");
+                }
                 continue;
             }
             *n += 1;

@@ -82,7 +82,15 @@ impl PolicyChain {
         for policy in &self.policies {
             match policy.on_disconnect(session).await {
                 Ok(actions) => all.extend(actions),
-                Err(e) => tracing::warn!("{e} (on-disconnect; the session is removed anyway)"),
+                Err(e) => {
+                    static LOG: chat_turn::stats::LogBudget = chat_turn::stats::LogBudget::new();
+                    if let Some(suppressed) = LOG.take() {
+                        tracing::warn!(
+                            suppressed,
+                            "{e} (on-disconnect; the session is removed anyway)"
+                        );
+                    }
+                }
             }
         }
         all

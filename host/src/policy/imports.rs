@@ -48,38 +48,14 @@ pub(super) struct StoreData {
     pub call_started: std::time::Instant,
 }
 
-/// Lines a policy may log: `LOG_PER_SEC` a second, `LOG_BURST` at once; a
-/// client's messages must not turn a policy's `log` into a flood of the
-/// host's log. What is dropped is counted and said once the budget allows.
-pub(super) struct LogBudget {
-    /// Tokens, when last refilled, lines dropped since the last one logged.
-    state: parking_lot::Mutex<(f64, std::time::Instant, u64)>,
-}
+/// Lines a policy may log: 20 a second, 50 at once; a client's messages
+/// must not turn a policy's `log` into a flood of the host's log. What is
+/// dropped is counted and said once the budget allows.
+pub(super) type LogBudget = chat_turn::stats::LogBudget;
 
-const LOG_PER_SEC: f64 = 20.0;
-const LOG_BURST: f64 = 50.0;
-
-impl LogBudget {
-    pub fn new() -> Self {
-        Self {
-            state: parking_lot::Mutex::new((LOG_BURST, std::time::Instant::now(), 0)),
-        }
-    }
-
-    /// Whether a line may be logged now, and how many were dropped before it.
-    fn take(&self) -> Option<u64> {
-        let mut s = self.state.lock();
-        let now = std::time::Instant::now();
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * LOG_PER_SEC).min(LOG_BURST);
-        s.1 = now;
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
-            Some(std::mem::take(&mut s.2))
-        } else {
-            s.2 += 1;
-            None
-        }
-    }
+/// A policy's budget (see [`LogBudget`]).
+pub(super) fn policy_log_budget() -> LogBudget {
+    LogBudget::with_rate(20.0, 50.0)
 }
 
 impl WasiView for StoreData {
@@ -135,7 +111,7 @@ impl state::Host for StoreData {
         if dropped > 0 {
             tracing::warn!(
                 policy,
-                "{dropped} log lines of this policy suppressed (over {LOG_PER_SEC}/s)"
+                "{dropped} log lines of this policy suppressed (over 20/s)"
             );
         }
         let msg: String = msg.chars().take(1024).collect();

@@ -91,7 +91,7 @@ impl LoadedPolicy {
             deadline_ticks: (limits.deadline.as_millis() as u64).max(1),
             pool: Mutex::new(Vec::new()),
             in_use: tokio::sync::Semaphore::new(MAX_INSTANCES),
-            log_budget: Arc::new(LogBudget::new()),
+            log_budget: Arc::new(super::imports::policy_log_budget()),
             stats: PolicyStats::default(),
             quarantine: Quarantine::new(name != super::BUILT_IN_DEFAULT),
         }
