@@ -673,3 +673,26 @@ async fn a_spent_total_budget_closes_the_largest_backlogs_not_laggards() {
         pinger.abort();
     }
 }
+
+/// Refusals a client can provoke at will do not flood the log: 100
+/// refused origins write a burst of lines, and the next line, once the
+/// budget refilled, says how many were suppressed.
+#[tokio::test]
+async fn refused_origins_do_not_flood_the_log() {
+    let host = Host::start(&[]);
+    let evil = [("origin", "https://evil.example")];
+    for _ in 0..100 {
+        let refused = Client::try_connect_with(&host.url("/ws"), &evil).await;
+        assert!(format!("{:?}", refused.err()).contains("403"));
+    }
+    let lines = host.count_log("origin not allowed", Duration::from_millis(500));
+    assert!((1..=25).contains(&lines), "{lines} lines for 100 refusals");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused = Client::try_connect_with(&host.url("/ws"), &evil).await;
+    assert!(refused.is_err());
+    let line = host.wait_log("origin not allowed", Duration::from_secs(10));
+    assert!(
+        line.contains("suppressed=") && !line.contains("suppressed=0"),
+        "{line}"
+    );
+}

@@ -245,6 +245,18 @@ impl Host {
         (a, b)
     }
 
+    /// How many log lines contain `needle`, reading until none comes for
+    /// `quiet`.
+    pub fn count_log(&self, needle: &str, quiet: Duration) -> usize {
+        let mut n = 0;
+        while let Ok(line) = self.log.recv_timeout(quiet) {
+            if line.contains(needle) {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Waits for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str, within: Duration) -> String {
         self.wait_log_any(&[needle], within)
