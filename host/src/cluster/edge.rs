@@ -159,6 +159,10 @@ impl Cluster {
     /// after the burial would otherwise leave an errand nothing clears).
     pub(super) fn owe(&self, id: &SessionId, host: &Arc<str>, errand: Errand) {
         if self.dead.lock().contains_key(host) {
+            if matches!(errand, Errand::Undo(_)) {
+                // (A new owner may restore it from the dead host's record.)
+                self.undone.lock().insert(id.clone(), Instant::now());
+            }
             return;
         }
         if self.old_hosts.lock().contains(host) {

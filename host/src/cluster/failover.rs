@@ -309,7 +309,7 @@ impl Cluster {
                 // Already buried; a session of it put back since (by a
                 // message that crossed the burial) still ends, and an
                 // errand made for it meanwhile is dropped.
-                self.owed.lock().retain(|(_, h), _| *h != dead);
+                self.drop_errands_to(&dead);
                 for p in self
                     .proxies
                     .lock()
@@ -354,8 +354,27 @@ impl Cluster {
         self.touched.lock().values_mut().for_each(|h| {
             h.remove(&dead);
         });
-        // Its proxies went with it: nothing left to do there.
-        self.owed.lock().retain(|(_, h), _| *h != dead);
+        self.drop_errands_to(&dead);
+    }
+
+    /// A host is gone: its proxies went with it, so nothing is left to do
+    /// there; a session whose undo it owed keeps refusing a new owner's
+    /// word for a while (`undone`).
+    fn drop_errands_to(&self, dead: &Arc<str>) {
+        let mut undone = Vec::new();
+        self.owed.lock().retain(|(s, h), o| {
+            if *h != *dead {
+                return true;
+            }
+            if matches!(o.errand, Errand::Undo(_)) {
+                undone.push(s.clone());
+            }
+            false
+        });
+        let now = Instant::now();
+        self.undone
+            .lock()
+            .extend(undone.into_iter().map(|s| (s, now)));
     }
 
     /// Claims `room` from the dead host; the winner rebuilds it from the

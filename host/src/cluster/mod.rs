@@ -76,6 +76,9 @@ const OUT_BUDGET_BYTES: usize = 16 << 20;
 /// dropped), then forgotten: hosts that shut down never come back under
 /// the same id, and one that comes back speaks at a new epoch.
 const DEAD_MEMORY: Duration = Duration::from_secs(3600);
+/// How long a session whose undo a dead host owed refuses a new owner's
+/// word (`Msg::Owner`): until the dead host's rooms were taken over.
+const UNDONE_MEMORY: Duration = Duration::from_secs(LEASE_TTL.as_secs() + ALIVE_TTL.as_secs());
 /// Membership changes waiting to be written to Redis, at most; past it they
 /// are dropped and the whole state is written again instead.
 const MIRROR_CAP: usize = 16_384;
@@ -239,6 +242,11 @@ pub struct Cluster {
     /// Errands for other hosts about local sessions, not answered yet. A
     /// session's next frame to that host waits until it is.
     owed: Mutex<HashMap<(SessionId, Arc<str>), Owed>>,
+    /// Local sessions whose undo a host died owing (or timed out after it
+    /// was buried), and when: a new owner restoring one from the dead
+    /// host's record into the room its undone `login` asked for is refused
+    /// for `UNDONE_MEMORY`, as the pending undo refused it.
+    undone: Mutex<HashMap<SessionId, Instant>>,
     /// Hosts heard speaking an older `wire::REVISION`: they are owed no
     /// errand they cannot read or answer.
     old_hosts: Mutex<HashSet<Arc<str>>>,
@@ -304,6 +312,7 @@ impl Cluster {
             touched: Mutex::default(),
             pending: Mutex::default(),
             owed: Mutex::default(),
+            undone: Mutex::default(),
             old_hosts: Mutex::default(),
             relay_seq: AtomicU64::new(1),
             proxies: Mutex::default(),
@@ -580,6 +589,11 @@ impl Cluster {
                         .lock()
                         .iter()
                         .any(|((s, _), o)| **s == *id && matches!(o.errand, Errand::Undo(_)))
+                    && self
+                        .undone
+                        .lock()
+                        .get(id)
+                        .is_none_or(|t| t.elapsed() >= UNDONE_MEMORY)
             }
         }
     }
@@ -600,11 +614,15 @@ impl Cluster {
         }
     }
 
-    /// Forgets the hosts declared dead longer than `DEAD_MEMORY` ago.
+    /// Forgets the hosts declared dead longer than `DEAD_MEMORY` ago (and
+    /// the undos they owed, after `UNDONE_MEMORY`).
     fn prune_dead(&self, now: Instant) {
         self.dead
             .lock()
             .retain(|_, (_, since)| now.saturating_duration_since(*since) < DEAD_MEMORY);
+        self.undone
+            .lock()
+            .retain(|_, since| now.saturating_duration_since(*since) < UNDONE_MEMORY);
     }
 
     async fn publisher(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
@@ -952,6 +970,56 @@ mod tests {
             Some(Arc::from("R"))
         );
         assert!(sent(&mut out).is_empty());
+    }
+
+    #[test]
+    fn a_login_undone_toward_a_host_that_died_is_not_taken_over() {
+        let harness = crate::harness::PolicyHarness::new(&[]).unwrap();
+        let hub = harness.hub();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let c = reachable();
+            let mut out = c.out_rx.lock().take().unwrap();
+            let (handle, _rx) = SessionHandle::new(&hub.limits.send);
+            let a1: SessionId = Arc::from("a1");
+            hub.registry
+                .register(a1.clone(), handle, SocketAddr::from(([127, 0, 0, 1], 1)));
+            // a1's login to R on host o was answered `unavailable`: its undo
+            // is owed to o. o dies before answering; x takes R over and
+            // restores a1 from o's record.
+            let o: Arc<str> = Arc::from("o");
+            c.owe(&a1, &o, Errand::Undo(3));
+            c.host_died(&hub, o.clone(), 1).await;
+            assert!(c.owed.lock().is_empty(), "an errand for a dead host");
+            sent(&mut out);
+            owner_msg(&c, &hub, "R");
+            assert!(
+                c.routes.lock().get("a1").is_none(),
+                "in R, told unavailable"
+            );
+            let told = sent(&mut out);
+            assert!(
+                matches!(&told[..], [(_, Msg::Gone { s, .. })] if s == "a1"),
+                "x not told to drop it: {told:?}"
+            );
+
+            // The same when its relay to o timed out only after the burial.
+            c.undone.lock().clear();
+            c.owe(&a1, &o, Errand::Undo(4));
+            owner_msg(&c, &hub, "R");
+            assert!(
+                c.routes.lock().get("a1").is_none(),
+                "in R, told unavailable"
+            );
+
+            // Once the takeover is long over, a new owner's word counts.
+            c.prune_dead(Instant::now() + UNDONE_MEMORY);
+            owner_msg(&c, &hub, "R");
+            assert!(c.routes.lock().get("a1").is_some(), "refused for good");
+        });
     }
 
     #[tokio::test]
