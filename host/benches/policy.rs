@@ -29,7 +29,7 @@ fn main() {
     let registry = Arc::new(RoomRegistry::default());
     let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
     for id in ["a", "b"] {
-        let (handle, rx) = SessionHandle::new(&SendBudget::new(1, 1 << 20, 1 << 20));
+        let (handle, rx) = SessionHandle::new(&SendBudget::new(1, 1 << 20, 1 << 20, 0));
         std::mem::forget(rx);
         registry.register(Arc::from(id), handle, peer);
         registry

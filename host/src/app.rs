@@ -92,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.send_queue as usize,
                 config.send_queue_bytes as usize,
                 (config.send_queue_total_mib as usize) << 20,
+                config.rate_limit_bytes as usize,
             ),
             rate_per_sec: config.rate_limit,
             rate_burst: config.rate_burst,

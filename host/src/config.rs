@@ -76,6 +76,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_burst: u32,
 
+    /// Bytes per second one session's frames may deliver to others, counted once per
+    /// recipient (an offer to 9 members costs 9 times its size); the burst is half of
+    /// --send-queue-bytes. Over it → error rateLimited, persisting → close 1008; 0 turns the limit off.
+    #[arg(long, env = "WEBRTC_CHAT_RATE_LIMIT_BYTES", default_value_t = 256 * 1024)]
+    pub rate_limit_bytes: u32,
+
     /// Simultaneous connections from one IP address; 0 turns the limit off.
     #[arg(long, env = "WEBRTC_CHAT_MAX_CONNS_PER_IP", default_value_t = 50)]
     pub max_conns_per_ip: u32,

@@ -90,7 +90,7 @@ impl PolicyHarness {
             chain: Arc::new(ArcSwap::from_pointee(PolicyChain::new(drop_ins, default))),
             limits: SessionLimits {
                 max_frame_bytes: 64 * 1024,
-                send: SendBudget::new(4096, 64 << 20, 1 << 30),
+                send: SendBudget::new(4096, 64 << 20, 1 << 30, 0),
                 rate_per_sec: 0,
                 rate_burst: 1,
             },

@@ -184,7 +184,14 @@ async fn foreign_origins_are_refused_by_default() {
 
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_without_stalling_its_room() {
-    let host = Host::start(&["--send-queue", "16", "--rate-limit", "0"]);
+    let host = Host::start(&[
+        "--send-queue",
+        "16",
+        "--rate-limit",
+        "0",
+        "--rate-limit-bytes",
+        "0",
+    ]);
     let (mut a, mut b) = host.pair("r").await;
     let mut slow = host.client().await;
     slow.login("r", "slow").await;
@@ -394,8 +401,8 @@ async fn logout_of(b: &mut Client, id: &str, within: Duration) -> Duration {
 
 #[tokio::test]
 async fn a_receiver_that_never_reads_is_bounded_in_bytes() {
-    // Default bounds (1024 frames, 1 MiB) apart from the rate limit.
-    let host = Host::start(&["--rate-limit", "0"]);
+    // Default bounds (1024 frames, 1 MiB) apart from the rate limits.
+    let host = Host::start(&["--rate-limit", "0", "--rate-limit-bytes", "0"]);
     let (mut a, mut b) = host.pair("r").await;
     let mut slow = host.client().await;
     slow.login("r", "slow").await;
@@ -598,6 +605,8 @@ async fn a_spent_total_budget_closes_the_largest_backlogs_not_laggards() {
     let host = Host::start(&[
         "--rate-limit",
         "0",
+        "--rate-limit-bytes",
+        "0",
         "--send-queue-total-mib",
         "2",
         "--max-conns-per-ip",
@@ -695,4 +704,67 @@ async fn refused_origins_do_not_flood_the_log() {
         line.contains("suppressed=") && !line.contains("suppressed=0"),
         "{line}"
     );
+}
+
+/// One member fanning big offers out to its room at the frame rate limit
+/// is limited by the bytes it makes the host deliver, not the receivers:
+/// a member reading slowly is not closed.
+#[tokio::test]
+async fn a_member_fanning_out_big_frames_is_limited_not_its_slow_room() {
+    use futures_util::StreamExt;
+    // Default limits: 50 frames/s, a burst of 200.
+    let host = Host::start(&[]);
+    let (mut sender, mut slow) = host.pair("r").await;
+    let mut other = host.client().await;
+    other.login("r", "other").await;
+    sender.recv().await;
+    slow.recv().await;
+    // `other` reads at full speed; `slow` only every 50 ms.
+    let (mut other_tx, mut other_rx) = other.ws.split();
+    let other_reads = tokio::spawn(async move { while let Some(Ok(_)) = other_rx.next().await {} });
+    let offer = json!({"type":"offer","data":"x".repeat(65_000)}).to_string();
+    for _ in 0..200 {
+        if sender.ws.send(Message::text(offer.clone())).await.is_err() {
+            break;
+        }
+    }
+    // The sender is told (or, persisting, closed).
+    let limited = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match sender.ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "error" {
+                        assert_error(&v, "rateLimited");
+                        return true;
+                    }
+                }
+                Some(Ok(Message::Close(f))) => {
+                    return f.is_some_and(|f| u16::from(f.code) == 1008);
+                }
+                Some(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    // The slow member gets what was delivered, then a later frame: it
+    // was never closed.
+    other_tx
+        .send(Message::text(
+            json!({"type":"candidate","to":slow.id,"data":"still here"}).to_string(),
+        ))
+        .await
+        .expect("`other`, a member reading at full speed, was closed by the flood");
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let f = slow.recv().await;
+        if f["data"] == "still here" {
+            break;
+        }
+        assert!(f["type"] == "offer" || f["type"] == "logout", "{f}");
+    }
+    assert!(limited, "the sender was neither refused nor closed");
+    other_reads.abort();
 }

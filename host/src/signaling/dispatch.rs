@@ -10,7 +10,9 @@ use serde_json::value::RawValue;
 use super::Hub;
 use super::frame::{self, Inbound, Stamped};
 use super::names::{self, MAX_NAME_CHARS, MAX_ROOM_CHARS};
+use super::rate::Flooding;
 use super::rooms::{Departure, JoinError, Member, Outbound, SessionHandle};
+use super::session::CLOSE_POLICY;
 use crate::policy::kv::Scope;
 use crate::policy::{Action, CloseRequest, Decision, Envelope, ErrorReply, JoinRequest};
 
@@ -26,6 +28,30 @@ pub struct Sender<'a> {
 }
 
 impl Sender<'_> {
+    /// Charges a frame of `bytes` for `recipients` to this sender's fan-out
+    /// budget; false (the sender told, or closed) when it is spent.
+    fn may_fan_out(&self, hub: &Hub, bytes: usize, recipients: usize) -> bool {
+        match self.handle.may_fan_out(bytes.saturating_mul(recipients)) {
+            Ok(()) => true,
+            Err(Flooding::Warn) => {
+                self.error(
+                    hub,
+                    "rateLimited",
+                    "Too much data for the room: slow down; this one was not delivered.",
+                );
+                false
+            }
+            Err(Flooding::Persisting) => {
+                tracing::info!(session = %self.id, "closed: kept sending past its byte rate limit");
+                self.handle.deliver(Outbound::Close(
+                    CLOSE_POLICY,
+                    Utf8Bytes::from_static("rate limit exceeded"),
+                ));
+                false
+            }
+        }
+    }
+
     fn error(&self, hub: &Hub, error_type: &str, error_text: &str) {
         hub.metrics.error(error_type);
         self.handle
@@ -274,6 +300,12 @@ impl Applying<'_> {
                 let Some(frame) = self.stamped(None) else {
                     return false;
                 };
+                if !self
+                    .sender
+                    .may_fan_out(self.hub, frame.len(), handles.len())
+                {
+                    return false;
+                }
                 self.hub.metrics.frames_out(handles.len() as u64);
                 for h in handles {
                     h.deliver(Outbound::Frame(frame.clone()));
@@ -375,6 +407,17 @@ impl Applying<'_> {
         } else {
             Utf8Bytes::from(frame::login_notice(from, username, room))
         };
+        // The notice (a login's whole `data`) goes to everyone already there.
+        let others = self
+            .hub
+            .registry
+            .members(room)
+            .iter()
+            .filter(|m| ***m != **from)
+            .count();
+        if !self.sender.may_fan_out(self.hub, notice.len(), others) {
+            return false;
+        }
         let ice = self.hub.ice.for_session(from, self.sender.host);
         let welcome = |others: &[Member]| {
             let members: Vec<(String, String)> = others

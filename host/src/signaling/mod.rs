@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod frame;
 pub mod names;
 pub mod queue;
+pub mod rate;
 pub mod rooms;
 pub mod session;
 

@@ -2,7 +2,9 @@
 //! budget shared by every session, so receivers that do not read cannot
 //! pin the host's memory. A receiver past its own bounds is disconnected;
 //! when the shared budget is spent, the receivers with the largest backlogs
-//! (the ones spending it) are, never one merely a frame behind.
+//! (the ones spending it) are, never one merely a frame behind. Each
+//! session also has an allowance of bytes its own frames may put into the
+//! others' queues, so one sender cannot fill them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::rate::{Flooding, TokenBucket};
 use super::rooms::Outbound;
 
 /// The bounds of every session's queue, and the bytes queued in all of them.
@@ -23,6 +26,10 @@ pub struct SendBudget {
     pub session_bytes: usize,
     /// Bytes all sessions together may have waiting.
     pub total_bytes: usize,
+    /// Bytes per second one session's frames may add to others' queues,
+    /// counted once per recipient; 0 = no limit. Its burst is half of
+    /// `session_bytes`: one sender alone never fills a receiver's queue.
+    pub sender_bytes_per_sec: usize,
     queued: AtomicUsize,
     /// Every open queue, so the largest can be found when the total is spent.
     queues: Mutex<HashMap<u64, Weak<Queued>>>,
@@ -30,11 +37,17 @@ pub struct SendBudget {
 }
 
 impl SendBudget {
-    pub fn new(frames: usize, session_bytes: usize, total_bytes: usize) -> Arc<Self> {
+    pub fn new(
+        frames: usize,
+        session_bytes: usize,
+        total_bytes: usize,
+        sender_bytes_per_sec: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             frames,
             session_bytes,
             total_bytes,
+            sender_bytes_per_sec,
             queued: AtomicUsize::new(0),
             queues: Mutex::default(),
             next_id: AtomicU64::new(0),
@@ -135,6 +148,9 @@ impl Queued {
     }
 }
 
+/// Frames refused in a row for their bytes before the sender is closed.
+const PATIENCE: u32 = 200;
+
 fn cost(o: &Outbound) -> usize {
     match o {
         Outbound::Frame(t) | Outbound::Close(_, t) => t.len(),
@@ -148,6 +164,8 @@ fn cost(o: &Outbound) -> usize {
 pub struct SessionHandle {
     tx: mpsc::Sender<Outbound>,
     queued: Arc<Queued>,
+    /// What this session's own frames may still put into others' queues.
+    fan_out: Arc<Mutex<TokenBucket>>,
     pub kill: CancellationToken,
 }
 
@@ -166,9 +184,15 @@ impl SessionHandle {
             .queues
             .lock()
             .insert(queued.id, Arc::downgrade(&queued));
+        let fan_out = TokenBucket::new(
+            u32::try_from(budget.sender_bytes_per_sec).unwrap_or(u32::MAX),
+            u32::try_from(budget.session_bytes / 2).unwrap_or(u32::MAX),
+            PATIENCE,
+        );
         let handle = SessionHandle {
             tx,
             queued: queued.clone(),
+            fan_out: Arc::new(Mutex::new(fan_out)),
             kill,
         };
         (handle, OutboundQueue { rx, queued })
@@ -186,6 +210,13 @@ impl SessionHandle {
             self.queued.release(n);
             self.queued.cut_off();
         }
+    }
+
+    /// Charges `bytes` — a frame of this session's times its recipients —
+    /// to what this session may send; refused when it sends more than the
+    /// others' queues should take from one sender.
+    pub fn may_fan_out(&self, bytes: usize) -> Result<(), Flooding> {
+        self.fan_out.lock().take_n(bytes)
     }
 
     /// Bytes waiting in this session's queue.
@@ -234,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_session_is_bounded_in_bytes() {
-        let budget = SendBudget::new(100, 1000, 1_000_000);
+        let budget = SendBudget::new(100, 1000, 1_000_000, 0);
         let (h, mut q) = SessionHandle::new(&budget);
         h.deliver(frame(600));
         assert_eq!(h.queued_bytes(), 600);
@@ -249,7 +280,7 @@ mod tests {
 
     #[test]
     fn the_total_cuts_off_the_largest_backlogs_only() {
-        let budget = SendBudget::new(100, 1000, 1500);
+        let budget = SendBudget::new(100, 1000, 1500, 0);
         let (hog, _q1) = SessionHandle::new(&budget);
         let (behind, _q2) = SessionHandle::new(&budget);
         let (other, _q3) = SessionHandle::new(&budget);
@@ -266,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_dropped_queue_gives_its_bytes_back() {
-        let budget = SendBudget::new(100, 1000, 1_000_000);
+        let budget = SendBudget::new(100, 1000, 1_000_000, 0);
         let (h, q) = SessionHandle::new(&budget);
         h.deliver(frame(500));
         h.deliver(Outbound::Ping);
@@ -279,7 +310,7 @@ mod tests {
 
     #[test]
     fn frames_are_still_bounded_by_count() {
-        let budget = SendBudget::new(2, 1000, 1_000_000);
+        let budget = SendBudget::new(2, 1000, 1_000_000, 0);
         let (h, _q) = SessionHandle::new(&budget);
         h.deliver(Outbound::Ping);
         h.deliver(Outbound::Ping);

@@ -384,7 +384,7 @@ mod tests {
     }
 
     fn handle() -> (SessionHandle, OutboundQueue) {
-        SessionHandle::new(&SendBudget::new(4, 1 << 20, 1 << 20))
+        SessionHandle::new(&SendBudget::new(4, 1 << 20, 1 << 20, 0))
     }
 
     fn registry_with(ids: &[&str]) -> (RoomRegistry, Vec<OutboundQueue>) {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::Hub;
 use super::dispatch::{self, Sender};
 use super::queue::OutboundQueue;
+use super::rate::{Flooding, TokenBucket};
 use super::rooms::{Outbound, SessionHandle};
 
 /// Close codes the host itself uses.
@@ -122,7 +123,11 @@ const IDLE_LIMIT: Duration = Duration::from_secs(25);
 /// ends, dies, floods or is killed.
 async fn read_loop(hub: &Hub, sender: &Sender<'_>, stream: &mut SplitStream<WebSocket>) {
     let handle = sender.handle;
-    let mut bucket = TokenBucket::new(hub.limits.rate_per_sec, hub.limits.rate_burst);
+    let mut bucket = TokenBucket::new(
+        hub.limits.rate_per_sec,
+        hub.limits.rate_burst,
+        hub.limits.rate_burst,
+    );
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     loop {
@@ -176,55 +181,6 @@ async fn read_loop(hub: &Hub, sender: &Sender<'_>, stream: &mut SplitStream<WebS
                 ));
                 return;
             }
-        }
-    }
-}
-
-enum Flooding {
-    /// Over the limit: this frame is refused with `error rateLimited`.
-    Warn,
-    /// Still sending after a burst's worth of refusals: close with 1008.
-    Persisting,
-}
-
-/// A token bucket: `rate` tokens a second, at most `burst` saved up.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-    refused_in_a_row: u32,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            rate: rate as f64,
-            burst: burst as f64,
-            tokens: burst as f64,
-            last: Instant::now(),
-            refused_in_a_row: 0,
-        }
-    }
-
-    fn take(&mut self) -> Result<(), Flooding> {
-        if self.rate == 0.0 {
-            return Ok(());
-        }
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.refused_in_a_row = 0;
-            return Ok(());
-        }
-        self.refused_in_a_row += 1;
-        if self.refused_in_a_row as f64 > self.burst {
-            Err(Flooding::Persisting)
-        } else {
-            Err(Flooding::Warn)
         }
     }
 }
@@ -341,25 +297,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bucket_allows_a_burst_then_the_rate() {
-        let mut b = TokenBucket::new(10, 3);
-        assert!((0..3).all(|_| b.take().is_ok()));
-        assert!(matches!(b.take(), Err(Flooding::Warn)));
-        b.last -= Duration::from_millis(150); // 1.5 tokens back
-        assert!(b.take().is_ok());
-        assert!(matches!(b.take(), Err(Flooding::Warn)));
-    }
-
-    #[test]
-    fn persisting_floods_are_told_apart() {
-        let mut b = TokenBucket::new(1, 2);
-        let _ = (b.take(), b.take());
-        assert!(matches!(b.take(), Err(Flooding::Warn)));
-        assert!(matches!(b.take(), Err(Flooding::Warn)));
-        assert!(matches!(b.take(), Err(Flooding::Persisting)));
-    }
-
-    #[test]
     fn close_reasons_fit_a_close_frame() {
         // 100 characters of 3 bytes each: 300 bytes, which no close frame holds.
         let long = "가".repeat(100);
@@ -369,11 +306,5 @@ mod tests {
         assert_eq!(close_reason("short").as_str(), "short");
         let emoji = "😀".repeat(40);
         assert_eq!(close_reason(&emoji).len(), 120);
-    }
-
-    #[test]
-    fn zero_rate_is_no_limit() {
-        let mut b = TokenBucket::new(0, 1);
-        assert!((0..10_000).all(|_| b.take().is_ok()));
     }
 }
