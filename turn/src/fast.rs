@@ -86,7 +86,17 @@ pub(crate) struct FastRelay {
     channels: ArcSwap<HashMap<u16, Channel>>,
     /// Peer address (canonical) -> channel number.
     by_peer: ArcSwap<HashMap<SocketAddr, u16>>,
+    /// Exact peer addresses (canonical) the client named in a granted
+    /// CreatePermission or ChannelBind -> until when. Permissions are per
+    /// IP, but this server's relayed addresses all share one IP and belong
+    /// to different users: a packet from another allocation here is
+    /// accepted only from an address the client named (see
+    /// [`accepts_relay`](Self::accepts_relay)).
+    named: ArcSwap<HashMap<SocketAddr, u64>>,
 }
+
+/// Exact peer addresses one allocation keeps (a permission names one each).
+const MAX_NAMED: usize = 2 * MAX_PERMISSIONS;
 
 fn canonical_addr(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(canonical(a.ip()), a.port())
@@ -113,6 +123,7 @@ impl FastRelay {
             perms: ArcSwap::default(),
             channels: ArcSwap::default(),
             by_peer: ArcSwap::default(),
+            named: ArcSwap::default(),
         }
     }
 
@@ -163,6 +174,32 @@ impl FastRelay {
         });
     }
 
+    /// Remembers that the client named `peer` exactly, until `until`.
+    fn name(&self, peer: SocketAddr, until: u64) {
+        let peer = canonical_addr(peer);
+        self.named.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            if m.len() < MAX_NAMED || m.contains_key(&peer) {
+                m.insert(peer, until);
+            }
+            m
+        });
+    }
+
+    /// True when the client takes a packet from `peer`, another allocation
+    /// of this server (relay to relay): a live channel to it, or a live
+    /// permission that named this exact address. Another user of this
+    /// server cannot send into (and drain the bucket of) a relay whose
+    /// client only meant to talk to a third one on the same IP.
+    pub(crate) fn accepts_relay(&self, peer: SocketAddr, now: u64) -> bool {
+        self.channel_of(peer, now).is_some()
+            || self
+                .named
+                .load()
+                .get(&canonical_addr(peer))
+                .is_some_and(|u| *u > now)
+    }
+
     /// True when the crate would relay a packet from `peer` to the client:
     /// a live channel or permission for it.
     pub(crate) fn accepts(&self, peer: SocketAddr, now: u64) -> bool {
@@ -195,6 +232,13 @@ impl FastRelay {
     fn sweep(&self, now: u64) {
         if self.perms.load().values().any(|u| *u <= now) {
             self.perms.rcu(|m| {
+                let mut m = HashMap::clone(m);
+                m.retain(|_, u| *u > now);
+                m
+            });
+        }
+        if self.named.load().values().any(|u| *u <= now) {
+            self.named.rcu(|m| {
                 let mut m = HashMap::clone(m);
                 m.retain(|_, u| *u > now);
                 m
@@ -364,6 +408,7 @@ impl FastTable {
         };
         let now = now_secs();
         relay.permit(p.peer.ip(), now + PERMISSION_SECS);
+        relay.name(p.peer, now + PERMISSION_SECS);
         if let Some(n) = p.channel {
             relay.bind(n, p.peer, now + CHANNEL_SECS);
         }
@@ -1150,6 +1195,11 @@ impl FastPath<'_> {
             None
         };
         if let Some(target) = target {
+            // Only from an address the receiving client named: dropped
+            // before either bucket or counter (see `accepts_relay`).
+            if !target.accepts_relay(relay.relay_addr, now) {
+                return;
+            }
             if !relay.within_bandwidth(len) {
                 return;
             }

@@ -585,11 +585,12 @@ impl Conn for FilteredRelayConn {
                 }
                 Some((pkt, from)) = local.recv() => {
                     // Checked by the sending allocation (it aimed at us);
-                    // without our client's channel or permission for it the
-                    // crate would drop it: dropped here, uncharged.
+                    // unless our client named that relayed address (a
+                    // channel, or a permission naming it exactly) it is
+                    // dropped here, uncharged.
                     let n = pkt.len().min(buf.len());
                     buf[..n].copy_from_slice(&pkt[..n]);
-                    if self.fast.accepts(from, crate::fast::now_secs())
+                    if self.fast.accepts_relay(from, crate::fast::now_secs())
                         && self.fast.within_bandwidth(n)
                     {
                         self.relayed(&self.counters.bytes_from_peers, n);

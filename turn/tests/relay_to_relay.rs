@@ -112,6 +112,39 @@ async fn relay_only_peers_meet(cfg: TurnConfig, client_ip: IpAddr, relay_ip: IpA
         );
     }
 
+    // Dave, another user of this server, cannot send into Alice's relay:
+    // Alice's permission for the relay address is per IP, but the only
+    // relayed address she named is Bob's.
+    dir.session_started("dave");
+    let dave = client(&server, client_ip, "dave").await;
+    let rd = within("allocate", dave.allocate())
+        .await
+        .expect("dave allocates");
+    let ra_addr = ra.local_addr().expect("a");
+    let before = server.stats();
+    for _ in 0..3 {
+        let _ = within("dave sends", rd.send_to(b"junk from dave", ra_addr)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut buf = [0u8; 1500];
+    while let Ok(r) = tokio::time::timeout(Duration::from_millis(500), ra.recv_from(&mut buf)).await
+    {
+        let (n, src) = r.expect("recv");
+        assert_ne!(&buf[..n], b"junk from dave", "from {src}");
+    }
+    let after = server.stats();
+    assert_eq!(
+        after.bytes_relay_to_relay, before.bytes_relay_to_relay,
+        "nothing of Dave's was relayed or charged"
+    );
+    deliver(&rb, &ra, b"bob still reaches alice").await;
+    rd.close().await.expect("close relay");
+    dave.close().await.expect("close client");
+    wait_until("dave's allocation closed", || {
+        server.allocation_count() == 3
+    })
+    .await;
+
     // Once Bob's allocation is gone, its address is refused again.
     let rb_addr = rb.local_addr().expect("b");
     rb.close().await.expect("close relay");
