@@ -690,12 +690,19 @@ async fn a_spent_total_budget_closes_the_largest_backlogs_not_laggards() {
 async fn refused_origins_do_not_flood_the_log() {
     let host = Host::start(&[]);
     let evil = [("origin", "https://evil.example")];
+    let started = std::time::Instant::now();
     for _ in 0..100 {
         let refused = Client::try_connect_with(&host.url("/ws"), &evil).await;
         assert!(format!("{:?}", refused.err()).contains("403"));
     }
+    // A burst of 20, then 10 a second for as long as the refusals took
+    // (a loaded machine takes longer).
+    let most = 21 + (10.0 * started.elapsed().as_secs_f64()).ceil() as usize;
     let lines = host.count_log("origin not allowed", Duration::from_millis(500));
-    assert!((1..=25).contains(&lines), "{lines} lines for 100 refusals");
+    assert!(
+        (1..=most.min(99)).contains(&lines),
+        "{lines} lines for 100 refusals (at most {most})"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let refused = Client::try_connect_with(&host.url("/ws"), &evil).await;
     assert!(refused.is_err());

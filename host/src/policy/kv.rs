@@ -24,9 +24,12 @@ pub const MAX_SCOPE_BYTES: usize = 512;
 /// empty value is not free.
 pub const ENTRY_OVERHEAD: usize = 64;
 
+/// One policy's entries, by scope: a room or session that ends drops its
+/// own map, without looking at anyone else's entries (a disconnect must
+/// not cost a scan of the whole store under its lock).
 #[derive(Default)]
 struct Namespace {
-    entries: HashMap<(Scope, String), String>,
+    entries: HashMap<Scope, HashMap<String, String>>,
     bytes: usize,
 }
 
@@ -44,12 +47,12 @@ tokio::task_local! {
     static WRITTEN_ROOMS: std::cell::RefCell<Vec<String>>;
 }
 
-fn cost(k: &(Scope, String), v: &str) -> usize {
-    let scope_len = match &k.0 {
+fn cost(scope: &Scope, key: &str, v: &str) -> usize {
+    let scope_len = match scope {
         Scope::Global => 0,
         Scope::Room(s) | Scope::Session(s) => s.len(),
     };
-    ENTRY_OVERHEAD + scope_len + k.1.len() + v.len()
+    ENTRY_OVERHEAD + scope_len + key.len() + v.len()
 }
 
 impl KvStore {
@@ -126,11 +129,7 @@ impl KvStore {
 
     pub fn get(&self, ns: &str, scope: &Scope, key: &str) -> Option<String> {
         let namespaces = self.namespaces.lock();
-        namespaces
-            .get(ns)?
-            .entries
-            .get(&(scope.clone(), key.to_owned()))
-            .cloned()
+        namespaces.get(ns)?.entries.get(scope)?.get(key).cloned()
     }
 
     pub fn set(
@@ -155,14 +154,14 @@ impl KvStore {
         }
         let mut namespaces = self.namespaces.lock();
         let space = namespaces.entry(ns.to_owned()).or_default();
-        let entry_key = (scope, key.to_owned());
         let old = space
             .entries
-            .get(&entry_key)
-            .map_or(0, |v| cost(&entry_key, v));
+            .get(&scope)
+            .and_then(|m| m.get(key))
+            .map_or(0, |v| cost(&scope, key, v));
         match value {
             Some(v) => {
-                let new = cost(&entry_key, &v);
+                let new = cost(&scope, key, &v);
                 let total = space.bytes - old + new;
                 if total > self.cap_bytes {
                     return Err(format!(
@@ -171,11 +170,20 @@ impl KvStore {
                     ));
                 }
                 space.bytes = total;
-                space.entries.insert(entry_key, v);
+                space
+                    .entries
+                    .entry(scope)
+                    .or_default()
+                    .insert(key.to_owned(), v);
             }
             None => {
-                if space.entries.remove(&entry_key).is_some() {
+                if let Some(m) = space.entries.get_mut(&scope)
+                    && m.remove(key).is_some()
+                {
                     space.bytes -= old;
+                    if m.is_empty() {
+                        space.entries.remove(&scope);
+                    }
                 }
             }
         }
@@ -186,15 +194,9 @@ impl KvStore {
     pub fn drop_scope(&self, scope: &Scope) {
         let mut namespaces = self.namespaces.lock();
         for space in namespaces.values_mut() {
-            let mut freed = 0;
-            space.entries.retain(|entry, v| {
-                let keep = entry.0 != *scope;
-                if !keep {
-                    freed += cost(entry, v);
-                }
-                keep
-            });
-            space.bytes -= freed;
+            if let Some(gone) = space.entries.remove(scope) {
+                space.bytes -= gone.iter().map(|(k, v)| cost(scope, k, v)).sum::<usize>();
+            }
         }
     }
 }
