@@ -1102,11 +1102,15 @@ async fn a_login_whose_acknowledgement_is_lost_leaves_no_ghost() {
     cable.mend();
     assert_error(&recv_within(&mut gus, SLOW).await, "unavailable");
 
-    // gus is in no room on either side: the others see him leave, and his
-    // host tells him he is in none. (Within the time a silent client is
-    // kept: a sign of life each first.)
+    // gus is in no room on either side: the others see him leave, he is
+    // told he left too (he might have heard `joined`), and his host tells
+    // him he is in none. (Within the time a silent client is kept: a sign
+    // of life each first.)
     signs_of_life(&mut [&mut alice, &mut gus]).await;
     let logout = recv_within(&mut alice, Duration::from_secs(20)).await;
+    assert_eq!(logout["type"], "logout", "{logout}");
+    assert_eq!(logout["data"]["sessionId"], gus_id.as_str());
+    let logout = recv_within(&mut gus, SLOW).await;
     assert_eq!(logout["type"], "logout", "{logout}");
     assert_eq!(logout["data"]["sessionId"], gus_id.as_str());
     gus.send(json!({"type":"offer","data":{"sdp":"x"}})).await;

@@ -356,6 +356,13 @@ impl Cluster {
         tracing::info!(session = %id, room = ?now, "cluster: undoing a frame its edge answered `unavailable`");
         if let Some(d) = hub.registry.leave(id) {
             dispatch::announce_departure(hub, &d);
+            // The member may have heard `joined` (before its `error
+            // unavailable`, or after it from a slow owner): it hears it is
+            // out, as the others do.
+            if let Some(me) = hub.registry.handle_of(id) {
+                let notice = frame::logout(&d.session, &d.username);
+                me.deliver(Outbound::Frame(Utf8Bytes::from(notice)));
+            }
         }
         if let Some(((room, name), count)) = handled.before
             && self.has_seat(hub, &room, &name, count)
@@ -782,6 +789,9 @@ mod tests {
         let hub = harness.hub();
         single_thread().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
+            // (Believes Redis answers: what the proxy's pump relays is queued.)
+            cluster.healthy.store(true, Ordering::Relaxed);
+            cluster.subscribed.store(true, Ordering::Relaxed);
             let mut out = cluster.out_rx.lock().take().unwrap();
             // Rooms R and T exist here, each with a local member.
             for (member, room) in [("r", "R"), ("t", "T")] {
@@ -799,34 +809,49 @@ mod tests {
                 text: login.into(),
             };
             inbox.send(work(5)).unwrap();
-            // The answer to request `u`: the room the session is in then.
-            let mut answer = async |u: u64| {
-                tokio::time::timeout(Duration::from_secs(30), async {
-                    while let Some(m) = out.recv().await {
-                        let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
-                        if let Msg::Ack { q, room, .. } = envelope.msg
-                            && q == u
-                        {
-                            return room;
-                        }
-                    }
-                    panic!("the queue to other hosts closed");
-                })
-                .await
-                .expect("answered")
-            };
-            assert_eq!(answer(5).await.as_deref(), Some("T"));
+            assert_eq!(answer(&mut out, 5).await.as_deref(), Some("T"));
             // An undo of another frame (one never handled here) changes nothing.
             inbox.send(Work::Undo { q: 4, u: 100 }).unwrap();
-            assert_eq!(answer(100).await.as_deref(), Some("T"));
-            // The undo of frame 5 puts s back where it was …
+            assert_eq!(answer(&mut out, 100).await.as_deref(), Some("T"));
+            // The undo of frame 5 puts s back where it was, telling it it
+            // left T (it may have heard `joined`) …
             inbox.send(Work::Undo { q: 5, u: 101 }).unwrap();
-            assert_eq!(answer(101).await.as_deref(), Some("R"));
+            let mut told = Vec::new();
+            let room = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(m) = out.recv().await {
+                    let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+                    match envelope.msg {
+                        Msg::Deliver { s, t } if s == "s" => told.push(t),
+                        Msg::Ack { q: 101, room, .. } => return room,
+                        _ => {}
+                    }
+                }
+                panic!("the queue to other hosts closed");
+            })
+            .await
+            .expect("answered");
+            assert_eq!(room.as_deref(), Some("R"));
+            // (Its pump forwards what it was told: wait for it.)
+            while !told.iter().any(|t| t.contains(r#""type":"logout""#)) {
+                let m = tokio::time::timeout(Duration::from_secs(30), out.recv())
+                    .await
+                    .expect("s never told it is out of T")
+                    .unwrap();
+                let envelope: Envelope = serde_json::from_str(&m.payload).unwrap();
+                if let Msg::Deliver { s, t } = envelope.msg
+                    && s == "s"
+                {
+                    told.push(t);
+                }
+            }
+            let logout = told.iter().find(|t| t.contains("logout")).unwrap();
+            let logout: serde_json::Value = serde_json::from_str(logout).unwrap();
+            assert_eq!(logout["data"]["sessionId"], "s", "{logout}");
             assert_eq!(hub.registry.members("T").len(), 1, "still in T");
             assert_eq!(hub.registry.members("R").len(), 2);
             // … once: asked again, it changes nothing.
             inbox.send(Work::Undo { q: 5, u: 102 }).unwrap();
-            assert_eq!(answer(102).await.as_deref(), Some("R"));
+            assert_eq!(answer(&mut out, 102).await.as_deref(), Some("R"));
         });
     }
 
