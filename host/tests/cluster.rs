@@ -1181,8 +1181,8 @@ async fn hosts_refused_by_redis_recover_once_it_accepts_their_password_again() {
     for h in &hosts {
         wait_ready(h, false).await;
     }
-    let refused = "cluster: Redis refuses this host's credentials";
-    let accepted = "cluster: Redis accepts this host's credentials again";
+    let refused = "cluster: Redis refused this host's AUTH";
+    let accepted = "cluster: Redis accepts this host's AUTH again";
     for h in &hosts {
         let line = h.wait_log(refused, SLOW);
         assert!(line.contains("--redis-url"), "says what to do: {line}");

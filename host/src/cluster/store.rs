@@ -2,6 +2,7 @@
 //! bounded in time: an unreachable Redis is an error, never a hang.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -101,8 +102,8 @@ pub enum StoreError {
     Timeout,
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// (Logged once, with what to do, when it starts: `Store::refused`.)
-    #[error("Redis refuses this host's credentials ({0})")]
+    /// (Logged once, with what to do, when it starts: `Store::refusal`.)
+    #[error("Redis refused this host's AUTH ({0})")]
     Auth(redis::RedisError),
 }
 
@@ -141,10 +142,14 @@ pub struct Store {
     pub client: redis::Client,
     /// Replaced when Redis refuses the credentials: the crate's manager
     /// reconnects after a dropped connection, but keeps returning a failed
-    /// authentication for good (see `Credentials`).
-    con: Arc<Mutex<ConnectionManager>>,
+    /// authentication for good (see `Credentials`). With its generation
+    /// (raised at each replacement): only what the current one does counts.
+    con: Arc<Mutex<(ConnectionManager, u64)>>,
     config: ConnectionManagerConfig,
     credentials: Arc<Mutex<Credentials>>,
+    /// `credentials` holds a refusal (read first, without the lock, by
+    /// every successful call).
+    refusing: Arc<AtomicBool>,
     claim: Script,
     release: Script,
     members: Script,
@@ -166,13 +171,43 @@ fn redacted(url: &str) -> String {
     }
 }
 
-/// Whether Redis refuses this host's credentials, and when its connection
-/// may be rebuilt next.
+/// Whether Redis refuses this host's connections, each kind on its own: the
+/// commands' (shared by every call) and the subscriber's (made anew for each
+/// attempt). The host logs one line when either starts being refused and
+/// one when neither is any more.
 #[derive(Default)]
 struct Credentials {
+    commands: Refusal,
+    subscriber: Refusal,
+}
+
+/// One connection's refusal: the wait before it is tried again (doubling)
+/// and when that may be.
+#[derive(Default)]
+struct Refusal {
     refused: bool,
     backoff: Duration,
-    next_rebuild: Option<Instant>,
+    next_try: Option<Instant>,
+}
+
+impl Refusal {
+    /// A refusal: true when the wait for the next try is over (and a new
+    /// one, twice as long, begins).
+    fn refused(&mut self, now: Instant) -> bool {
+        self.refused = true;
+        if self.next_try.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.backoff = (self.backoff * 2).clamp(REBUILD_MIN, REBUILD_MAX);
+        self.next_try = Some(now + self.backoff);
+        true
+    }
+}
+
+impl Credentials {
+    fn refused(&self) -> bool {
+        self.commands.refused || self.subscriber.refused
+    }
 }
 
 /// Rebuilding a connection Redis refused waits this long at first, twice as
@@ -188,80 +223,136 @@ fn refused(e: &RedisError) -> bool {
 }
 
 impl Store {
-    fn con(&self) -> ConnectionManager {
+    /// The commands' connection, and its generation (for `bounded`).
+    fn con(&self) -> (ConnectionManager, u64) {
         self.con.lock().clone()
     }
 
-    /// Runs one call, bounded by `CALL_LIMIT`. Redis refusing the
-    /// credentials rebuilds the connection (with backoff) so that it
-    /// authenticates again once they are right; one line is logged when
-    /// that starts and one when it ends.
-    async fn bounded<T>(&self, f: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+    /// Runs one call on the commands' connection (of that `generation`),
+    /// bounded by `CALL_LIMIT`. Redis refusing the credentials rebuilds the
+    /// connection (with backoff) so that it authenticates again once they
+    /// are right; one line is logged when that starts and one when it ends.
+    async fn bounded<T>(
+        &self,
+        generation: u64,
+        f: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
         let result = match tokio::time::timeout(CALL_LIMIT, f).await {
             Ok(r) => r,
             Err(_) => return Err(StoreError::Timeout),
         };
         match result {
             Ok(v) => {
-                self.accepted();
+                if self.refusing.load(Ordering::Relaxed) {
+                    self.commands_accepted(generation);
+                }
                 Ok(v)
             }
             Err(e) if refused(&e) => {
-                self.refused(&e);
+                self.commands_refused(generation, &e);
                 Err(StoreError::Auth(e))
             }
             Err(e) => Err(StoreError::Redis(e)),
         }
     }
 
-    fn accepted(&self) {
+    /// A call on the commands' connection of `generation` succeeded:
+    /// it counts only if that is the current one (a call in flight on the
+    /// one just replaced proves nothing).
+    fn commands_accepted(&self, generation: u64) {
         let mut c = self.credentials.lock();
-        if std::mem::take(&mut *c).refused {
-            tracing::info!("cluster: Redis accepts this host's credentials again");
+        if c.commands.refused && self.con.lock().1 == generation {
+            c.commands = Refusal::default();
+            self.settle(&c);
         }
     }
 
-    fn refused(&self, e: &RedisError) {
-        let now = Instant::now();
+    /// The commands' connection of `generation` was refused: if it is the
+    /// current one, it is rebuilt once its backoff is over.
+    fn commands_refused(&self, generation: u64, e: &RedisError) {
         let mut c = self.credentials.lock();
-        if !c.refused {
-            c.refused = true;
-            tracing::warn!(
-                "cluster: Redis refuses this host's credentials ({e}): make the password (and user) in --redis-url match Redis's requirepass or ACL; this host reconnects by itself once they do"
-            );
+        if self.con.lock().1 != generation {
+            return; // replaced already: the new one's answers count
         }
-        if c.next_rebuild.is_some_and(|t| now < t) {
+        self.refusal(&c, e);
+        if !c.commands.refused(Instant::now()) {
             return;
         }
-        c.backoff = (c.backoff * 2).clamp(REBUILD_MIN, REBUILD_MAX);
-        c.next_rebuild = Some(now + c.backoff);
         match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
-            Ok(con) => *self.con.lock() = con,
+            Ok(con) => {
+                let mut current = self.con.lock();
+                *current = (con, current.1 + 1);
+            }
             Err(e) => tracing::debug!("cluster: Redis connection not rebuilt: {e}"),
         }
     }
 
+    /// Logs that Redis refuses this host, when it is the first refusal.
+    fn refusal(&self, c: &Credentials, e: &RedisError) {
+        if !c.refused() {
+            self.refusing.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                "cluster: Redis refused this host's AUTH (wrong password/ACL, or it turned the connection away, e.g. max clients) ({e}): make the password (and user) in --redis-url match Redis's requirepass or ACL (or raise its maxclients); this host reconnects by itself, within about 10 s of Redis accepting it"
+            );
+        }
+    }
+
+    /// Logs that Redis accepts this host again, when nothing is refused
+    /// any more.
+    fn settle(&self, c: &Credentials) {
+        if !c.refused() && self.refusing.swap(false, Ordering::Relaxed) {
+            tracing::info!("cluster: Redis accepts this host's AUTH again");
+        }
+    }
+
     /// A new pub/sub connection (the subscriber makes one per attempt).
-    /// Only a refusal counts here: whether the credentials are accepted
-    /// again is judged by the commands' connection, which must be rebuilt.
+    /// A refusal is noted (and backs the subscriber off), never rebuilds
+    /// the commands' connection, which may well work; a connection made
+    /// ends the subscriber's refusal.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
         match tokio::time::timeout(CALL_LIMIT, self.client.get_async_pubsub()).await {
             Err(_) => Err(StoreError::Timeout),
-            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Ok(pubsub)) => {
+                self.subscriber_accepted();
+                Ok(pubsub)
+            }
             Ok(Err(e)) if refused(&e) => {
-                self.refused(&e);
+                self.subscriber_refused(&e);
                 Err(StoreError::Auth(e))
             }
             Ok(Err(e)) => Err(StoreError::Redis(e)),
         }
     }
 
+    fn subscriber_accepted(&self) {
+        if self.refusing.load(Ordering::Relaxed) {
+            let mut c = self.credentials.lock();
+            c.subscriber = Refusal::default();
+            self.settle(&c);
+        }
+    }
+
+    fn subscriber_refused(&self, e: &RedisError) {
+        let mut c = self.credentials.lock();
+        self.refusal(&c, e);
+        c.subscriber.refused(Instant::now());
+    }
+
+    /// Whether Redis refuses this host's connections now.
+    #[cfg(test)]
+    fn refuses(&self) -> bool {
+        self.credentials.lock().refused()
+    }
+
     /// How long to wait before connecting again after a failure: longer
     /// while Redis refuses the credentials.
     pub fn retry_delay(&self) -> Duration {
         let c = self.credentials.lock();
-        if c.refused {
-            c.backoff.max(REBUILD_MIN)
+        if c.refused() {
+            c.subscriber
+                .backoff
+                .max(c.commands.backoff)
+                .max(REBUILD_MIN)
         } else {
             Duration::from_millis(250)
         }
@@ -283,9 +374,10 @@ impl Store {
             .map_err(|e| format!("--redis-url {shown:?}: {e}"))?;
         Ok(Self {
             client,
-            con: Arc::new(Mutex::new(con)),
+            con: Arc::new(Mutex::new((con, 0))),
             config,
             credentials: Arc::default(),
+            refusing: Arc::default(),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             members: Script::new(MEMBERS),
@@ -296,7 +388,7 @@ impl Store {
     /// was still there (false: it lapsed, and the others may have declared
     /// the host dead meanwhile).
     pub async fn heartbeat(&self, host: &str, epoch: u64, ttl: Duration) -> Result<bool> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(alive_key(host))
@@ -310,7 +402,8 @@ impl Store {
             .arg("PX")
             .arg(EPOCH_TTL.as_millis() as u64)
             .ignore();
-        let (previous,): (Option<String>,) = self.bounded(pipe.query_async(&mut con)).await?;
+        let (previous,): (Option<String>,) =
+            self.bounded(generation, pipe.query_async(&mut con)).await?;
         Ok(previous.is_some())
     }
 
@@ -320,10 +413,11 @@ impl Store {
     /// later epoch (it finds its heartbeat lapsed), so what it sends then
     /// counts.
     pub async fn dead_epoch(&self, host: &str) -> Result<Option<u64>> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut pipe = redis::pipe();
         pipe.atomic().exists(alive_key(host)).get(epoch_key(host));
-        let (alive, epoch): (bool, Option<u64>) = self.bounded(pipe.query_async(&mut con)).await?;
+        let (alive, epoch): (bool, Option<u64>) =
+            self.bounded(generation, pipe.query_async(&mut con)).await?;
         Ok((!alive).then(|| epoch.unwrap_or(0)))
     }
 
@@ -334,10 +428,10 @@ impl Store {
 
     /// Ids of the hosts with a current heartbeat.
     pub async fn live_hosts(&self) -> Result<Vec<String>> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let pattern = format!("{PREFIX}:alive:*");
         let prefix = format!("{PREFIX}:alive:");
-        self.bounded(async move {
+        self.bounded(generation, async move {
             let mut hosts = Vec::new();
             let mut cursor: u64 = 0;
             loop {
@@ -372,7 +466,7 @@ impl Store {
         ttl: Duration,
         replace: bool,
     ) -> Result<()> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut pipe = redis::pipe();
         pipe.atomic();
         if replace {
@@ -384,35 +478,41 @@ impl Store {
         }
         pipe.pexpire(sessions_key(host), ttl.as_millis() as i64)
             .ignore();
-        self.bounded(pipe.query_async::<()>(&mut con)).await
+        self.bounded(generation, pipe.query_async::<()>(&mut con))
+            .await
     }
 
     /// `host` is shutting down: its heartbeat and session record go, and
     /// every host hears it at once.
     pub async fn goodbye(&self, host: &str) -> Result<()> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut pipe = redis::pipe();
         pipe.del(alive_key(host)).ignore();
         pipe.del(sessions_key(host)).ignore();
         pipe.publish(TURN_CHANNEL, format!("!{host} -")).ignore();
-        self.bounded(pipe.query_async::<()>(&mut con)).await
+        self.bounded(generation, pipe.query_async::<()>(&mut con))
+            .await
     }
 
     /// The session ended on `host`.
     pub async fn retract(&self, host: &str, session: &str) -> Result<()> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut pipe = redis::pipe();
         pipe.srem(sessions_key(host), session).ignore();
         pipe.publish(TURN_CHANNEL, format!("-{host} {session}"))
             .ignore();
-        self.bounded(pipe.query_async::<()>(&mut con)).await
+        self.bounded(generation, pipe.query_async::<()>(&mut con))
+            .await
     }
 
     /// Keeps `host`'s session record from lapsing.
     pub async fn refresh_sessions(&self, host: &str, ttl: Duration) -> Result<()> {
-        let mut con = self.con();
-        self.bounded(con.pexpire::<_, ()>(sessions_key(host), ttl.as_millis() as i64))
-            .await
+        let (mut con, generation) = self.con();
+        self.bounded(
+            generation,
+            con.pexpire::<_, ()>(sessions_key(host), ttl.as_millis() as i64),
+        )
+        .await
     }
 
     /// The sessions each of `hosts` recorded.
@@ -420,12 +520,12 @@ impl Store {
         if hosts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut pipe = redis::pipe();
         for h in hosts {
             pipe.smembers(sessions_key(h));
         }
-        self.bounded(pipe.query_async(&mut con)).await
+        self.bounded(generation, pipe.query_async(&mut con)).await
     }
 
     /// Which of `hosts` have a current heartbeat.
@@ -433,36 +533,36 @@ impl Store {
         if hosts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut pipe = redis::pipe();
         for h in hosts {
             pipe.exists(alive_key(h));
         }
-        self.bounded(pipe.query_async(&mut con)).await
+        self.bounded(generation, pipe.query_async(&mut con)).await
     }
 
     /// Claims (or renews) the lease on `room`: the owner afterwards.
     pub async fn claim(&self, room: &str, me: &str, ttl: Duration, dead: &str) -> Result<String> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut inv = self.claim.key(owner_key(room));
         inv.key(alive_key(dead))
             .arg(me)
             .arg(ttl.as_millis() as u64)
             .arg(dead);
-        self.bounded(inv.invoke_async(&mut con)).await
+        self.bounded(generation, inv.invoke_async(&mut con)).await
     }
 
     /// The host holding `room`'s lease, if any.
     pub async fn owner(&self, room: &str) -> Result<Option<String>> {
-        let mut con = self.con();
-        self.bounded(con.get(owner_key(room))).await
+        let (mut con, generation) = self.con();
+        self.bounded(generation, con.get(owner_key(room))).await
     }
 
     pub async fn release(&self, room: &str, me: &str) -> Result<()> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut inv = self.release.key(owner_key(room));
         inv.key(members_key(room)).arg(me);
-        self.bounded(inv.invoke_async::<i64>(&mut con))
+        self.bounded(generation, inv.invoke_async::<i64>(&mut con))
             .await
             .map(|_| ())
     }
@@ -475,7 +575,7 @@ impl Store {
         op: &str,
         args: &[&str],
     ) -> Result<bool> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut inv = self.members.key(owner_key(room));
         inv.key(members_key(room))
             .arg(me)
@@ -484,7 +584,7 @@ impl Store {
         for a in args {
             inv.arg(*a);
         }
-        self.bounded(inv.invoke_async::<i64>(&mut con))
+        self.bounded(generation, inv.invoke_async::<i64>(&mut con))
             .await
             .map(|n| n == 1)
     }
@@ -528,8 +628,10 @@ impl Store {
 
     /// The member list of `room`, in join order.
     pub async fn members(&self, room: &str) -> Result<Vec<MemberRecord>> {
-        let mut con = self.con();
-        let all: Vec<(String, String)> = self.bounded(con.hgetall(members_key(room))).await?;
+        let (mut con, generation) = self.con();
+        let all: Vec<(String, String)> = self
+            .bounded(generation, con.hgetall(members_key(room)))
+            .await?;
         let mut out: Vec<MemberRecord> = all
             .into_iter()
             .filter_map(|(s, v)| MemberRecord::parse(s, &v))
@@ -540,12 +642,13 @@ impl Store {
 
     /// Publishes `(channel, payload)` pairs in order, in one round trip.
     pub async fn publish_all(&self, batch: &[(String, String)]) -> Result<()> {
-        let mut con = self.con();
+        let (mut con, generation) = self.con();
         let mut pipe = redis::pipe();
         for (channel, payload) in batch {
             pipe.publish(channel, payload).ignore();
         }
-        self.bounded(pipe.query_async::<()>(&mut con)).await
+        self.bounded(generation, pipe.query_async::<()>(&mut con))
+            .await
     }
 }
 
@@ -563,6 +666,37 @@ mod tests {
         };
         assert_eq!(MemberRecord::parse("s".into(), &m.value()), Some(m));
         assert_eq!(MemberRecord::parse("s".into(), "h\tx\tn"), None);
+    }
+
+    /// The subscriber refused while the commands work: no flapping between
+    /// "refused" and "accepted", no rebuild of the working connection; a
+    /// call in flight on a replaced connection proves nothing.
+    #[tokio::test]
+    async fn each_connection_counts_for_itself_and_only_the_current_one() {
+        let store = Store::open("redis://127.0.0.1:1/0").unwrap();
+        let auth = || RedisError::from((redis::ErrorKind::AuthenticationFailed, "refused"));
+        let ok = || async { Ok::<(), RedisError>(()) };
+        let generation = || store.con.lock().1;
+
+        store.subscriber_refused(&auth());
+        assert!(store.refuses());
+        assert_eq!(generation(), 0, "a working connection rebuilt");
+        store.bounded(0, ok()).await.unwrap();
+        assert!(store.refuses(), "the subscriber's refusal forgotten");
+        store.subscriber_accepted();
+        assert!(!store.refuses());
+
+        // The commands' connection is refused: rebuilt (once).
+        let refused = store.bounded(0, async { Err::<(), _>(auth()) }).await;
+        assert!(matches!(refused, Err(StoreError::Auth(_))));
+        assert_eq!(generation(), 1);
+        let _ = store.bounded(0, async { Err::<(), _>(auth()) }).await;
+        assert_eq!(generation(), 1, "rebuilt again for the old one");
+        // A call made on the old one answers now: it does not count.
+        store.bounded(0, ok()).await.unwrap();
+        assert!(store.refuses(), "accepted on the replaced connection");
+        store.bounded(1, ok()).await.unwrap();
+        assert!(!store.refuses());
     }
 
     #[test]
