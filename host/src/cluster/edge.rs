@@ -159,7 +159,7 @@ impl Cluster {
     /// after the burial would otherwise leave an errand nothing clears).
     pub(super) fn owe(&self, id: &SessionId, host: &Arc<str>, errand: Errand) {
         if self.dead.lock().contains_key(host) {
-            if matches!(errand, Errand::Undo(_)) {
+            if matches!(errand, Errand::Undo(_)) && !self.routes.lock().contains_key(id) {
                 // (A new owner may restore it from the dead host's record.)
                 self.undone.lock().insert(id.clone(), Instant::now());
             }

@@ -330,6 +330,8 @@ impl Cluster {
     pub(super) async fn bury(self: &Arc<Self>, hub: &Arc<Hub>, dead: Arc<str>, epoch: u64) {
         self.stats.hosts_died.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(host = %dead, "cluster: a host is gone (heartbeat lapsed, or it shut down); its sessions are logged out and its rooms taken over");
+        // (Before the takeover below changes routes.)
+        self.drop_errands_to(&dead);
         // Its sessions in this host's rooms are gone (but for those it
         // spoke of again since, at a later epoch: it is back).
         for p in self
@@ -354,23 +356,25 @@ impl Cluster {
         self.touched.lock().values_mut().for_each(|h| {
             h.remove(&dead);
         });
-        self.drop_errands_to(&dead);
     }
 
     /// A host is gone: its proxies went with it, so nothing is left to do
-    /// there; a session whose undo it owed keeps refusing a new owner's
-    /// word for a while (`undone`).
+    /// there; a session in no room elsewhere whose undo it owed (an undone
+    /// `login`) keeps refusing a new owner's word for a while (`undone`).
+    /// (One routed to a room has its route to judge that word by.)
     fn drop_errands_to(&self, dead: &Arc<str>) {
         let mut undone = Vec::new();
+        let routes = self.routes.lock();
         self.owed.lock().retain(|(s, h), o| {
             if *h != *dead {
                 return true;
             }
-            if matches!(o.errand, Errand::Undo(_)) {
+            if matches!(o.errand, Errand::Undo(_)) && !routes.contains_key(s) {
                 undone.push(s.clone());
             }
             false
         });
+        drop(routes);
         let now = Instant::now();
         self.undone
             .lock()

@@ -1015,6 +1015,16 @@ mod tests {
                 "in R, told unavailable"
             );
 
+            // One in a room of o (its undone frame did not change it) has
+            // its route to judge a new owner's word by: not marked.
+            c.undone.lock().clear();
+            let b1: SessionId = Arc::from("b1");
+            c.routes.lock().insert(b1.clone(), route("R", "p"));
+            c.owe(&b1, &Arc::from("p"), Errand::Undo(5));
+            c.host_died(&hub, Arc::from("p"), 1).await;
+            assert!(!c.undone.lock().contains_key("b1"), "{:?}", c.undone.lock());
+            c.owe(&a1, &o, Errand::Undo(6));
+
             // Once the takeover is long over, a new owner's word counts.
             c.prune_dead(Instant::now() + UNDONE_MEMORY);
             owner_msg(&c, &hub, "R");
