@@ -775,3 +775,51 @@ async fn a_member_fanning_out_big_frames_is_limited_not_its_slow_room() {
     assert!(limited, "the sender was neither refused nor closed");
     other_reads.abort();
 }
+
+/// Binary frames take a token like text frames (a stream of them is a
+/// flood), and refusals are answered at most once a second: a flood of
+/// 40 binary frames gets a burst's worth of `badRequest`, one
+/// `rateLimited` and the 1008 close.
+#[tokio::test]
+async fn a_binary_flood_is_rate_limited_then_closed_and_answered_sparingly() {
+    let host = Host::start(&["--rate-limit", "5", "--rate-burst", "5"]);
+    let mut flooder = host.client().await;
+    for _ in 0..40 {
+        if flooder
+            .ws
+            .send(Message::Binary(vec![0, 1, 2].into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (mut bad, mut limited) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        // Pings keep coming: bounded by a deadline, not per message.
+        let Ok(next) = tokio::time::timeout_at(deadline, flooder.next_message()).await else {
+            break None; // never closed
+        };
+        match next {
+            Some(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["message"]["errorType"].as_str() {
+                    Some("badRequest") => bad += 1,
+                    Some("rateLimited") => limited += 1,
+                    _ => {}
+                }
+            }
+            Some(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            None => break None,
+            _ => {}
+        }
+    };
+    assert_eq!(
+        code,
+        Some(1008),
+        "closed: {bad} badRequest, {limited} rateLimited"
+    );
+    assert!(bad <= 6, "{bad} binary frames answered");
+    assert_eq!(limited, 1, "one rateLimited answer for the refusals");
+}

@@ -27,6 +27,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Frames written to the socket before one flush.
 const WRITE_BATCH: usize = 64;
+/// Frames refused by the rate limit are answered (`error rateLimited`) at
+/// most once in this long; the others are dropped without a word.
+const REFUSAL_TOLD_EVERY: Duration = Duration::from_secs(1);
 /// A socket that accepts nothing this long while frames wait for it is
 /// closed: its receiver stopped reading (a ping answerer can look alive).
 pub const WRITE_STALL: Duration = Duration::from_secs(15);
@@ -130,6 +133,7 @@ async fn read_loop(hub: &Hub, sender: &Sender<'_>, stream: &mut SplitStream<WebS
     );
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
+    let mut last_refusal_told: Option<Instant> = None;
     loop {
         let next = tokio::select! {
             biased;
@@ -146,15 +150,10 @@ async fn read_loop(hub: &Hub, sender: &Sender<'_>, stream: &mut SplitStream<WebS
         };
         last_heard = Instant::now();
         let text = match next {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Binary(_))) => {
-                dispatch::reject(
-                    hub,
-                    sender,
-                    "Binary frames are not accepted; send JSON text.",
-                );
-                continue;
-            }
+            Some(Ok(Message::Text(text))) => Some(text),
+            // Refused, but it takes a token like any frame: a stream of
+            // binary frames is a flood too.
+            Some(Ok(Message::Binary(_))) => None,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_))) | None => return,
             Some(Err(e)) => {
@@ -171,8 +170,22 @@ async fn read_loop(hub: &Hub, sender: &Sender<'_>, stream: &mut SplitStream<WebS
             }
         };
         match bucket.take() {
-            Ok(()) => dispatch::handle_text(hub, sender, &text).await,
-            Err(Flooding::Warn) => dispatch::rate_limited(hub, sender),
+            Ok(()) => match text {
+                Some(text) => dispatch::handle_text(hub, sender, &text).await,
+                None => dispatch::reject(
+                    hub,
+                    sender,
+                    "Binary frames are not accepted; send JSON text.",
+                ),
+            },
+            // One answer a second: a flood must not be answered frame for
+            // frame (each answer costs the host a send and its TLS).
+            Err(Flooding::Warn) => {
+                if last_refusal_told.is_none_or(|t| t.elapsed() >= REFUSAL_TOLD_EVERY) {
+                    last_refusal_told = Some(Instant::now());
+                    dispatch::rate_limited(hub, sender);
+                }
+            }
             Err(Flooding::Persisting) => {
                 tracing::info!(session = %sender.id, "closed: kept sending past its rate limit");
                 handle.deliver(Outbound::Close(
