@@ -59,8 +59,6 @@ pub(crate) fn not_turn(first: u8) -> bool {
     first >= 0x80
 }
 
-/// Decodes an XOR-PEER-ADDRESS value (RFC 5389 §15.2): exactly 8 bytes for
-/// IPv4, 20 for IPv6, anything else is `None`.
 /// The XOR-RELAYED-ADDRESS of the crate's Allocate success answer `buf`.
 fn relayed_address(buf: &[u8]) -> Option<SocketAddr> {
     let mut m = Message {
@@ -72,6 +70,8 @@ fn relayed_address(buf: &[u8]) -> Option<SocketAddr> {
     decode_xor_address(&v, &m.transaction_id.0)
 }
 
+/// Decodes an XOR-PEER-ADDRESS value (RFC 5389 §15.2): exactly 8 bytes for
+/// IPv4, 20 for IPv6, anything else is `None`.
 pub(crate) fn decode_xor_address(v: &[u8], transaction: &[u8; 12]) -> Option<SocketAddr> {
     if v.len() < 4 {
         return None;
@@ -108,15 +108,22 @@ const NONCE_ACCEPT: Duration = Duration::from_secs(3000);
 const NONCE_PASS_EVERY: Duration = Duration::from_secs(1);
 /// Crate-issued nonces remembered.
 const NONCE_KEEP: usize = 8;
-/// Challenges (401/438) answered per client network (IPv4 address, IPv6
-/// /64) per second, at most: an unauthenticated request is spoofable over
-/// UDP and its answer is about five times its size, so without a cap the
-/// server would reflect a flood at any address. A client needs one per
-/// allocation (and retransmits what goes unanswered).
-const CHALLENGES_PER_NETWORK: u32 = 20;
-/// Networks counted per second, at most: past it (a flood spoofing many
-/// sources), challenges to further networks wait for the next second.
-const CHALLENGE_NETWORKS: usize = 16_384;
+/// Challenges (401/438) answered over UDP per client network (IPv4
+/// address, IPv6 /64) per second in full: an unauthenticated request is
+/// spoofable over UDP and its answer is about five times its size, so
+/// without a cap the server would reflect a flood at any address. A
+/// browser joining a full room asks ~30 at once (a peer connection per
+/// member, three TURN URLs each). Past it only one request in
+/// [`CHALLENGE_SLIP`] is answered: a flood is reflected at about its own
+/// size (no amplification), and a client whose address someone else
+/// floods still gets an answer within a few retransmissions. TCP/TLS
+/// sources cannot be spoofed: not counted.
+const CHALLENGES_PER_NETWORK: u16 = 40;
+const CHALLENGE_SLIP: u16 = 4;
+/// Counters of the challenge budget (a fixed table indexed by a keyed hash
+/// of the network, cleared every second: no growth, whatever the number
+/// of sources; networks that share a slot share a budget).
+const CHALLENGE_SLOTS: usize = 1 << 16;
 
 /// Nonces issued by the `turn` crate, reused by the gate.
 ///
@@ -138,7 +145,7 @@ struct NonceInner {
     /// This second's challenges per client network (see
     /// [`CHALLENGES_PER_NETWORK`]).
     window: Option<Instant>,
-    challenged: std::collections::HashMap<IpAddr, u32>,
+    challenged: Vec<u16>,
 }
 
 impl NonceCache {
@@ -160,20 +167,24 @@ impl NonceCache {
     /// True when a challenge may be answered to `src` this second (see
     /// [`CHALLENGES_PER_NETWORK`]).
     fn may_challenge(&self, src: IpAddr) -> bool {
+        use std::hash::BuildHasher;
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let slot = KEYS
+            .get_or_init(Default::default)
+            .hash_one(crate::peer::client_network(src)) as usize
+            % CHALLENGE_SLOTS;
         let mut g = lock(&self.inner);
         if g.window
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             g.window = Some(Instant::now());
             g.challenged.clear();
+            g.challenged.resize(CHALLENGE_SLOTS, 0);
         }
-        let net = crate::peer::client_network(src);
-        if !g.challenged.contains_key(&net) && g.challenged.len() >= CHALLENGE_NETWORKS {
-            return false;
-        }
-        let n = g.challenged.entry(net).or_insert(0);
-        *n += 1;
-        *n <= CHALLENGES_PER_NETWORK
+        let n = &mut g.challenged[slot];
+        *n = n.saturating_add(1);
+        *n <= CHALLENGES_PER_NETWORK || (*n - CHALLENGES_PER_NETWORK).is_multiple_of(CHALLENGE_SLIP)
     }
 
     /// True (at most once per [`NONCE_PASS_EVERY`]) when a challenge may go
@@ -404,7 +415,8 @@ impl Gate {
     /// Answers 401/438 with a crate-issued nonce, or lets the request reach
     /// the crate so that it issues one (see [`NonceCache`]).
     fn challenge(&self, m: &Message, code: u16, reason: &str, src: SocketAddr) -> Verdict {
-        if !self.nonces.may_challenge(src.ip()) {
+        let udp = self.fast.as_ref().is_some_and(|f| f.udp.is_some());
+        if udp && !self.nonces.may_challenge(src.ip()) {
             return Verdict::Answer(Vec::new()); // dropped: not a reflector
         }
         if let Some(nonce) = self.nonces.current() {

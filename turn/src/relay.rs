@@ -366,8 +366,6 @@ impl Registry {
         n
     }
 
-    /// Closes the relays of the allocations a client holds on a listener
-    /// (its TCP connection ended).
     /// True when `client` of listener `listener` holds an allocation.
     pub(crate) fn has_client(&self, listener: usize, client: SocketAddr) -> bool {
         lock(&self.inner)
@@ -376,6 +374,8 @@ impl Registry {
             .any(|e| e.listener == listener && e.client == client)
     }
 
+    /// Closes the relays of the allocations a client holds on a listener
+    /// (its TCP connection ended).
     pub(crate) fn close_client(&self, listener: usize, client: SocketAddr) {
         let g = lock(&self.inner);
         for e in g.entries.values() {
@@ -549,7 +549,13 @@ impl Conn for FilteredRelayConn {
                     batch.discard();
                     return Err(webrtc_util::Error::ErrAlreadyClosed);
                 }
-                if check_peer(&self.policy, &self.lease.registry, from).is_err() {
+                // A live relay of this server never reaches another over
+                // the network (they are handed over in the process): a
+                // packet claiming to come from one is spoofed (say, behind
+                // a 1:1 NAT whose public address is not a local one).
+                if check_peer(&self.policy, &self.lease.registry, from).is_err()
+                    || self.lease.registry.is_live_relay(from)
+                {
                     tracing::debug!(relay = %self.fast.relay_addr, peer = %from,
                         "dropped a packet from a forbidden peer");
                     continue;
@@ -616,9 +622,17 @@ impl Conn for FilteredRelayConn {
         }
         let relay_addr = self.fast.relay_addr;
         if let Some(tx) = self.lease.registry.local_relay(target) {
-            // Relay to relay: handed over in the process; a full queue
-            // drops, as a congested path would.
-            if self.fast.within_bandwidth(buf.len())
+            // Relay to relay: handed over in the process (only if the
+            // receiving client named this relay: see `accepts_relay`,
+            // checked before anything is charged); a full queue drops, as
+            // a congested path would.
+            let named = self
+                .lease
+                .registry
+                .fast_relay(target)
+                .is_none_or(|t| t.accepts_relay(relay_addr, crate::fast::now_secs()));
+            if named
+                && self.fast.within_bandwidth(buf.len())
                 && tx.try_send((buf.to_vec(), relay_addr)).is_ok()
             {
                 self.relayed(&self.counters.bytes_to_peers, buf.len());

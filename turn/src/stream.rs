@@ -249,21 +249,32 @@ async fn serve_connection<S>(
         })
     };
     let mut timeout = HANDSHAKE_TIMEOUT;
-    let must_allocate = tokio::time::sleep(cfg.allocate_within);
-    tokio::pin!(must_allocate);
-    let mut allocated = false;
+    // Every `allocate_within`, a connection must hold an allocation (one
+    // deleted with Refresh 0 does not keep the slot either). A task of its
+    // own: the read below is not cancel-safe (a frame cut in half would
+    // lose the stream's framing), and `done` ends it at a frame boundary
+    // only in the sense that the connection closes.
+    let watch = {
+        let (done, has, every) = (
+            done.clone(),
+            cfg.has_allocation.clone(),
+            cfg.allocate_within,
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if !has(peer) {
+                    tracing::debug!(%peer, "TURN stream holds no allocation: closing");
+                    done.cancel();
+                    return;
+                }
+            }
+        })
+    };
     loop {
         let frame = tokio::select! {
             _ = mux.shutdown.cancelled() => break,
             _ = done.cancelled() => break,
-            () = &mut must_allocate, if !allocated => {
-                if !(cfg.has_allocation)(peer) {
-                    tracing::debug!(%peer, "TURN stream holds no allocation: closing");
-                    break;
-                }
-                allocated = true;
-                continue;
-            }
             r = tokio::time::timeout(timeout, read_frame(&mut rd)) => match r {
                 Err(_) => {
                     tracing::debug!(%peer, "TURN stream idle: closing");
@@ -284,6 +295,7 @@ async fn serve_connection<S>(
     }
     lock(&mux.writers).remove(&peer);
     writer.abort();
+    watch.abort();
     (cfg.on_close)(peer);
 }
 

@@ -69,7 +69,8 @@ fn uclient_args<'a>(
     a
 }
 
-async fn run_uclient(args: &[&str]) -> Run {
+/// One uclient run: its counts, or why it is no interop success.
+async fn attempt(args: &[&str]) -> Result<Run, String> {
     let out = tokio::time::timeout(
         Duration::from_secs(40),
         tokio::process::Command::new(uclient_path())
@@ -78,7 +79,7 @@ async fn run_uclient(args: &[&str]) -> Run {
             .output(),
     )
     .await
-    .unwrap_or_else(|_| panic!("turnutils_uclient {args:?} did not finish within 40 s"))
+    .map_err(|_| format!("turnutils_uclient {args:?} did not finish within 40 s"))?
     .expect("turnutils_uclient runs");
     let text = format!(
         "{}{}",
@@ -109,14 +110,28 @@ async fn run_uclient(args: &[&str]) -> Run {
     };
     // Loopback does not lose 40 gently paced datagrams; a loaded CI machine
     // might drop one or two, which is no interop failure.
-    assert!(
-        run.sent > 0 && run.received * 100 >= run.sent * 95,
-        "uclient {args:?}: sent {} received {} ({})\n{text}",
-        run.sent,
-        run.received,
-        run.lost_line
-    );
-    run
+    if run.sent == 0 || run.received * 100 < run.sent * 95 {
+        return Err(format!(
+            "uclient {args:?}: sent {} received {} ({})\n{text}",
+            run.sent, run.received, run.lost_line
+        ));
+    }
+    Ok(run)
+}
+
+/// uclient against our server, once more if the first run fails (uclient
+/// gives up on a lost Allocate answer, which a loaded machine can cause):
+/// two failures in a row fail the test, with both outputs.
+async fn run_uclient(args: &[&str]) -> Run {
+    match attempt(args).await {
+        Ok(run) => run,
+        Err(first) => {
+            eprintln!("uclient failed once, running it again:\n{first}");
+            attempt(args)
+                .await
+                .unwrap_or_else(|second| panic!("twice:\n{first}\n---\n{second}"))
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

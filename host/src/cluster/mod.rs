@@ -771,16 +771,19 @@ impl Cluster {
     }
 }
 
-/// `data.roomrequest` of a login, trimmed, when it is a valid room id.
+/// `data.roomrequest` of a login, trimmed, when it is a valid room id —
+/// read as the host's canonical login reads it (strict JSON, a duplicated
+/// member's last value: see `dispatch::canonical_login`), so the room a
+/// login is routed to is the room its owner's policies and join see.
 fn login_room(data: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Login {
-        roomrequest: String,
-    }
-    let login: Login = serde_json::from_str(data).ok()?;
-    names::check("room id", &login.roomrequest, MAX_ROOM_CHARS)
-        .ok()
-        .map(str::to_string)
+    let login: serde_json::Value = serde_json::from_str(data).ok()?;
+    names::check(
+        "room id",
+        login.get("roomrequest")?.as_str()?,
+        MAX_ROOM_CHARS,
+    )
+    .ok()
+    .map(str::to_string)
 }
 
 fn unavailable(hub: &Hub, sender: &Sender<'_>) {
@@ -815,6 +818,19 @@ impl RoomObserver for Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A duplicated `roomrequest` routes by its last value, as the owner's
+    /// canonical login reads it (a derived struct refused it, so the login
+    /// stayed on a host that does not own the room and split it).
+    #[test]
+    fn a_login_room_is_read_as_the_canonical_login_reads_it() {
+        assert_eq!(
+            login_room(r#"{"roomrequest":"x","username":"e","roomrequest":" R "}"#).as_deref(),
+            Some("R")
+        );
+        assert_eq!(login_room(r#"{"roomrequest":"R","x":"\ud800"}"#), None);
+        assert_eq!(login_room(r#"{"roomrequest":"  "}"#), None);
+    }
 
     /// A cluster that believes Redis answers (nothing is started).
     fn reachable() -> Arc<Cluster> {

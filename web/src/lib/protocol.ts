@@ -168,7 +168,8 @@ export function parseServerFrame(text: string): ServerFrame | null {
     case 'login': {
       if (!from) return null
       const d = isObj(m.data) ? m.data : {}
-      const username = str(d.username) ?? str(m.username) ?? ''
+      // The host's validated name first (a policy may rewrite data).
+      const username = str(m.username) ?? str(d.username) ?? ''
       return { type: 'login', from, username, room: str(d.roomrequest) }
     }
     case 'offer': {
