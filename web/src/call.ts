@@ -376,6 +376,13 @@ export class CallController {
         void this.pm.handleCandidate(f.from, f.candidate)
         return
       case 'logout': {
+        if (f.from === s.selfId) {
+          // the host took us out of the room (a cluster undid our join):
+          // back to the login screen, media off, as after a refused join
+          this.endSession()
+          s.failJoin({ type: 'notInRoom', text: 'You are not in a room any more.' })
+          return
+        }
         const p = this.peersStore.byId[f.from]
         if (!p && !this.pm.peers.has(f.from)) return
         const name = p?.username || f.username || ''

@@ -108,6 +108,16 @@ describe('CallController', () => {
     expect(call.chat.entries.at(-1)).toMatchObject({ notice: 'left', params: { name: 'Old' } })
   })
 
+  it('a logout about ourselves (the host took us out) returns to the login screen, camera released', async () => {
+    const { call, stream } = setup()
+    const ws = await joinRoom(call, [{ sessionId: 'old', username: 'Old' }])
+    ws.receive({ type: 'logout', from: 'me', data: { username: 'Me', sessionId: 'me' } })
+    expect(call.session.phase).toBe('login')
+    expect(call.session.error).toMatchObject({ type: 'notInRoom' })
+    expect(call.peersStore.count).toBe(0)
+    expect(stream.getTracks().every((t) => t.readyState === 'ended')).toBe(true)
+  })
+
   it('a full room returns to the login screen with the error, camera released', async () => {
     const { call, stream } = setup()
     call.start()
