@@ -104,11 +104,12 @@ pub(crate) type OnClose = Arc<dyn Fn(SocketAddr) + Send + Sync>;
 /// Whether a client's connection holds an allocation.
 pub(crate) type HasAllocation = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
 
-/// A connection that holds no allocation this long after it opened is
-/// closed: a connection slot (of `max_connections`, and of its address's
-/// share) is for relaying, not for sitting on. Plenty for a client to
-/// allocate (a challenge, then a signed Allocate); a STUN-only client
-/// (Binding requests) reconnects when it needs to.
+/// How often a connection must hold an allocation, from when it opened: one
+/// that holds none when checked is closed. A connection slot (of
+/// `max_connections`, and of its address's share) is for relaying, not for
+/// sitting on. Plenty for a client to allocate (a challenge, then a signed
+/// Allocate); a STUN-only client (Binding requests) reconnects when it
+/// needs to.
 pub(crate) const ALLOCATE_WITHIN: Duration = Duration::from_secs(30);
 
 /// What the accept loop needs.
@@ -252,8 +253,8 @@ async fn serve_connection<S>(
     // Every `allocate_within`, a connection must hold an allocation (one
     // deleted with Refresh 0 does not keep the slot either). A task of its
     // own: the read below is not cancel-safe (a frame cut in half would
-    // lose the stream's framing), and `done` ends it at a frame boundary
-    // only in the sense that the connection closes.
+    // lose the stream's framing); when the check fails the whole
+    // connection closes, so no half frame is ever read on.
     let watch = {
         let (done, has, every) = (
             done.clone(),

@@ -184,6 +184,8 @@ async fn read_loop(hub: &Hub, sender: &Sender<'_>, stream: &mut SplitStream<WebS
                 if last_refusal_told.is_none_or(|t| t.elapsed() >= REFUSAL_TOLD_EVERY) {
                     last_refusal_told = Some(Instant::now());
                     dispatch::rate_limited(hub, sender);
+                } else {
+                    hub.metrics.frame_in("other"); // counted, not answered
                 }
             }
             Err(Flooding::Persisting) => {
