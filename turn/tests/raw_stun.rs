@@ -41,6 +41,17 @@ async fn exchange(sock: &UdpSocket, setters: Vec<Box<dyn Setter>>) -> Message {
     r
 }
 
+/// An Allocate request without credentials (answered with a challenge).
+fn unsigned_allocate() -> Vec<Box<dyn Setter>> {
+    vec![
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        Box::new(RequestedTransport {
+            protocol: PROTO_UDP,
+        }),
+    ]
+}
+
 /// The error code of answer `r`, if it has one.
 fn error_code(r: &Message) -> Option<u16> {
     let mut code = ErrorCodeAttribute::default();
@@ -63,17 +74,7 @@ impl SignedClient {
         sock.connect(server.addr(Transport::Udp).expect("udp"))
             .await
             .expect("connect");
-        let r = exchange(
-            &sock,
-            vec![
-                Box::new(TransactionId::new()),
-                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-                Box::new(RequestedTransport {
-                    protocol: PROTO_UDP,
-                }),
-            ],
-        )
-        .await;
+        let r = exchange(&sock, unsigned_allocate()).await;
         let mut nonce = Nonce::new(ATTR_NONCE, String::new());
         nonce.get_from(&r).expect("nonce");
         let mi = MessageIntegrity::new_long_term_integrity(user.clone(), REALM.into(), pass);
@@ -215,15 +216,7 @@ async fn unauthenticated_flood_reuses_one_nonce() {
     // and someone whose address is flooded still gets answers), all with
     // one nonce.
     let mut first = Message::new();
-    first
-        .build(&[
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-            Box::new(RequestedTransport {
-                protocol: PROTO_UDP,
-            }),
-        ])
-        .expect("build");
+    first.build(&unsigned_allocate()).expect("build");
     for _ in 0..100 {
         sock.send(&first.raw).await.expect("send");
     }
@@ -251,17 +244,7 @@ async fn unauthenticated_flood_reuses_one_nonce() {
     // The next second answers again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..5 {
-        let r = exchange(
-            &sock,
-            vec![
-                Box::new(TransactionId::new()),
-                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-                Box::new(RequestedTransport {
-                    protocol: PROTO_UDP,
-                }),
-            ],
-        )
-        .await;
+        let r = exchange(&sock, unsigned_allocate()).await;
         assert_eq!(error_code(&r), Some(401));
         let mut nonce = Nonce::new(ATTR_NONCE, String::new());
         nonce.get_from(&r).expect("nonce");

@@ -356,10 +356,7 @@ mod tests {
     fn a_login_elsewhere_while_redis_is_known_down_is_refused_without_asking_it() {
         let harness = crate::harness::PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = crate::cluster::test_runtime();
         runtime.block_on(async {
             // A "Redis" that takes connections and never answers; this
             // host's last heartbeat failed.
@@ -421,10 +418,7 @@ mod tests {
     fn a_host_buried_here_is_given_no_errand_and_keeps_none() {
         let harness = crate::harness::PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = crate::cluster::test_runtime();
         runtime.block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             let dead: Arc<str> = Arc::from("dead");

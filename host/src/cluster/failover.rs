@@ -488,10 +488,7 @@ mod tests {
     fn a_member_that_ended_during_a_hand_over_is_not_handed_over() {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = crate::cluster::test_runtime();
         let _in_runtime = runtime.enter();
         let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
         let mut out = cluster.out_rx.lock().take().unwrap();

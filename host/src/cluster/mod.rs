@@ -786,6 +786,16 @@ fn login_room(data: &str) -> Option<String> {
     .map(str::to_string)
 }
 
+/// The runtime the cluster's unit tests run on: one thread (a proxy's
+/// worker runs only once the test awaits).
+#[cfg(test)]
+pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn unavailable(hub: &Hub, sender: &Sender<'_>) {
     hub.metrics.error(UNAVAILABLE);
     sender.handle.deliver(Outbound::Frame(Utf8Bytes::from(frame::error(
@@ -931,10 +941,7 @@ mod tests {
     fn a_stale_owner_message_never_moves_a_session_back_into_a_room_it_left() {
         let harness = crate::harness::PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = crate::cluster::test_runtime();
         let _in_runtime = runtime.enter();
         let c = reachable();
         let mut out = c.out_rx.lock().take().unwrap();
@@ -992,10 +999,7 @@ mod tests {
     fn a_login_undone_toward_a_host_that_died_is_not_taken_over() {
         let harness = crate::harness::PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = crate::cluster::test_runtime();
         runtime.block_on(async {
             let c = reachable();
             let mut out = c.out_rx.lock().take().unwrap();

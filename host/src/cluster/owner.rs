@@ -695,13 +695,6 @@ mod tests {
         });
     }
 
-    fn single_thread() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     fn rejoin(room: &str) -> Work {
         Work::Rejoin {
             room: room.into(),
@@ -715,7 +708,7 @@ mod tests {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
         // One thread: all three are in the inbox before the worker runs.
-        single_thread().block_on(async {
+        crate::cluster::test_runtime().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             let inbox = cluster.proxy(&hub, "s", "edge", 0);
             inbox.send(Work::Gone).unwrap();
@@ -730,7 +723,7 @@ mod tests {
     fn an_ending_proxy_hands_on_its_epoch() {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        single_thread().block_on(async {
+        crate::cluster::test_runtime().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             let inbox = cluster.proxy(&hub, "s", "edge", 2);
             inbox.send(Work::Gone).unwrap();
@@ -787,7 +780,7 @@ mod tests {
     fn an_undo_reverts_only_the_last_frame_handled_and_only_once() {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        single_thread().block_on(async {
+        crate::cluster::test_runtime().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             // (Believes Redis answers: what the proxy's pump relays is queued.)
             cluster.healthy.store(true, Ordering::Relaxed);
@@ -904,7 +897,7 @@ mod tests {
     fn an_undo_leaves_a_session_moved_since_by_someone_else() {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        single_thread().block_on(async {
+        crate::cluster::test_runtime().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             let mut out = cluster.out_rx.lock().take().unwrap();
             let inbox = undo_setup(&hub, &cluster, &[("r", "R"), ("t", "T")]);
@@ -924,7 +917,7 @@ mod tests {
     fn an_undo_puts_no_one_back_into_a_room_that_filled_up() {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        single_thread().block_on(async {
+        crate::cluster::test_runtime().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             let mut out = cluster.out_rx.lock().take().unwrap();
             let inbox = undo_setup(&hub, &cluster, &[("r", "R"), ("t", "T")]);
@@ -946,7 +939,7 @@ mod tests {
     fn an_undo_puts_no_one_back_into_a_room_where_its_name_is_taken() {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
-        single_thread().block_on(async {
+        crate::cluster::test_runtime().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             let mut out = cluster.out_rx.lock().take().unwrap();
             let locals = [("r", "R"), ("q", "R"), ("t", "T")];
@@ -968,7 +961,7 @@ mod tests {
         let harness = PolicyHarness::new(&[]).unwrap();
         let hub = harness.hub();
         // One thread: both are in the inbox before the worker reads either.
-        single_thread().block_on(async {
+        crate::cluster::test_runtime().block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             let mut out = cluster.out_rx.lock().take().unwrap();
             let inbox = cluster.proxy(&hub, "s", "edge", 0);
@@ -994,10 +987,7 @@ mod tests {
         let hub = harness.hub();
         // One thread: the proxy's worker runs only once the test awaits, so
         // both messages below are in its inbox before it reads the first.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = crate::cluster::test_runtime();
         runtime.block_on(async {
             let cluster = Cluster::new("redis://127.0.0.1:1/0").unwrap();
             let mut out = cluster.out_rx.lock().take().unwrap();
